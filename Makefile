@@ -1,0 +1,32 @@
+# `make test` and `make demo` set everything up in .venv on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TF_PACKAGE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 'tensorflow[and-cuda]>=2.16' || echo 'tensorflow-cpu>=2.16')
+PYTEST_ARGS ?=
+
+.PHONY: test demo install clean bench
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade setuptools wheel
+	$(PY) -m pip install --quiet "$(TF_PACKAGE)"
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[test]'
+	touch $@
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+demo: install
+	$(PY) -m ssd.demo
+
+bench: install
+	$(PY) bench/input_pipeline.py
+	$(PY) bench/train_step.py
+	$(PY) bench/predict.py
+	$(PY) bench/voc_eval.py
+
+clean:
+	rm -rf $(VENV) *.egg-info demo_output

@@ -1,0 +1,116 @@
+"""The TFRecord schema (TF Object Detection API keys) written by the converter and read for training.
+
+Boxes are stored normalized per the Object Detection API (separate xmin/ymin/xmax/ymax lists in
+[0, 1]); `parse_example` returns them in the library's `[ymin, xmin, ymax, xmax]` order.
+Labels are 1-based class indices (0 is background and never stored).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+
+ENCODED = "image/encoded"
+FORMAT = "image/format"
+HEIGHT = "image/height"
+WIDTH = "image/width"
+FILENAME = "image/filename"
+SOURCE_ID = "image/source_id"
+XMIN = "image/object/bbox/xmin"
+YMIN = "image/object/bbox/ymin"
+XMAX = "image/object/bbox/xmax"
+YMAX = "image/object/bbox/ymax"
+LABEL = "image/object/class/label"
+TEXT = "image/object/class/text"
+DIFFICULT = "image/object/difficult"
+TRUNCATED = "image/object/truncated"
+
+
+def _bytes(values: Sequence[bytes]) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+
+
+def _floats(values: Sequence[float]) -> tf.train.Feature:
+    return tf.train.Feature(float_list=tf.train.FloatList(value=list(values)))
+
+
+def _ints(values: Sequence[int]) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
+
+
+def make_example(*, encoded: bytes, image_format: str, height: int, width: int, filename: str,
+                 source_id: str, boxes: Sequence[Sequence[float]], labels: Sequence[int],
+                 texts: Sequence[str], difficult: Sequence[int],
+                 truncated: Sequence[int]) -> tf.train.Example:
+    """Builds one record. `boxes` are normalized `[ymin, xmin, ymax, xmax]` rows."""
+    n = len(boxes)
+    for name, values in (("labels", labels), ("texts", texts), ("difficult", difficult),
+                         ("truncated", truncated)):
+        if len(values) != n:
+            raise ValueError(f"{filename}: {len(values)} {name} for {n} boxes")
+    feature = {
+        ENCODED: _bytes([encoded]),
+        FORMAT: _bytes([image_format.encode()]),
+        HEIGHT: _ints([height]),
+        WIDTH: _ints([width]),
+        FILENAME: _bytes([filename.encode()]),
+        SOURCE_ID: _bytes([source_id.encode()]),
+        YMIN: _floats([b[0] for b in boxes]),
+        XMIN: _floats([b[1] for b in boxes]),
+        YMAX: _floats([b[2] for b in boxes]),
+        XMAX: _floats([b[3] for b in boxes]),
+        LABEL: _ints(labels),
+        TEXT: _bytes([t.encode() for t in texts]),
+        DIFFICULT: _ints(difficult),
+        TRUNCATED: _ints(truncated),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+_FEATURES = {
+    ENCODED: tf.io.FixedLenFeature([], tf.string),
+    FORMAT: tf.io.FixedLenFeature([], tf.string, default_value="jpeg"),
+    HEIGHT: tf.io.FixedLenFeature([], tf.int64),
+    WIDTH: tf.io.FixedLenFeature([], tf.int64),
+    FILENAME: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    SOURCE_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    XMIN: tf.io.VarLenFeature(tf.float32),
+    YMIN: tf.io.VarLenFeature(tf.float32),
+    XMAX: tf.io.VarLenFeature(tf.float32),
+    YMAX: tf.io.VarLenFeature(tf.float32),
+    LABEL: tf.io.VarLenFeature(tf.int64),
+    DIFFICULT: tf.io.VarLenFeature(tf.int64),
+    TRUNCATED: tf.io.VarLenFeature(tf.int64),
+}
+
+
+def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Parses one serialized record (pure TF, usable in tf.data).
+
+    Returns: encoded (string), height/width (int32), filename/source_id (string),
+    boxes [N, 4] float32 normalized [ymin, xmin, ymax, xmax], labels [N] int32,
+    difficult [N] bool, truncated [N] bool.
+    """
+    parsed = tf.io.parse_single_example(serialized, _FEATURES)
+    dense = {k: tf.sparse.to_dense(parsed[k]) for k in (XMIN, YMIN, XMAX, YMAX, LABEL, DIFFICULT, TRUNCATED)}
+    boxes = tf.stack([dense[YMIN], dense[XMIN], dense[YMAX], dense[XMAX]], axis=-1)
+    num_boxes = tf.shape(boxes)[0]
+    difficult = dense[DIFFICULT]
+    truncated = dense[TRUNCATED]
+    # Records from other tools may omit the flags: treat missing ones as 0.
+    difficult = tf.cond(tf.size(difficult) == num_boxes, lambda: difficult,
+                        lambda: tf.zeros([num_boxes], tf.int64))
+    truncated = tf.cond(tf.size(truncated) == num_boxes, lambda: truncated,
+                        lambda: tf.zeros([num_boxes], tf.int64))
+    return {
+        "encoded": parsed[ENCODED],
+        "height": tf.cast(parsed[HEIGHT], tf.int32),
+        "width": tf.cast(parsed[WIDTH], tf.int32),
+        "filename": parsed[FILENAME],
+        "source_id": parsed[SOURCE_ID],
+        "boxes": tf.reshape(boxes, [-1, 4]),
+        "labels": tf.cast(dense[LABEL], tf.int32),
+        "difficult": difficult > 0,
+        "truncated": truncated > 0,
+    }
