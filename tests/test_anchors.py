@@ -1,0 +1,175 @@
+import math
+
+import numpy as np
+import pytest
+
+from ssd.anchors import generate_anchors, num_anchors_per_layer
+from ssd.config import load_config
+
+
+def _config(architecture="ssd300", preset="seed", **overrides):
+    values = {"model.architecture": architecture,
+              "model.input_size": 300 if architecture == "ssd300" else 512,
+              "anchors.preset": preset}
+    values.update(overrides)
+    return load_config("ssd300_voc0712", values)
+
+
+def _box(cy, cx, h, w):
+    return [cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2]
+
+
+def _flat_index(maps, per_location, layer, y, x, k):
+    before = sum(f * f * n for f, n in zip(maps[:layer], per_location[:layer]))
+    return before + (y * maps[layer] + x) * per_location[layer] + k
+
+
+SSD300_MAPS, SSD300_K = [38, 19, 10, 5, 3, 1], [4, 6, 6, 6, 4, 4]
+SSD512_MAPS, SSD512_K = [64, 32, 16, 8, 4, 2, 1], [4, 6, 6, 6, 6, 4, 4]
+
+
+@pytest.mark.parametrize("preset", ["seed", "caffe"])
+@pytest.mark.parametrize("architecture, expected", [("ssd300", 8732), ("ssd512", 24564)])
+def test_counts(architecture, expected, preset):
+    anchors = generate_anchors(_config(architecture, preset))
+    assert anchors.shape == (expected, 4)
+    assert anchors.dtype == np.float32
+    assert sum(num_anchors_per_layer(_config(architecture, preset))) == expected
+
+
+def test_ssd300_seed_layer0_first_cell():
+    anchors = generate_anchors(_config())
+    c = 0.5 * 8 / 300
+    expected = [
+        _box(c, c, 0.1414, 0.1414),
+        _box(c, c, 0.1, 0.1),
+        _box(c, c, 0.1 / math.sqrt(2), 0.1 * math.sqrt(2)),
+        _box(c, c, 0.1 / math.sqrt(0.5), 0.1 * math.sqrt(0.5)),
+    ]
+    np.testing.assert_allclose(anchors[0:4], expected, atol=1e-6)
+
+
+def test_ssd300_seed_layer1_cell():
+    anchors = generate_anchors(_config())
+    y, x = 3, 7
+    start = 38 * 38 * 4 + (y * 19 + x) * 6
+    cy, cx = (3 + 0.5) * 16 / 300, (7 + 0.5) * 16 / 300
+    s = 0.2
+    expected = [
+        _box(cy, cx, 0.2739, 0.2739),
+        _box(cy, cx, s, s),
+        _box(cy, cx, s / math.sqrt(2), s * math.sqrt(2)),
+        _box(cy, cx, s / math.sqrt(3), s * math.sqrt(3)),
+        _box(cy, cx, s * math.sqrt(2), s / math.sqrt(2)),
+        _box(cy, cx, s * math.sqrt(3), s / math.sqrt(3)),
+    ]
+    np.testing.assert_allclose(anchors[start:start + 6], expected, atol=1e-6)
+
+
+def test_ssd300_seed_last_layer_single_location():
+    anchors = generate_anchors(_config())
+    c = 0.5 * 300 / 300
+    expected = [
+        _box(c, c, 0.9836, 0.9836),
+        _box(c, c, 0.9, 0.9),
+        _box(c, c, 0.9 / math.sqrt(2), 0.9 * math.sqrt(2)),
+        _box(c, c, 0.9 * math.sqrt(2), 0.9 / math.sqrt(2)),
+    ]
+    np.testing.assert_allclose(anchors[-4:], expected, atol=1e-6)
+    # the 0.9 * sqrt(2) sides extend past the image: no clipping by default
+    assert anchors[-2, 1] < 0 and anchors[-2, 3] > 1
+
+
+def test_ssd300_caffe_layer2_cell():
+    anchors = generate_anchors(_config(preset="caffe"))
+    y, x = 9, 2
+    start = 38 * 38 * 4 + 19 * 19 * 6 + (y * 10 + x) * 6
+    cy, cx = (9 + 0.5) * 32 / 300, (2 + 0.5) * 32 / 300
+    m, big = 111 / 300, math.sqrt(111 * 162) / 300
+    expected = [
+        _box(cy, cx, m, m),
+        _box(cy, cx, big, big),
+        _box(cy, cx, m / math.sqrt(2), m * math.sqrt(2)),
+        _box(cy, cx, m * math.sqrt(2), m / math.sqrt(2)),
+        _box(cy, cx, m / math.sqrt(3), m * math.sqrt(3)),
+        _box(cy, cx, m * math.sqrt(3), m / math.sqrt(3)),
+    ]
+    np.testing.assert_allclose(anchors[start:start + 6], expected, atol=1e-6)
+
+
+def test_ssd300_caffe_layer4_step_100():
+    anchors = generate_anchors(_config(preset="caffe"))
+    index = _flat_index(SSD300_MAPS, SSD300_K, 4, 2, 1, 1)
+    cy, cx = 2.5 * 100 / 300, 1.5 * 100 / 300
+    side = math.sqrt(213 * 264) / 300
+    np.testing.assert_allclose(anchors[index], _box(cy, cx, side, side), atol=1e-6)
+
+
+def test_ssd512_seed_sizes_from_caffe_table():
+    anchors = generate_anchors(_config("ssd512", "seed"))
+    index = _flat_index(SSD512_MAPS, SSD512_K, 6, 0, 0, 0)
+    side = math.sqrt(460.8 * 537.6) / 512
+    np.testing.assert_allclose(anchors[index], _box(0.5, 0.5, side, side), atol=1e-6)
+    index = _flat_index(SSD512_MAPS, SSD512_K, 1, 31, 0, 2)
+    cy, cx = 31.5 * 16 / 512, 0.5 * 16 / 512
+    s = 76.8 / 512
+    np.testing.assert_allclose(anchors[index], _box(cy, cx, s / math.sqrt(2), s * math.sqrt(2)),
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("architecture, maps, per_location",
+                         [("ssd300", SSD300_MAPS, SSD300_K), ("ssd512", SSD512_MAPS, SSD512_K)])
+def test_flat_index_layout(architecture, maps, per_location):
+    config = _config(architecture)
+    anchors = generate_anchors(config)
+    size = config.model.input_size
+    steps = config.anchors.steps
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        layer = int(rng.integers(len(maps)))
+        y, x = rng.integers(maps[layer], size=2)
+        k = int(rng.integers(per_location[layer]))
+        box = anchors[_flat_index(maps, per_location, layer, y, x, k)]
+        centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+        np.testing.assert_allclose(centre, ((y + 0.5) * steps[layer] / size,
+                                            (x + 0.5) * steps[layer] / size), atol=1e-6)
+        # the first box at each location is the seed's extra square
+        if k == 0:
+            side = config.anchors.extra_scales[layer]
+            np.testing.assert_allclose([box[2] - box[0], box[3] - box[1]], [side, side], atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["seed", "caffe"])
+def test_symmetry(preset):
+    config = _config(preset=preset)
+    anchors = generate_anchors(config).astype(np.float64)
+    start = 0
+    for f, k, step in zip(SSD300_MAPS, SSD300_K, config.anchors.steps):
+        grid = anchors[start:start + f * f * k].reshape(f, f, k, 4)
+        start += f * f * k
+        # the grid spans [0, F * step] pixels (304 for 38 x 8, not 300): mirroring that span maps
+        # cell (y, x) to (y, F-1-x) with the same box shapes
+        span = f * step / 300
+        mirrored = np.stack([grid[..., 0], span - grid[..., 3], grid[..., 2], span - grid[..., 1]], -1)
+        np.testing.assert_allclose(mirrored[:, ::-1], grid, atol=1e-5)
+        # transposing y and x maps each ratio-r box to its ratio-1/r twin, and squares to themselves
+        transposed = grid.transpose(1, 0, 2, 3)[..., [1, 0, 3, 2]]
+        h = grid[..., 2] - grid[..., 0]
+        w = grid[..., 3] - grid[..., 1]
+        th = transposed[..., 2] - transposed[..., 0]
+        tw = transposed[..., 3] - transposed[..., 1]
+        for a in range(k):
+            twins = [b for b in range(k)
+                     if np.allclose(h[..., b], tw[..., a], atol=1e-6)
+                     and np.allclose(w[..., b], th[..., a], atol=1e-6)]
+            assert twins, f"layer with {f}x{f} cells: box {a} has no transposed twin"
+    assert start == len(anchors)
+
+
+def test_clip():
+    anchors = generate_anchors(_config(**{"anchors.clip": True}))
+    assert anchors.min() >= 0 and anchors.max() <= 1
+    unclipped = generate_anchors(_config())
+    assert unclipped.min() < 0 and unclipped.max() > 1
+    inside = np.all((unclipped >= 0) & (unclipped <= 1), axis=1)
+    np.testing.assert_array_equal(anchors[inside], unclipped[inside])
