@@ -1,0 +1,71 @@
+"""Times the VOC metric on a VOC07-test-sized synthetic case.
+
+4,952 images, about 2.5 objects each (some difficult), 200 detections per image over 20 classes:
+jittered copies of the ground truth (hits, duplicates, near misses) plus random boxes. Prints the
+seconds spent adding the images and scoring them.
+
+    python bench/voc_eval.py [--images 4952] [--detections 200] [--seed 0]
+"""
+
+import argparse
+import time
+
+import numpy as np
+
+from ssd.config import VOC_CLASSES
+from ssd.voc_eval import VOCEvaluator, format_table
+
+
+def random_boxes(rng: np.random.Generator, n: int, width: float, height: float) -> np.ndarray:
+    w = rng.uniform(10, width * 0.8, n)
+    h = rng.uniform(10, height * 0.8, n)
+    x = rng.uniform(1, width - w)
+    y = rng.uniform(1, height - h)
+    return np.round(np.stack([x, y, x + w, y + h], axis=1))
+
+
+def synthetic_images(rng: np.random.Generator, num_images: int, dets_per_image: int, num_classes: int):
+    for i in range(num_images):
+        width, height = rng.integers(300, 500, endpoint=True), rng.integers(300, 500, endpoint=True)
+        num_gt = max(1, rng.poisson(2.5))
+        gt_boxes = random_boxes(rng, num_gt, width, height)
+        gt_labels = rng.integers(1, num_classes, num_gt, endpoint=True)
+        gt_difficult = rng.random(num_gt) < 0.1
+        # about a quarter of the detections are jittered ground truth, the rest are random
+        num_near = dets_per_image // 4
+        source = rng.integers(0, num_gt, num_near)
+        sizes = np.tile(gt_boxes[source, 2:] - gt_boxes[source, :2], 2)
+        near = gt_boxes[source] + rng.normal(0, 0.15, (num_near, 4)) * sizes
+        near_labels = np.where(rng.random(num_near) < 0.8, gt_labels[source],
+                               rng.integers(1, num_classes, num_near, endpoint=True))
+        far = random_boxes(rng, dets_per_image - num_near, width, height)
+        det_boxes = np.concatenate([near, far])
+        det_classes = np.concatenate([near_labels, rng.integers(1, num_classes, len(far), endpoint=True)])
+        det_scores = np.concatenate([rng.uniform(0.2, 1.0, num_near), rng.uniform(0.01, 0.6, len(far))])
+        yield f"{i:06d}", gt_boxes, gt_labels, gt_difficult, det_boxes, det_scores.astype(np.float32), det_classes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=4952)
+    parser.add_argument("--detections", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--metric", default="voc07", choices=["voc07", "voc12"])
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(args.seed)
+    images = list(synthetic_images(rng, args.images, args.detections, len(VOC_CLASSES)))
+    evaluator = VOCEvaluator(VOC_CLASSES, args.metric)
+    start = time.perf_counter()
+    for image in images:
+        evaluator.add_image(*image)
+    added = time.perf_counter()
+    result = evaluator.result()
+    done = time.perf_counter()
+    print(format_table(result))
+    print(f"images: {args.images}, detections: {args.images * args.detections}")
+    print(f"add_image: {added - start:.2f} s, result: {done - added:.2f} s, total: {done - start:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
