@@ -84,7 +84,8 @@ def test_ssd300_full_forward_shapes(ssd300):
     cls_logits, box_encodings = outputs
     assert cls_logits.shape == (1, 8732, 21) and box_encodings.shape == (1, 8732, 4)
     assert cls_logits.dtype == tf.float32 and box_encodings.dtype == tf.float32
-    assert np.isfinite(np.asarray(cls_logits)).all() and np.isfinite(np.asarray(box_encodings)).all()
+    assert np.isfinite(np.asarray(cls_logits)).all()
+    assert np.isfinite(np.asarray(box_encodings)).all()
 
 
 def test_ssd512_shapes(ssd512):
@@ -257,7 +258,8 @@ def test_head_bias_pattern_lands_in_place():
     loc = model.get_layer("loc_3")
     loc.kernel.assign(np.zeros(loc.kernel.shape, np.float32))
     loc.bias.assign(np.arange(boxes * 4, dtype=np.float32) - 50.0)
-    cls_logits, box_encodings = [np.asarray(v) for v in model(np.ones((1, 300, 300, 3), np.float32))]
+    outputs = model(np.ones((1, 300, 300, 3), np.float32))
+    cls_logits, box_encodings = [np.asarray(v) for v in outputs]
     start = 38 * 38 * 4 + 19 * 19 * 6 + 10 * 10 * 6
     block = cls_logits[0, start:start + 5 * 5 * boxes].reshape(25, boxes, num_classes)
     expected = 100.0 + 4 * np.arange(boxes)[:, None] + np.arange(num_classes)[None, :]
