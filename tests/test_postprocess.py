@@ -1,0 +1,240 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ssd.config import load_config
+from ssd.postprocess import postprocess, to_pixels, to_voc_boxes
+
+VARIANCES = (0.1, 0.1, 0.2, 0.2)
+
+
+def make_config(num_classes=4, **eval_overrides):
+    overrides = {"model.num_classes": num_classes,
+                 "data.class_names": [f"c{i}" for i in range(1, num_classes)]}
+    overrides.update({f"eval.{k}": v for k, v in eval_overrides.items()})
+    return load_config("ssd300_voc0712", overrides)
+
+
+# --- numpy reference -------------------------------------------------------------------------
+
+def np_decode(enc, anchors):
+    acy, acx = (anchors[:, 0] + anchors[:, 2]) / 2, (anchors[:, 1] + anchors[:, 3]) / 2
+    ah, aw = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    cy = enc[..., 0] * VARIANCES[0] * ah + acy
+    cx = enc[..., 1] * VARIANCES[1] * aw + acx
+    h = np.exp(enc[..., 2] * VARIANCES[2]) * ah
+    w = np.exp(enc[..., 3] * VARIANCES[3]) * aw
+    return np.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=-1)
+
+
+def np_iou(a, b):
+    """IoU of box a [4] with boxes b [..., 4]; 0 when either box is empty."""
+    b = np.asarray(b)
+    area_a = max(a[2] - a[0], 0) * max(a[3] - a[1], 0)
+    area_b = np.maximum(b[..., 2] - b[..., 0], 0) * np.maximum(b[..., 3] - b[..., 1], 0)
+    inter = (np.maximum(np.minimum(a[2], b[..., 2]) - np.maximum(a[0], b[..., 0]), 0)
+             * np.maximum(np.minimum(a[3], b[..., 3]) - np.maximum(a[1], b[..., 1]), 0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((area_a > 0) & (area_b > 0), inter / (area_a + area_b - inter), 0.0)
+
+
+def reference(logits, enc, anchors, ev):
+    """Softmax, threshold, per-class top-k, greedy NMS, global top-K; one image at a time."""
+    boxes = np.clip(np_decode(enc.astype(np.float64), anchors.astype(np.float64)), 0, 1)
+    shifted = logits - logits.max(-1, keepdims=True)
+    probs = np.exp(shifted) / np.exp(shifted).sum(-1, keepdims=True)
+    results = []
+    for b in range(len(logits)):
+        dets = []  # (score, class, rank within class, box)
+        for c in range(1, logits.shape[-1]):
+            s = probs[b, :, c]
+            h = boxes[b, :, 2] - boxes[b, :, 0]
+            w = boxes[b, :, 3] - boxes[b, :, 1]
+            ok = s > ev.score_threshold
+            if ev.min_box_size > 0:
+                ok &= (h > ev.min_box_size) & (w > ev.min_box_size)
+            idx = np.flatnonzero(ok)
+            idx = idx[np.argsort(-s[idx], kind="stable")][:ev.pre_nms_top_k]
+            kept = []
+            for i in idx:
+                if not np.any(np_iou(boxes[b, i], boxes[b, kept]) > ev.nms_iou_threshold):
+                    kept.append(i)
+            dets += [(s[i], c, r, boxes[b, i]) for r, i in enumerate(kept)]
+        dets.sort(key=lambda d: (-d[0], d[1], d[2]))
+        results.append(dets[:ev.max_detections])
+    return results
+
+
+def check_against_reference(out, logits, enc, anchors, ev):
+    expected = reference(logits, enc, anchors, ev)
+    K = ev.max_detections
+    for b, dets in enumerate(expected):
+        n = len(dets)
+        assert out["num_detections"][b] == n
+        np.testing.assert_array_equal(out["classes"][b, :n], [d[1] for d in dets])
+        np.testing.assert_allclose(out["scores"][b, :n], [d[0] for d in dets], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(out["boxes"][b, :n], np.array([d[3] for d in dets]).reshape(-1, 4),
+                                   atol=2e-6)
+        assert np.all(out["scores"][b, n:] == 0) and np.all(out["classes"][b, n:] == 0)
+        assert np.all(out["boxes"][b, n:] == 0)
+        assert out["scores"].shape == (len(expected), K)
+
+
+def run(logits, enc, anchors, config):
+    out = postprocess(tf.constant(logits, tf.float32), tf.constant(enc, tf.float32), anchors, config)
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def random_case(rng, batch, num_anchors, num_classes, logit_scale):
+    centers = rng.uniform(0, 1, (num_anchors, 2))
+    sizes = rng.uniform(0.05, 0.5, (num_anchors, 2))
+    anchors = np.concatenate([centers - sizes / 2, centers + sizes / 2], axis=1).astype(np.float32)
+    logits = (rng.normal(0, logit_scale, (batch, num_anchors, num_classes))).astype(np.float32)
+    enc = rng.normal(0, 1, (batch, num_anchors, 4)).astype(np.float32)
+    return logits, enc, anchors
+
+
+@pytest.mark.parametrize("seed,overrides", [
+    (0, {}),
+    (1, {"pre_nms_top_k": 7, "max_detections": 10}),
+    (2, {"nms_iou_threshold": 0.3, "score_threshold": 0.2, "min_box_size": 0.1}),
+    (3, {"max_detections": 500}),  # more room than candidates: padding from the pool
+])
+def test_matches_numpy_reference_small(seed, overrides):
+    rng = np.random.default_rng(seed)
+    config = make_config(num_classes=5, **overrides)
+    logits, enc, anchors = random_case(rng, 3, 60, 5, logit_scale=2.0)
+    check_against_reference(run(logits, enc, anchors, config), logits, enc, anchors, config.eval)
+
+
+@pytest.mark.parametrize("seed,scale", [(10, 1.0), (11, 3.0)])
+def test_matches_numpy_reference_full_size(seed, scale):
+    rng = np.random.default_rng(seed)
+    config = make_config(num_classes=21)
+    logits, enc, anchors = random_case(rng, 2, 8732, 21, logit_scale=scale)
+    out = run(logits, enc, anchors, config)
+    check_against_reference(out, logits, enc, anchors, config.eval)
+    assert out["num_detections"].min() > 0
+
+
+# --- hand cases: anchors are the boxes (zero encodings), logits give chosen probabilities ----
+
+def hand_case(boxes, probs):
+    """boxes [A, 4]; probs [A, C] rows summing to 1 -> (logits [1, A, C], enc [1, A, 4], anchors)."""
+    probs = np.maximum(np.asarray(probs, dtype=np.float64), 1e-30)  # log(0) stand-in
+    return (np.log(probs)[None].astype(np.float32), np.zeros((1, len(boxes), 4), np.float32),
+            np.asarray(boxes, np.float32))
+
+
+B1 = [0.1, 0.1, 0.5, 0.5]
+B1_SHIFTED = [0.12, 0.1, 0.52, 0.5]  # IoU 0.38 / 0.42 = 0.905 with B1
+FAR = [0.6, 0.6, 0.9, 0.9]
+
+
+def test_overlapping_boxes_of_one_class_are_suppressed():
+    out = run(*hand_case([B1, B1_SHIFTED], [[0.2, 0.8, 0, 0], [0.3, 0.7, 0, 0]]), make_config())
+    assert out["num_detections"][0] == 1
+    np.testing.assert_allclose(out["scores"][0, :2], [0.8, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(out["boxes"][0, 0], B1, atol=1e-6)
+    assert list(out["classes"][0, :2]) == [1, 0]
+
+
+def test_overlapping_boxes_of_different_classes_are_kept():
+    out = run(*hand_case([B1, B1_SHIFTED], [[0.2, 0.8, 0, 0], [0.3, 0, 0.7, 0]]), make_config())
+    assert out["num_detections"][0] == 2
+    assert list(out["classes"][0, :3]) == [1, 2, 0]
+    np.testing.assert_allclose(out["boxes"][0, :2], [B1, B1_SHIFTED], atol=1e-6)
+
+
+def test_nms_threshold_is_strict():
+    # IoU exactly 0.5 (powers of two keep every step exact): suppression needs IoU > threshold
+    boxes = [[0.0, 0.0, 0.5, 0.25], [0.0, 0.0, 0.25, 0.25]]
+    probs = [[0.2, 0.8, 0, 0], [0.3, 0.7, 0, 0]]
+    assert np_iou(*np.asarray(boxes, np.float32)) == 0.5
+    assert run(*hand_case(boxes, probs), make_config(nms_iou_threshold=0.5))["num_detections"][0] == 2
+    assert run(*hand_case(boxes, probs), make_config(nms_iou_threshold=0.49))["num_detections"][0] == 1
+
+
+def test_score_threshold_is_strict():
+    # equal logits over 4 classes: every probability is exactly 0.25 in float32
+    logits, enc, anchors = np.zeros((1, 1, 4), np.float32), np.zeros((1, 1, 4), np.float32), np.array([B1], np.float32)
+    assert run(logits, enc, anchors, make_config(score_threshold=0.25))["num_detections"][0] == 0
+    out = run(logits, enc, anchors, make_config(score_threshold=0.2499))
+    assert out["num_detections"][0] == 3 and list(out["classes"][0, :3]) == [1, 2, 3]
+    out = run(*hand_case([B1, FAR], [[0.991, 0.009, 0, 0], [0.989, 0.011, 0, 0]]), make_config())
+    assert out["num_detections"][0] == 1
+    np.testing.assert_allclose(out["boxes"][0, 0], FAR, atol=1e-6)
+
+
+def grid_boxes(n):
+    return [[0.1 * i, 0.0, 0.1 * i + 0.05, 0.05] for i in range(n)]
+
+
+def test_max_detections_pre_nms_top_k_and_padding():
+    probs = [[1 - p, p, 0, 0] for p in (0.5, 0.9, 0.7, 0.6, 0.8)]
+    out = run(*hand_case(grid_boxes(5), probs), make_config(max_detections=3))
+    assert out["scores"].shape == (1, 3) and out["num_detections"][0] == 3
+    np.testing.assert_allclose(out["scores"][0], [0.9, 0.8, 0.7], rtol=1e-6)
+    np.testing.assert_allclose(out["boxes"][0], np.array(grid_boxes(5))[[1, 4, 2]], atol=1e-6)
+    out = run(*hand_case(grid_boxes(5), probs), make_config(max_detections=6, pre_nms_top_k=2))
+    assert out["num_detections"][0] == 2
+    np.testing.assert_allclose(out["scores"][0], [0.9, 0.8, 0, 0, 0, 0], rtol=1e-6)
+    assert np.all(out["boxes"][0, 2:] == 0) and np.all(out["classes"][0, 2:] == 0)
+
+
+def test_min_box_size_filter():
+    small = [0.1, 0.1, 0.12, 0.5]  # 0.02 high
+    probs = [[0.1, 0.9, 0, 0], [0.2, 0.8, 0, 0]]
+    assert run(*hand_case([small, FAR], probs), make_config())["num_detections"][0] == 2
+    out = run(*hand_case([small, FAR], probs), make_config(min_box_size=0.03))
+    assert out["num_detections"][0] == 1
+    np.testing.assert_allclose(out["boxes"][0, 0], FAR, atol=1e-6)
+
+
+def test_boxes_are_clipped_before_nms():
+    # both boxes stick out of the image; clipped, they are identical and one suppresses the other
+    boxes = [[-0.5, -0.5, 0.5, 0.5], [-0.2, -0.2, 0.5, 0.5]]
+    out = run(*hand_case(boxes, [[0.2, 0.8, 0, 0], [0.3, 0.7, 0, 0]]), make_config())
+    assert out["num_detections"][0] == 1
+    np.testing.assert_allclose(out["boxes"][0, 0], [0, 0, 0.5, 0.5], atol=1e-6)
+
+
+def test_ties_go_to_lower_anchor_then_lower_class():
+    probs = [[0.4, 0.6, 0, 0]] * 3
+    # equal scores, same class, overlapping: the lower anchor index is kept
+    out = run(*hand_case([B1_SHIFTED, B1, FAR], probs), make_config(max_detections=2))
+    np.testing.assert_allclose(out["boxes"][0], [B1_SHIFTED, FAR], atol=1e-6)
+    # equal scores across classes: the lower class comes first
+    out = run(*hand_case([B1, FAR], [[0.4, 0, 0.6, 0], [0.4, 0.6, 0, 0]]), make_config(max_detections=1))
+    assert out["classes"][0, 0] == 1
+    np.testing.assert_allclose(out["boxes"][0, 0], FAR, atol=1e-6)
+
+
+def test_unknown_batch_size_in_tf_function():
+    rng = np.random.default_rng(4)
+    config = make_config(num_classes=5, max_detections=20)
+    logits, enc, anchors = random_case(rng, 3, 50, 5, logit_scale=2.0)
+    fn = tf.function(lambda l, e: postprocess(l, e, anchors, config),
+                     input_signature=[tf.TensorSpec([None, 50, 5], tf.float32),
+                                      tf.TensorSpec([None, 50, 4], tf.float32)])
+    for batch in (3, 1):
+        out = {k: v.numpy() for k, v in fn(logits[:batch], enc[:batch]).items()}
+        assert out["boxes"].shape == (batch, 20, 4) and out["classes"].dtype == np.int32
+        assert out["num_detections"].dtype == np.int32
+        check_against_reference(out, logits[:batch], enc[:batch], anchors, config.eval)
+    concrete = fn.get_concrete_function()
+    assert concrete.structured_outputs["boxes"].shape.as_list() == [None, 20, 4]
+
+
+def test_mismatched_anchors_are_rejected():
+    with pytest.raises(ValueError, match="default boxes"):
+        postprocess(tf.zeros([1, 5, 4]), tf.zeros([1, 5, 4]), np.zeros((6, 4), np.float32), make_config())
+
+
+def test_pixel_conversions():
+    boxes = np.array([[[0, 0, 1, 1], [0.5, 0.25, 0.75, 0.5]]], np.float32)
+    pixels = to_pixels(tf.constant(boxes), tf.constant([[375, 500]])).numpy()
+    np.testing.assert_allclose(pixels, [[[0, 0, 375, 500], [187.5, 125, 281.25, 250]]])
+    voc = to_voc_boxes(boxes, [[375, 500]])
+    # VOC: 1-based inclusive (xmin, ymin, xmax, ymax); the whole image is 1, 1, W, H
+    np.testing.assert_allclose(voc, [[[1, 1, 500, 375], [126, 188.5, 250, 281.25]]])
