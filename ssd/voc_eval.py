@@ -344,11 +344,10 @@ class VOCEvaluator:
         for label, name in enumerate(self.class_names, start=1):
             rows = np.flatnonzero(det_classes == label)
             path = results_dir / f"{prefix}{name}.txt"
-            with open(path, "w") as f:
-                for r in rows:
-                    # repr gives the shortest text that parses back to the same double
-                    f.write(" ".join([ids[det_image[r]], repr(float(det_scores[r])),
-                                      *(repr(float(v)) for v in det_boxes[r])]) + "\n")
+            # repr gives the shortest text that parses back to the same double
+            lines = [f"{ids[i]} {score!r} {x0!r} {y0!r} {x1!r} {y1!r}\n" for i, score, (x0, y0, x1, y1)
+                     in zip(det_image[rows].tolist(), det_scores[rows].tolist(), det_boxes[rows].tolist())]
+            path.write_text("".join(lines))
             paths.append(path)
         return paths
 
@@ -424,27 +423,35 @@ def read_annotation(path: str | os.PathLike, class_names: Sequence[str]) -> tupl
             np.array(difficult, dtype=bool))
 
 
+def _bad_result_line(path: Any, line_number: int, line: str) -> ValueError:
+    return ValueError(f"{path}:{line_number}: expected '<image_id> <score> <xmin> <ymin> <xmax> <ymax>' "
+                      f"with finite numbers, got {line.rstrip()!r}")
+
+
 def read_result_file(path: str | os.PathLike) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(image_ids, scores [D], boxes [D, 4]) of one `<image_id> <score> <xmin> <ymin> <xmax> <ymax>` file."""
-    ids, values = [], []
-    with open(path) as f:
-        for line_number, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            try:
-                if len(fields) != 6:
-                    raise ValueError
-                numbers = [float(v) for v in fields[1:]]
-                if not all(math.isfinite(v) for v in numbers):
-                    raise ValueError
-            except ValueError:
-                raise ValueError(f"{path}:{line_number}: expected '<image_id> <score> <xmin> <ymin> "
-                                 f"<xmax> <ymax>' with finite numbers, got {line.rstrip()!r}") from None
-            ids.append(fields[0])
-            values.append(numbers)
-    values = np.array(values, dtype=np.float64).reshape(-1, 5)
-    return ids, values[:, 0], values[:, 1:]
+    lines = Path(path).read_text().splitlines()
+    numbered = [(n, fields) for n, fields in enumerate((line.split() for line in lines), start=1) if fields]
+    for n, fields in numbered:
+        if len(fields) != 6:
+            raise _bad_result_line(path, n, lines[n - 1])
+    try:
+        numbers = (float(v) for _, fields in numbered for v in fields[1:])
+        values = np.fromiter(numbers, dtype=np.float64, count=5 * len(numbered)).reshape(-1, 5)
+        finite = np.isfinite(values).all(axis=1)
+    except ValueError:  # find the offending line
+        finite = np.array([all(_is_finite_number(v) for v in fields[1:]) for _, fields in numbered])
+    if not finite.all():
+        n = numbered[int(np.argmin(finite))][0]
+        raise _bad_result_line(path, n, lines[n - 1])
+    return [fields[0] for _, fields in numbered], values[:, 0], values[:, 1:]
+
+
+def _is_finite_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def read_detections(results_dir: str | os.PathLike, class_names: Sequence[str],
