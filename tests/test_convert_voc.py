@@ -1,0 +1,441 @@
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # dataset/ holds scripts, not an installed package
+    sys.path.insert(0, str(REPO))
+
+from dataset import convert_voc, voc_image, voc_xml  # noqa: E402
+from dataset.progress import Progress  # noqa: E402
+from ssd import records  # noqa: E402
+from ssd.voc_coords import voc_to_normalized  # noqa: E402
+
+CLASSES = ("cat", "dog", "person")
+W, H = 80, 60
+
+
+def smooth_rgb(seed=0, height=H, width=W):
+    y, x = np.mgrid[0:height, 0:width]
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 100, size=3)
+    return np.stack([base[0] + x * 2, base[1] + y * 2, base[2] + (x + y)], -1).clip(0, 255).astype(np.uint8)
+
+
+def encode(image, fmt, **kwargs):
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def obj_xml(name, box, difficult=0, truncated=0, pose="Frontal"):
+    parts = [f"<name>{name}</name>"]
+    if pose is not None:
+        parts.append(f"<pose>{pose}</pose>")
+    if truncated is not None:
+        parts.append(f"<truncated>{truncated}</truncated>")
+    if difficult is not None:
+        parts.append(f"<difficult>{difficult}</difficult>")
+    coords = "".join(f"<{t}>{v}</{t}>" for t, v in zip(("xmin", "ymin", "xmax", "ymax"), box))
+    return "<object>" + "".join(parts) + f"<bndbox>{coords}</bndbox></object>"
+
+
+def annotation_xml(filename, objects, size=(W, H)):
+    size_xml = "" if size is None else \
+        f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>"
+    return (f"<annotation>\n  <folder>VOC</folder>\n  <filename>{filename}</filename>\n  {size_xml}\n"
+            f"  <segmented>0</segmented>\n  " + "\n  ".join(objects) + "\n</annotation>\n")
+
+
+def good_jpeg(seed):
+    return encode(Image.fromarray(smooth_rgb(seed)), "JPEG", quality=90)
+
+
+def make_root(root: Path, items, split="trainval", list_order=None):
+    """items: {image_id: (image file name, image bytes, xml text or None)}."""
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for image_id, (image_name, data, xml) in items.items():
+        if data is not None:
+            (root / "JPEGImages" / image_name).write_bytes(data)
+        if xml is not None:
+            (root / "Annotations" / f"{image_id}.xml").write_text(xml)
+    ids = list_order or list(items)
+    (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+    return root
+
+
+# Expected outcome per id: (kept boxes in VOC pixels, labels, difficult, truncated); None = skipped.
+EXPECTED = {
+    "good": ([(10, 12, 50, 40), (1, 1, 80, 60)], [2, 1], [1, 0], [0, 1]),
+    "gray": ([(5, 5, 30, 50)], [3], [0], [0]),
+    "cmyk": ([(20, 10, 70, 55)], [1], [0], [0]),
+    "rgba": ([(2, 3, 40, 30)], [2], [0], [0]),
+    "pngjpg": ([(3, 4, 5, 6)], [1], [0], [0]),
+    "palette": ([(1, 1, 10, 10)], [2], [0], [0]),
+    "png16": ([(30, 20, 60, 59)], [3], [0], [0]),
+    "truncated": None,
+    "defaults": ([(7, 8, 9, 10)], [2], [0], [0]),
+    "floats": ([(45.7, 10.2, 70.5, 50.9)], [1], [0], [0]),
+    "sizediff": ([(10, 10, 80, 60)], [3], [0], [0]),
+    "nosize": ([(4, 4, 20, 20)], [1], [0], [0]),
+    "outside": ([(1, 10, 80, 50)], [3], [0], [0]),
+    "inverted": ([(1, 2, 3, 4)], [1], [0], [0]),
+    "empty": ([], [], [], []),
+    "malformed": None,
+    "unknown": ([(6, 6, 12, 12)], [2], [0], [0]),
+}
+# Not alphabetical: the output must follow the split list.
+LIST_ORDER = ["good", "unknown", "gray", "truncated", "cmyk", "rgba", "pngjpg", "palette", "png16",
+              "defaults", "malformed", "floats", "sizediff", "nosize", "outside", "inverted", "empty"]
+
+RGBA_PIXELS = np.concatenate([np.zeros((H, W // 2, 4), np.uint8),
+                              np.full((H, W - W // 2, 4), (200, 40, 90, 255), np.uint8)], axis=1)
+GRAY16 = (np.mgrid[0:H, 0:W][1] * 800 + 1000).astype(np.uint16)
+
+
+def mixed_items():
+    rgb = Image.fromarray(smooth_rgb(1))
+    truncated = good_jpeg(7)
+    xml = annotation_xml
+    return {
+        "good": ("good.jpg", good_jpeg(0),
+                 xml("good.jpg", [obj_xml("dog", (10, 12, 50, 40), difficult=1),
+                                  obj_xml(" cat ", (1, 1, 80, 60), truncated=1)])),
+        "gray": ("gray.jpg", encode(rgb.convert("L"), "JPEG", quality=95),
+                 xml("gray.jpg", [obj_xml("person", (5, 5, 30, 50))])),
+        "cmyk": ("cmyk.jpg", encode(rgb.convert("CMYK"), "JPEG", quality=95),
+                 xml("cmyk.jpg", [obj_xml("cat", (20, 10, 70, 55))])),
+        "rgba": ("rgba.png", encode(Image.fromarray(RGBA_PIXELS, "RGBA"), "PNG"),
+                 xml("rgba.png", [obj_xml("dog", (2, 3, 40, 30))])),
+        "pngjpg": ("pngjpg.jpg", encode(rgb, "PNG"), xml("pngjpg.jpg", [obj_xml("cat", (3, 4, 5, 6))])),
+        "palette": ("palette.jpg", encode(rgb.quantize(32, dither=Image.Dither.NONE), "PNG"),
+                    xml("palette.jpg", [obj_xml("dog", (1, 1, 10, 10))])),
+        "png16": ("png16.jpg", encode(Image.fromarray(GRAY16), "PNG"),
+                  xml("png16.jpg", [obj_xml("person", (30, 20, 60, 59))])),
+        "truncated": ("truncated.jpg", truncated[:len(truncated) // 2],
+                      xml("truncated.jpg", [obj_xml("cat", (1, 1, 5, 5))])),
+        "defaults": ("defaults.jpg", good_jpeg(2),
+                     xml("defaults.jpg", [obj_xml("dog", (7, 8, 9, 10), None, None, None)])),
+        "floats": ("floats.jpg", good_jpeg(3),
+                   xml("floats.jpg", [obj_xml("cat", ("45.7", "10.2", "70.5", "50.9"))])),
+        "sizediff": ("sizediff.jpg", good_jpeg(4),
+                     xml("sizediff.jpg", [obj_xml("person", (10, 10, 95, 95))], size=(100, 100))),
+        "nosize": ("nosize.jpg", good_jpeg(5),
+                   xml("nosize.jpg", [obj_xml("cat", (4, 4, 20, 20))], size=None)),
+        "outside": ("outside.jpg", good_jpeg(6),
+                    xml("outside.jpg", [obj_xml("person", (-5, 10, 90, 50)),
+                                        obj_xml("cat", (85, 5, 95, 20))])),
+        "inverted": ("inverted.jpg", good_jpeg(8),
+                     xml("inverted.jpg", [obj_xml("dog", (50, 10, 20, 40)), obj_xml("cat", (1, 2, 3, 4))])),
+        "empty": ("empty.jpg", good_jpeg(9), xml("empty.jpg", [])),
+        "malformed": ("malformed.jpg", good_jpeg(10), "<annotation><object><name>dog</name>\n"),
+        "unknown": ("unknown.jpg", good_jpeg(11),
+                    xml("unknown.jpg", [obj_xml("unicorn", (1, 1, 5, 5)), obj_xml("dog", (6, 6, 12, 12))])),
+    }
+
+
+@pytest.fixture(scope="module")
+def mixed_root(tmp_path_factory):
+    return make_root(tmp_path_factory.mktemp("voc") / "MIXED", mixed_items(), list_order=LIST_ORDER)
+
+
+def convert(root, out, **kwargs):
+    kwargs.setdefault("skip_unknown_classes", True)
+    return convert_voc.convert_voc([root], out, "mixed", CLASSES, splits=("trainval",),
+                                   progress_stream=io.StringIO(), **kwargs)
+
+
+def read_records(paths):
+    result = []
+    for serialized in tf.data.TFRecordDataset([str(p) for p in paths]):
+        parsed = records.parse_example(serialized)
+        result.append({k: v.numpy() for k, v in parsed.items()})
+    return result
+
+
+@pytest.fixture(scope="module")
+def converted(mixed_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    summary = convert(mixed_root, out, num_shards=3)
+    return out, summary
+
+
+def test_records_follow_the_xml(mixed_root, converted):
+    out, summary = converted
+    shards = convert_voc.finished_shards(out, "mixed")
+    assert [p.name for p in shards] == [f"mixed-0000{i}-of-00003" for i in range(3)]
+    kept_ids = [i for i in LIST_ORDER if EXPECTED[i] is not None]
+    by_shard = [read_records([p]) for p in shards]
+    # record k of the split order goes to shard k mod 3, in order
+    for shard_index, shard_records in enumerate(by_shard):
+        assert [r["source_id"].decode() for r in shard_records] == kept_ids[shard_index::3]
+    for record in sum(by_shard, []):
+        image_id = record["source_id"].decode()
+        boxes, labels, difficult, truncated = EXPECTED[image_id]
+        image = tf.io.decode_jpeg(record["encoded"]).numpy()
+        assert image.shape == (H, W, 3) and (record["height"], record["width"]) == (H, W)
+        expected_boxes = voc_to_normalized(np.array(boxes, np.float64).reshape(-1, 4), H, W)
+        np.testing.assert_allclose(record["boxes"], expected_boxes, atol=1e-6)
+        np.testing.assert_array_equal(record["labels"], labels)
+        np.testing.assert_array_equal(record["difficult"], np.array(difficult, bool))
+        np.testing.assert_array_equal(record["truncated"], np.array(truncated, bool))
+        source_name = {"rgba": "rgba.png"}.get(image_id, f"{image_id}.jpg")
+        assert record["filename"].decode() == source_name
+        original = (mixed_root / "JPEGImages" / source_name).read_bytes()
+        plain_jpeg = image_id not in ("gray", "cmyk", "rgba", "pngjpg", "palette", "png16")
+        assert (record["encoded"] == original) == plain_jpeg, image_id
+
+
+def test_reencoded_images_keep_their_pixels(mixed_root, converted):
+    out, _ = converted
+    decoded = {r["source_id"].decode(): tf.io.decode_jpeg(r["encoded"]).numpy().astype(float)
+               for r in read_records(convert_voc.finished_shards(out, "mixed"))}
+    source = {i: np.asarray(Image.open(mixed_root / "JPEGImages" / f"{i}.jpg").convert("RGB"), float)
+              for i in ("gray", "cmyk", "pngjpg", "palette")}
+    gray = decoded["gray"]
+    assert np.abs(gray[..., 0] - gray[..., 1]).mean() < 2 and np.abs(gray[..., 1] - gray[..., 2]).mean() < 2
+    for image_id, pixels in source.items():
+        assert np.abs(decoded[image_id] - pixels).mean() < 4, image_id
+    rgba = decoded["rgba"]
+    assert rgba[:, : W // 2 - 8].min() > 245  # transparent half composited on white
+    np.testing.assert_allclose(rgba[:, W // 2 + 8:].mean(axis=(0, 1)), (200, 40, 90), atol=4)
+    # 16-bit values are scaled to 8 bits (v / 257), not clipped at 255
+    np.testing.assert_allclose(decoded["png16"][..., 0], GRAY16 / 257.0, atol=4)
+
+
+def test_summary_counts_skips_and_warnings(converted):
+    out, summary = converted
+    assert json.loads((out / "mixed_summary.json").read_text()) == summary
+    kept = [i for i in EXPECTED if EXPECTED[i] is not None]
+    assert summary["num_images"] == len(kept) == sum(summary["images_per_shard"])
+    assert summary["classes"] == list(CLASSES)
+    label_counts = np.bincount(sum((EXPECTED[i][1] for i in kept), []), minlength=4)
+    assert summary["objects_per_class"] == {"cat": label_counts[1], "dog": label_counts[2],
+                                            "person": label_counts[3]}
+    assert summary["num_objects"] == label_counts.sum()
+    assert summary["num_difficult"] == 1 and summary["difficult_per_class"]["dog"] == 1
+    assert summary["num_truncated"] == 1 and summary["num_empty_images"] == 1
+    assert summary["num_skipped"] == 2
+    reasons = {s["image_id"]: s["reason"] for s in summary["skipped"]}
+    assert set(reasons) == {"truncated", "malformed"}
+    assert reasons["truncated"].startswith("corrupt image") and "malformed XML" in reasons["malformed"]
+    assert "malformed.xml" in reasons["malformed"]
+    assert summary["warnings"] == {"box_clipped": 2, "box_inverted": 1, "box_outside": 1,
+                                   "difficult_missing": 1, "size_mismatch": 1, "size_missing": 1,
+                                   "truncated_missing": 1, "unknown_class": 1}
+    assert any("sizediff.xml" in m for m in summary["warning_examples"]["size_mismatch"])
+    assert summary["reencoded_images"] == {"JPEG/CMYK": 1, "JPEG/L": 1, "PNG/I;16": 1, "PNG/P": 1,
+                                           "PNG/RGB": 1, "PNG/RGBA": 1}
+
+
+def test_output_is_deterministic_for_any_worker_count(mixed_root, converted, tmp_path):
+    out, summary = converted
+    again = convert(mixed_root, tmp_path / "again", num_shards=3, num_workers=2)
+    for first, second in zip(convert_voc.finished_shards(out, "mixed"),
+                             convert_voc.finished_shards(tmp_path / "again", "mixed")):
+        assert first.name == second.name and first.read_bytes() == second.read_bytes()
+    assert again == summary
+
+
+def test_unknown_classes_fail_with_names_and_files(mixed_root, tmp_path):
+    with pytest.raises(convert_voc.ConversionError, match=r"'unicorn': 1 objects in 1 files: .*unknown\.xml"):
+        convert(mixed_root, tmp_path, skip_unknown_classes=False)
+    assert not list(tmp_path.iterdir())
+
+
+def test_drop_empty_skips_images_without_objects(mixed_root, tmp_path):
+    summary = convert(mixed_root, tmp_path, drop_empty=True)
+    reasons = {s["image_id"]: s["reason"] for s in summary["skipped"]}
+    assert set(reasons) == {"truncated", "malformed", "empty"} and "no objects" in reasons["empty"]
+
+
+def test_failed_run_leaves_no_finished_looking_shard(mixed_root, tmp_path, monkeypatch):
+    complete = convert(mixed_root, tmp_path, num_shards=2)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real = convert_voc.convert_image
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("disk on fire")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(convert_voc, "convert_image", failing)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        convert(mixed_root, tmp_path, num_shards=4)
+    # the previous complete output is untouched; nothing of the failed run is left
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    fresh = tmp_path / "fresh"
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        convert(mixed_root, fresh, num_shards=4)
+    assert list(fresh.iterdir()) == []
+    assert complete["num_shards"] == 2
+
+
+def test_rerun_replaces_shards_of_another_count(mixed_root, tmp_path):
+    convert(mixed_root, tmp_path, num_shards=3)
+    (tmp_path / "other-00000-of-00001").write_bytes(b"x")  # another data set's shard stays
+    summary = convert(mixed_root, tmp_path, num_shards=2)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["mixed-00000-of-00002", "mixed-00001-of-00002", "mixed_summary.json",
+                     "other-00000-of-00001"]
+    assert len(read_records(convert_voc.finished_shards(tmp_path, "mixed"))) == summary["num_images"]
+
+
+def test_missing_files_in_split_list_are_listed(tmp_path):
+    items = {f"{i:03d}": (f"{i:03d}.jpg", good_jpeg(i), annotation_xml(f"{i:03d}.jpg", []))
+             for i in range(3)}
+    ids = list(items) + [f"m{i:02d}" for i in range(12)]
+    make_root(tmp_path / "R", items, list_order=ids)
+    (tmp_path / "R" / "JPEGImages" / "001.jpg").unlink()
+    (tmp_path / "R" / "Annotations" / "002.xml").unlink()
+    with pytest.raises(convert_voc.ConversionError) as error:
+        convert(tmp_path / "R", tmp_path / "out")
+    message = str(error.value)
+    assert message.startswith("14 image ids have missing files")
+    assert "001: no JPEGImages/001.jpg" in message and "002: no Annotations/002.xml" in message
+    assert "m00: no Annotations/m00.xml, no JPEGImages/m00.jpg" in message
+    assert "... and 4 more" in message and "m11" not in message
+
+
+def test_duplicate_ids_across_roots_are_an_error(tmp_path):
+    items = {"a": ("a.jpg", good_jpeg(0), annotation_xml("a.jpg", []))}
+    roots = [make_root(tmp_path / "VOC2007", items), make_root(tmp_path / "VOC2012", items)]
+    with pytest.raises(convert_voc.ConversionError, match="a in .*VOC2007 and .*VOC2012"):
+        convert_voc.convert_voc(roots, tmp_path / "out", "dup", CLASSES)
+
+
+def test_years_and_all_annotated_mode(tmp_path):
+    def item(i):
+        return (f"{i}.jpg", good_jpeg(0), annotation_xml(f"{i}.jpg", [obj_xml("cat", (1, 1, 4, 4))]))
+
+    voc07 = make_root(tmp_path / "VOCdevkit" / "VOC2007", {i: item(i) for i in ("07c", "07a", "07t")},
+                      list_order=["07c", "07a"])
+    (voc07 / "ImageSets" / "Main" / "test.txt").write_text("07t\n")
+    make_root(tmp_path / "VOCdevkit" / "VOC2012", {i: item(i) for i in ("12b", "12a")}, list_order=["12b"])
+    roots = convert_voc.voc_roots(tmp_path / "VOCdevkit", ["2007", "2012"])
+    assert roots == [tmp_path / "VOCdevkit" / "VOC2007", tmp_path / "VOCdevkit" / "VOC2012"]
+    assert convert_voc.default_name(["2007", "2012"], [], ["trainval"], False) == "voc0712_trainval"
+    split_entries, _, _ = convert_voc.find_entries(roots, ["trainval"], all_annotated=False)
+    assert [e.image_id for e in split_entries] == ["07c", "07a", "12b"]
+    # every annotation, sorted per root, without VOC2007's test images
+    all_entries, sources, _ = convert_voc.find_entries(roots, ["trainval"], all_annotated=True)
+    assert [e.image_id for e in all_entries] == ["07a", "07c", "12a", "12b"]
+    assert sources[0]["excluded_test_ids"] == 1
+
+
+def test_class_list_sources(tmp_path):
+    assert convert_voc.load_class_names([" b", "a "]) == ("b", "a")
+    (tmp_path / "classes.txt").write_text("circle\n square \n\ntriangle\n")
+    from_file = convert_voc.load_class_names(classes_file=tmp_path / "classes.txt")
+    assert from_file == ("circle", "square", "triangle")
+    assert len(convert_voc.load_class_names()) == 20
+    with pytest.raises(convert_voc.ConversionError, match="more than once: a"):
+        convert_voc.load_class_names(["a", "b", "a"])
+
+
+def test_clip_voc_box_cases():
+    assert convert_voc.clip_voc_box((1, 1, 80, 60), 60, 80) == ((1, 1, 80, 60), None)
+    assert convert_voc.clip_voc_box((5, 5, 5, 5), 60, 80) == ((5, 5, 5, 5), None)  # one pixel
+    assert convert_voc.clip_voc_box((0, -3, 81, 70), 60, 80) == ((1, 1, 80, 60), "box_clipped")
+    assert convert_voc.clip_voc_box((9, 5, 8, 10), 60, 80) == (None, "box_inverted")
+    assert convert_voc.clip_voc_box((81, 5, 90, 10), 60, 80) == (None, "box_outside")
+
+
+def test_xml_reader_tolerates_variants(tmp_path):
+    path = tmp_path / "x.xml"
+    path.write_text("""<annotation><size><width>50</width><height>0</height></size>
+      <object><name> horse </name><difficult>1.0</difficult><truncated>true</truncated>
+        <bndbox><xmin>1</xmin><ymin>2</ymin><xmax>30.5</xmax><ymax>40</ymax></bndbox>
+        <part><name>head</name>
+          <bndbox><xmin>3</xmin><ymin>3</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></part>
+      </object>
+      <object><name>dog</name>
+        <bndbox><xmin>a</xmin><ymin>2</ymin><xmax>3</xmax><ymax>4</ymax></bndbox></object>
+      <object><difficult>0</difficult></object>
+    </annotation>""")
+    annotation = voc_xml.parse_voc_xml(path)
+    assert annotation.width is None and annotation.height is None
+    assert annotation.objects == (voc_xml.VocObject("horse", (1.0, 2.0, 30.5, 40.0), 1, 1, "Unspecified"),)
+    kinds = [kind for kind, _ in annotation.notes]
+    assert kinds == ["size_invalid", "box_invalid", "object_unnamed"]
+    path.write_text("<notvoc/>")
+    with pytest.raises(voc_xml.VocXmlError, match="x.xml: root element is <notvoc>"):
+        voc_xml.parse_voc_xml(path)
+
+
+def test_jpeg_without_end_marker_is_reencoded():
+    # Fine noise: libjpeg has consumed every byte before it misses the marker, so Pillow decodes it.
+    noise = (np.random.default_rng(0).random((H, W, 3)) * 255).astype(np.uint8)
+    data = encode(Image.fromarray(noise), "JPEG", quality=90)
+    assert data.endswith(b"\xff\xd9")
+    cut = data[:-2]
+    with pytest.raises(tf.errors.InvalidArgumentError):  # why it may not be kept as it is
+        tf.io.decode_jpeg(cut)
+    image = voc_image.load_rgb_jpeg(cut)
+    assert image.reencoded == "JPEG/no-end-marker"
+    assert tf.io.decode_jpeg(image.encoded).shape == (H, W, 3)
+    progressive = encode(Image.fromarray(smooth_rgb(0)), "JPEG", progressive=True)
+    structure = voc_image.jpeg_structure(progressive)
+    assert structure.complete and structure.frame.marker == 0xC2
+    assert (structure.frame.width, structure.frame.height) == (W, H)
+    assert voc_image.load_rgb_jpeg(progressive).encoded == progressive
+    with pytest.raises(voc_image.CorruptImageError):
+        voc_image.load_rgb_jpeg(b"not an image")
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_progress_lines_show_count_rate_and_eta():
+    clock, stream = FakeClock(), io.StringIO()
+    progress = Progress(100, label="x", stream=stream, log_interval=10, clock=clock)
+    for _ in range(50):
+        clock.now += 0.5
+        progress.update()
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    # not a terminal: a line every 10 s (at 10, 20 s) and a final one
+    assert lines[0] == "x 20/100 ( 20.0%) 2.0 img/s elapsed 00:10 ETA 00:40"
+    assert len(lines) == 3 and lines[-1].startswith("x 50/100 ( 50.0%) 2.0 img/s elapsed 00:25 ETA 00:25")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    progress = Progress(2, stream=terminal, clock=clock)
+    clock.now += 1
+    progress.update(2)
+    progress.close()
+    assert terminal.getvalue().startswith("\r2/2 (100.0%)") and terminal.getvalue().endswith("\n")
+
+
+def test_command_line(mixed_root, tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "dataset" / "convert_voc.py"), f"--voc_root={mixed_root}",
+         "--split=trainval", "--classes=cat,dog,person", "--skip_unknown_classes",
+         f"--output_directory={tmp_path}", "--num_shards=2", "--num_workers=2"],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "MIXED_trainval_summary.json").read_text())
+    assert summary["num_images"] == 15 and summary["num_shards"] == 2
+    assert "16/16" in result.stderr  # progress over every image with a readable XML
+    assert len(read_records(convert_voc.finished_shards(tmp_path, "MIXED_trainval"))) == 15
