@@ -69,10 +69,11 @@ def make_strategy(name: str, num_gpus: int | None = None) -> tf.distribute.Strat
     """Creates the strategy called `name` (see the module docstring); `num_gpus` caps the GPUs used."""
     if name not in STRATEGIES:
         raise DistributionError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
-    gpus = _local_devices("GPU", num_gpus)
     if name == "multi_worker":
         parse_tf_config(os.environ.get("TF_CONFIG"))
+        # before anything initializes the runtime: collective ops are configured at startup
         return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = _local_devices("GPU", num_gpus)
     if name == "mirrored":
         return tf.distribute.MirroredStrategy(gpus or _local_devices("CPU", None))
     if name == "one_device":

@@ -55,8 +55,8 @@ its shuffle and prefetch buffers (hundreds of decoded images) into every checkpo
 continues from the restored step with a freshly started (reshuffled) input pipeline.
 
 Multi-worker: every worker runs the same steps; only the chief writes checkpoints and summaries
-into `model_dir`. The other workers save into a temporary directory (saving may involve
-collectives, so they must take part) that is removed when training ends.
+into `model_dir`. The other workers save into a temporary directory `model_dir/.tmp_<task>_*`
+(saving may involve collectives, so they must take part) that is removed when training ends.
 """
 
 from __future__ import annotations
@@ -468,7 +468,8 @@ class _TrainingSession:
             self._scratch_dir = None
             self._writer = tf.summary.create_file_writer(config.model_dir)
         else:
-            self._scratch_dir = tempfile.mkdtemp(prefix=f"ssd_{task_name(estimator.strategy)}_")
+            self._scratch_dir = tempfile.mkdtemp(prefix=f".tmp_{task_name(estimator.strategy)}_",
+                                                 dir=config.model_dir)
             self._checkpoint_dir = self._scratch_dir
             self._writer = tf.summary.create_noop_writer()
         self._manager = tf.train.CheckpointManager(

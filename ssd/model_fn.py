@@ -1,0 +1,162 @@
+"""The SSD model function for `ssd.estimator.Estimator`: loss, learning rate, optimizer, outputs.
+
+`SSDModelFn(config, context)` is created once per Estimator inside the strategy scope and holds
+the Keras network, the default boxes and the optimizer; calling it with
+`(features, labels, mode, config)` gives the mode's `EstimatorSpec`:
+
+TRAIN    total loss = cls_loss + loc_loss + l2_loss (SSD_FACTS "Loss"). The confidence and box
+         losses are sums over the global batch divided by N, the number of positive default boxes
+         in the GLOBAL batch: each replica divides its own sums by N all-reduced across replicas.
+         Keras 3 optimizers SUM gradients across replicas, so the replicas' shares add up to the
+         loss (and gradient) of one replica on the whole batch; the weight decay term is added
+         once, as 1/num_replicas of it on every replica. Logged alongside: each component,
+         `accuracy` (argmax = target over the anchors the loss sees: positives and mined
+         negatives) and `num_positives` (global N).
+EVAL     detections (`ssd.postprocess.postprocess`) and the padded ground truth, handed to a
+         `VOCEvaluator` by the evaluator from `create_evaluator`: {"mAP", "classes": {name: AP},
+         "num_images", "metric"}.
+PREDICT  detections in normalized and pixel coordinates, with image_id when the features have it.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ssd import boxes as box_ops
+from ssd.anchors import generate_anchors
+from ssd.config import Config, TrainConfig
+from ssd.estimator import EstimatorSpec, ModelContext, ModelFunction
+from ssd.losses import classification_accuracy, detection_losses, hard_negative_mask, weight_decay_loss
+from ssd.model import build_model
+from ssd.modes import ModeKeys
+from ssd.postprocess import postprocess, to_pixels
+from ssd.voc_eval import VOCEvaluator
+
+SUMMARY_IMAGES = 3  # training images drawn with their ground truth for TensorBoard
+
+
+def learning_rate_at(step, train_config: TrainConfig) -> tf.Tensor:
+    """Piecewise constant: learning_rate * lr_factors[i] on steps [boundary[i-1], boundary[i]).
+
+    `step` counts the updates already applied, so with the seed's boundaries [500, 80000, 100000]
+    and factors [0.1, 1, 0.1, 0.01] the first 500 updates use 1e-4. Never below lr_floor.
+    """
+    step = tf.cast(step, tf.int64)
+    boundaries = tf.constant(train_config.lr_boundaries, tf.int64, shape=[len(train_config.lr_boundaries)])
+    index = tf.reduce_sum(tf.cast(step >= boundaries, tf.int32))
+    factor = tf.gather(tf.constant(train_config.lr_factors, tf.float32), index)
+    return tf.maximum(train_config.learning_rate * factor, train_config.lr_floor)
+
+
+def make_optimizer(train_config: TrainConfig, global_step: tf.Variable) -> keras.optimizers.Optimizer:
+    """The configured optimizer with the learning rate schedule read from `global_step`."""
+    def learning_rate():
+        return learning_rate_at(global_step, train_config)
+
+    if train_config.optimizer == "momentum":
+        return keras.optimizers.SGD(learning_rate, momentum=train_config.momentum)
+    if train_config.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate)
+    if train_config.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    raise ValueError(f"train.optimizer: unknown optimizer {train_config.optimizer!r}")
+
+
+class SSDEvaluator:
+    """Feeds EVAL outputs (numpy) to the VOC metric."""
+
+    def __init__(self, config: Config):
+        self._voc = VOCEvaluator(config.data.class_names, config.eval.metric)
+
+    def update(self, outputs) -> None:
+        self._voc.add_batch(
+            outputs["image_id"], outputs["original_shape"],
+            (outputs["boxes"], outputs["scores"], outputs["classes"], outputs["num_detections"]),
+            (outputs["gt_boxes"], outputs["gt_labels"], outputs["gt_difficult"], outputs["gt_num_boxes"]))
+
+    def result(self) -> dict:
+        result = self._voc.result()
+        return {"mAP": result["mAP"], "classes": result["classes"],
+                "num_images": result["num_images"], "metric": result["metric"]}
+
+
+class SSDModelFn(ModelFunction):
+    """Holds the SSD network, default boxes and optimizer; called per mode (module docstring)."""
+
+    def __init__(self, config: Config, context: ModelContext):
+        self.config = config
+        self.model = build_model(config)
+        self.optimizer = make_optimizer(config.train, context.global_step)
+        self.anchors = tf.constant(generate_anchors(config), tf.float32)
+        self._network = context.compile(self.model)
+
+    def __call__(self, features, labels, mode: str, params: Config) -> EstimatorSpec:
+        cls_logits, box_encodings = self._network(features["image"], training=mode == ModeKeys.TRAIN)
+        if mode == ModeKeys.TRAIN:
+            return self._train_spec(features, labels, cls_logits, box_encodings, params)
+        detections = postprocess(cls_logits, box_encodings, self.anchors, params)
+        if mode == ModeKeys.EVAL:
+            outputs = dict(detections, image_id=features["image_id"],
+                           original_shape=features["original_shape"],
+                           gt_boxes=labels["boxes"], gt_labels=labels["labels"],
+                           gt_difficult=labels["difficult"], gt_num_boxes=labels["num_boxes"])
+            return EstimatorSpec(mode, eval_outputs=outputs)
+        predictions = dict(detections)
+        for name in ("image_id", "original_shape"):
+            if name in features:
+                predictions[name] = features[name]
+        if "original_shape" in features:
+            predictions["pixel_boxes"] = to_pixels(detections["boxes"], features["original_shape"])
+        return EstimatorSpec(mode, predictions=predictions)
+
+    def _train_spec(self, features, labels, cls_logits, box_encodings, params: Config) -> EstimatorSpec:
+        cls_targets = labels["cls_targets"]
+        replica = tf.distribute.get_replica_context()
+        positive = cls_targets > 0
+        seen = tf.logical_or(positive, hard_negative_mask(cls_logits, cls_targets,
+                                                          params.loss.negative_ratio))
+        local_counts = tf.stack([tf.reduce_sum(tf.cast(positive, tf.float32)),
+                                 tf.reduce_sum(tf.cast(seen, tf.float32))])
+        global_positives, global_seen = tf.unstack(
+            tf.stop_gradient(replica.all_reduce(tf.distribute.ReduceOp.SUM, local_counts)))
+
+        losses = detection_losses(cls_logits, box_encodings, cls_targets, labels["loc_targets"],
+                                  params.loss, normalizer=global_positives)
+        l2_loss = weight_decay_loss(self.model, params.loss) / replica.num_replicas_in_sync
+        loss = losses["cls_loss"] + losses["loc_loss"] + l2_loss
+        accuracy = classification_accuracy(cls_logits, cls_targets, mask=seen)
+        correct_share = accuracy * local_counts[1] / tf.maximum(global_seen, 1.0)
+        scalars = {"cls_loss": losses["cls_loss"], "loc_loss": losses["loc_loss"], "l2_loss": l2_loss,
+                   "accuracy": correct_share, "num_positives": local_counts[0]}
+        summary = {"image": features["image"][:SUMMARY_IMAGES],
+                   "cls_targets": cls_targets[:SUMMARY_IMAGES],
+                   "loc_targets": labels["loc_targets"][:SUMMARY_IMAGES]}
+        return EstimatorSpec(ModeKeys.TRAIN, loss=loss, scalars=scalars, summary_tensors=summary)
+
+    def create_evaluator(self) -> SSDEvaluator:
+        return SSDEvaluator(self.config)
+
+    def summary_images(self, tensors) -> dict[str, tf.Tensor]:
+        """Training images (un-preprocessed, RGB) with the ground truth of their positive boxes."""
+        images = unpreprocess(tensors["image"], self.config)
+        decoded = box_ops.decode(tf.cast(tensors["loc_targets"], tf.float32), self.anchors,
+                                 self.config.matching.variances).numpy()
+        positive = tensors["cls_targets"].numpy() > 0
+        drawn = []
+        for image, boxes, mask in zip(tf.unstack(images), decoded, positive):
+            # every positive default box of an object decodes to that object's box
+            gt_boxes = np.unique(np.round(boxes[mask], 5), axis=0).astype(np.float32)
+            if len(gt_boxes):
+                image = tf.image.draw_bounding_boxes(image[tf.newaxis], gt_boxes[tf.newaxis],
+                                                     np.array([[0.0, 1.0, 0.0]], np.float32))[0]
+            drawn.append(image)
+        return {"train/images_with_ground_truth": tf.stack(drawn)}
+
+
+def unpreprocess(images: tf.Tensor, config: Config) -> tf.Tensor:
+    """Preprocessed BGR mean-subtracted images -> RGB float in [0, 1] for display."""
+    mean_bgr = tf.constant(config.data.mean_rgb[::-1], tf.float32)
+    bgr = tf.cast(images, tf.float32) + mean_bgr
+    return tf.clip_by_value(tf.reverse(bgr, axis=[-1]) / 255.0, 0.0, 1.0)
