@@ -157,10 +157,8 @@ def _shape_mask(rng: np.random.Generator, name: str, radius: float, stretch: tup
     return np.asarray(mask, bool), float(-low[0]), float(-low[1])
 
 
-def _pick_colour(rng: np.random.Generator, beneath: np.ndarray, covered_colours: Sequence[np.ndarray]
-                 ) -> np.ndarray:
-    """A saturated-ish colour far from the mean of what it covers and from covered shapes' colours."""
-    references = [beneath.mean(axis=0)] + list(covered_colours)
+def _pick_colour(rng: np.random.Generator, references: Sequence[np.ndarray]) -> np.ndarray:
+    """A colour far (in RGB) from every reference colour, or the farthest of the candidates tried."""
     best, best_distance = None, -1.0
     for _ in range(40):
         rgb = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.35, 1.0), rng.uniform(0.25, 1.0))
@@ -197,10 +195,8 @@ def render_scene(rng: np.random.Generator, height: int, width: int, *,
         else:
             continue
         (y0, y1, x0, x1), inside, covered = candidate
-        beneath_owner = owner[y0:y1, x0:x1][inside]
-        covered_colours = [placed[i].colour for i in np.unique(beneath_owner) if i >= 0
-                           and np.count_nonzero(beneath_owner == i) > 0.05 * inside.sum()]
-        colour = _pick_colour(rng, canvas[y0:y1, x0:x1][inside], covered_colours)
+        colour = _pick_colour(rng, _covered_colours(canvas[y0:y1, x0:x1][inside], owner[y0:y1, x0:x1][inside],
+                                                    placed))
         shading = _shading(rng, y1 - y0, x1 - x0)
         region = canvas[y0:y1, x0:x1]
         region[inside] = np.clip(colour * (1 + shading[inside])[:, None], 0, 255)
@@ -213,6 +209,27 @@ def render_scene(rng: np.random.Generator, height: int, width: int, *,
         canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * rng.uniform(2, 6)
     image = np.clip(np.round(canvas), 0, 255).astype(np.uint8)
     return Scene(image=image, owner=owner, objects=tuple(_annotate(owner, placed)))
+
+
+def _covered_colours(pixels: np.ndarray, owners: np.ndarray, placed: Sequence[_Placed]) -> list[np.ndarray]:
+    """The colours a new shape covers (over more than 5% of its area), taken separately so that no
+    single one of them can match it: each earlier shape's colour, and for the background the means
+    of its darker and its lighter half (the two colours of a stripe pattern, the ends of a gradient)."""
+    colours = []
+    for index in np.unique(owners):
+        part = owners == index
+        if part.sum() <= 0.05 * len(owners):
+            continue
+        if index >= 0:
+            colours.append(placed[index].colour)
+            continue
+        background = pixels[part]
+        brightness = background.sum(axis=-1)
+        lighter = brightness > np.median(brightness)
+        colours.append(background.mean(axis=0))
+        if lighter.any() and not lighter.all():
+            colours += [background[lighter].mean(axis=0), background[~lighter].mean(axis=0)]
+    return colours or [pixels.mean(axis=0)]
 
 
 def _place(rng: np.random.Generator, mask: np.ndarray, centre_x: float, centre_y: float, height: int,
