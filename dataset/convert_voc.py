@@ -66,7 +66,8 @@ from ssd.voc_coords import voc_to_normalized
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".JPG", ".JPEG", ".png", ".PNG")
 IMAGES_PER_SHARD = 1000
 JPEG_QUALITY = 95
-MAX_LISTED = 10          # ids or files quoted in an error message
+MAX_LISTED = 10          # ids quoted in an error message
+MAX_FILES_PER_CLASS = 3  # files quoted per unknown class name
 MAX_LOGGED_PER_KIND = 5  # warnings of one kind logged with their file; the rest are only counted
 
 Note = voc_xml.Note
@@ -351,8 +352,8 @@ def _scan_annotations(entries: Sequence[Entry], class_names: Sequence[str], skip
         lines = []
         for name in sorted(unknown):
             files = list(dict.fromkeys(unknown[name]))
-            more = f" and {len(files) - MAX_LISTED} more" if len(files) > MAX_LISTED else ""
-            shown = ", ".join(files[:MAX_LISTED]) + more
+            more = f" and {len(files) - MAX_FILES_PER_CLASS} more" if len(files) > MAX_FILES_PER_CLASS else ""
+            shown = ", ".join(files[:MAX_FILES_PER_CLASS]) + more
             lines.append(f"  {name!r}: {len(unknown[name])} objects in {len(files)} files: {shown}")
         raise ConversionError(
             f"{len(unknown)} class names are not in the class list ({', '.join(class_names)}); give the "
@@ -413,7 +414,6 @@ def convert_voc(roots: Sequence[str | Path], output_directory: str | Path, name:
         raise ConversionError(f"invalid output name {name!r}")
     class_names = tuple(class_names)
     output_directory = Path(output_directory)
-    output_directory.mkdir(parents=True, exist_ok=True)
     tally = WarningTally()
 
     entries, sources, notes = find_entries(roots, splits, all_annotated)
@@ -433,6 +433,7 @@ def convert_voc(roots: Sequence[str | Path], output_directory: str | Path, name:
     images_per_shard = [0] * num_shards
     num_truncated = num_empty = written = 0
     shard_names = [shard_name(name, i, num_shards) for i in range(num_shards)]
+    output_directory.mkdir(parents=True, exist_ok=True)
     partial_directory = output_directory / f".{name}.partial"
     shutil.rmtree(partial_directory, ignore_errors=True)  # left by a killed run
     partial_directory.mkdir()
