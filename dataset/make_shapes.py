@@ -195,10 +195,9 @@ def render_scene(rng: np.random.Generator, height: int, width: int, *,
         else:
             continue
         (y0, y1, x0, x1), inside, covered = candidate
-        colour = _pick_colour(rng, _covered_colours(canvas[y0:y1, x0:x1][inside], owner[y0:y1, x0:x1][inside],
-                                                    placed))
-        shading = _shading(rng, y1 - y0, x1 - x0)
         region = canvas[y0:y1, x0:x1]
+        colour = _pick_colour(rng, _covered_colours(region[inside], owner[y0:y1, x0:x1][inside], placed))
+        shading = _shading(rng, y1 - y0, x1 - x0)
         region[inside] = np.clip(colour * (1 + shading[inside])[:, None], 0, 255)
         for index, count in covered.items():
             placed[index].visible -= count
@@ -211,7 +210,8 @@ def render_scene(rng: np.random.Generator, height: int, width: int, *,
     return Scene(image=image, owner=owner, objects=tuple(_annotate(owner, placed)))
 
 
-def _covered_colours(pixels: np.ndarray, owners: np.ndarray, placed: Sequence[_Placed]) -> list[np.ndarray]:
+def _covered_colours(pixels: np.ndarray, owners: np.ndarray, placed: Sequence[_Placed]
+                     ) -> list[np.ndarray]:
     """The colours a new shape covers (over more than 5% of its area), taken separately so that no
     single one of them can match it: each earlier shape's colour, and for the background the means
     of its darker and its lighter half (the two colours of a stripe pattern, the ends of a gradient)."""
