@@ -1,0 +1,223 @@
+r"""Trains SSD300 / SSD512 from TFRecords (dataset/convert_voc.py writes them).
+
+  python train.py --data_dir=tfrecords/voc0712_trainval-* --model_dir=runs/ssd300 \
+      [--config=ssd300_voc0712] [--batch_size=32] [--max_steps=120000] [--learning_rate=1e-3] \
+      [--strategy=auto] [--pretrained=imagenet] [--mixed_precision=none] [--jit_compile] \
+      [--set train.lr_boundaries=[2000,80000,100000] --set data.augmentation=seed] \
+      [--eval_data_dir=tfrecords/voc07_test-* --eval_every_steps=10000]
+
+The recipe (--config, a name from configs/ or a JSON path) is the base; --set section.field=value
+overrides any field, and the flags given explicitly (batch_size, max_steps, learning_rate,
+mixed_precision, jit_compile) override it last. The resolved config is written to
+model_dir/config.json.
+
+Running again with the same --model_dir resumes from the latest checkpoint (step, weights,
+optimizer state); the saved config is then the base unless --config is given. Changes that keep
+the model's variable shapes (learning rate, max_steps, augmentation, ...) are allowed, logged and
+saved; a change of a shape field (architecture, input size, classes, width, batch norm, feature
+maps, boxes per location) is refused. Pretrained backbone weights are only loaded on a fresh start.
+
+Multi-GPU: --strategy=mirrored (or auto) splits the global --batch_size over the GPUs, which must
+divide it. Multi-machine: --strategy=multi_worker with TF_CONFIG set on every worker; the same
+model_dir must be reachable by all, and only the chief writes it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python train.py` from anywhere: make `ssd` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from absl import app, flags, logging
+
+from ssd import config as config_lib
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("config", "ssd300_voc0712", "Recipe name (configs/*.json) or path to a config JSON.")
+flags.DEFINE_string("data_dir", None, "Training TFRecords: a glob, comma-separated globs, or a "
+                    "directory (its *-of-* shards).")
+flags.DEFINE_string("model_dir", None, "Where checkpoints, summaries and config.json go.")
+flags.DEFINE_integer("batch_size", None, "Global batch size, split across replicas.")
+flags.DEFINE_integer("max_steps", None, "Train until the global step reaches this.")
+flags.DEFINE_float("learning_rate", None, "Base learning rate (the schedule's factors multiply it).")
+flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker", "one_device"],
+                  "Distribution strategy.")
+flags.DEFINE_integer("num_gpus", None, "Use at most this many local GPUs (default: all).")
+flags.DEFINE_string("pretrained", "imagenet", "Backbone initialization on a fresh start: imagenet, "
+                    "a Keras VGG16 weights file, a TF-slim vgg_16 checkpoint, or none.")
+flags.DEFINE_enum("mixed_precision", None, ["none", "float16", "bfloat16"], "Mixed precision policy.")
+flags.DEFINE_bool("jit_compile", None, "XLA-compile the network.")
+flags.DEFINE_multi_string("set", [], "Config override section.field=value (value parsed as JSON "
+                          "when it parses), e.g. --set train.lr_boundaries=[2000,80000,100000].")
+flags.DEFINE_string("eval_data_dir", None, "Evaluation TFRecords; with --eval_every_steps the "
+                    "model is evaluated (VOC mAP) during training.")
+flags.DEFINE_integer("eval_every_steps", 0, "Evaluate every this many steps (0: never).")
+
+# flag name -> config field it overrides when given explicitly
+FLAG_FIELDS = {
+    "batch_size": "train.batch_size",
+    "max_steps": "train.max_steps",
+    "learning_rate": "train.learning_rate",
+    "mixed_precision": "train.mixed_precision",
+    "jit_compile": "train.jit_compile",
+}
+
+NAN_REMEDY = ("Remedies: a longer warm-up, e.g. --set train.lr_boundaries=[2000,80000,100000], or a "
+              "lower --learning_rate. Running the same command again resumes from the latest good "
+              "checkpoint.")
+
+
+class TrainingError(Exception):
+    """A problem the user can fix; main() prints the message without a traceback."""
+
+
+def explicit_overrides() -> dict:
+    """Dotted config overrides from --set, then from the flags given on the command line."""
+    overrides = {}
+    for text in FLAGS.set:
+        key, value = config_lib.parse_override(text)
+        overrides[key] = value
+    for flag, field in FLAG_FIELDS.items():
+        if FLAGS[flag].present:
+            overrides[field] = FLAGS[flag].value
+    return overrides
+
+
+def _flatten(values, prefix=""):
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes(old: config_lib.Config, new: config_lib.Config) -> dict:
+    """{field: (old value, new value)} for every field that differs."""
+    before, after = _flatten(config_lib.to_dict(old)), _flatten(config_lib.to_dict(new))
+    return {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
+            if before.get(k) != after.get(k)}
+
+
+def resolve_config(model_dir: str, recipe: str, recipe_given: bool, overrides: dict
+                   ) -> tuple[config_lib.Config, dict]:
+    """The run's config and the changes against the config saved in model_dir (empty if none).
+
+    Raises ConfigError when a resumed run would change a field that fixes variable shapes.
+    """
+    saved_path = Path(model_dir) / config_lib.CONFIG_FILENAME
+    saved = config_lib.load_saved_config(model_dir) if saved_path.exists() else None
+    if saved is not None and not recipe_given:
+        values = config_lib.apply_overrides(config_lib.to_dict(saved), overrides)
+        config = config_lib.from_dict(values)
+    else:
+        config = config_lib.load_config(recipe, overrides)
+    if saved is None:
+        return config, {}
+    old_shapes, new_shapes = config_lib.shape_fields(saved), config_lib.shape_fields(config)
+    for field, old_value in old_shapes.items():
+        if new_shapes[field] != old_value:
+            raise config_lib.ConfigError(
+                f"{field}: {model_dir} holds a model trained with {field}={old_value!r}; this run "
+                f"asks for {new_shapes[field]!r}, which changes the model's variable shapes. Keep "
+                f"{field} unchanged to resume, or use a new --model_dir.")
+    return config, config_changes(saved, config)
+
+
+def run_config_for(config: config_lib.Config, model_dir: str, strategy):
+    from ssd.estimator import RunConfig
+    train = config.train
+    return RunConfig(
+        model_dir=model_dir,
+        save_checkpoints_steps=train.save_checkpoints_steps or None,
+        save_checkpoints_secs=train.save_checkpoints_secs or None,
+        keep_checkpoint_max=train.keep_checkpoint_max,
+        save_summary_steps=train.save_summary_steps,
+        log_step_count_steps=train.log_step_count_steps,
+        save_image_summary_steps=train.image_summary_steps,
+        tf_random_seed=train.seed,
+        train_distribute=strategy,
+        mixed_precision=train.mixed_precision,
+        jit_compile=train.jit_compile)
+
+
+def run(model_dir: str) -> None:
+    recipe_given = FLAGS["config"].present
+    config, changes = resolve_config(model_dir, FLAGS.config, recipe_given, explicit_overrides())
+
+    # TensorFlow's runtime starts here: the multi-worker strategy must come first.
+    from ssd.distribute import DistributionError, check_batch_divisible, is_chief, make_strategy
+    try:
+        strategy = make_strategy(FLAGS.strategy, FLAGS.num_gpus)
+        replicas = strategy.num_replicas_in_sync
+        per_replica = check_batch_divisible(config.train.batch_size, replicas)
+    except DistributionError as e:
+        raise TrainingError(str(e)) from e
+    logging.info("strategy %s: %d replica(s), global batch %d (%d per replica)",
+                 type(strategy).__name__, replicas, config.train.batch_size, per_replica)
+
+    from ssd.data import make_input_fn
+    from ssd.estimator import Estimator, NonFiniteLossError
+    from ssd.model_fn import SSDModelFn
+    from ssd.modes import ModeKeys
+    from ssd.pretrained import PretrainedError, initialize_backbone
+
+    try:
+        train_input_fn = make_input_fn(FLAGS.data_dir, config, ModeKeys.TRAIN)
+        eval_input_fn = None
+        if FLAGS.eval_data_dir and FLAGS.eval_every_steps > 0:
+            eval_input_fn = make_input_fn(FLAGS.eval_data_dir, config, ModeKeys.EVAL)
+    except FileNotFoundError as e:
+        raise TrainingError(f"no data files: {e}") from e
+
+    if is_chief(strategy):
+        for field, (old, new) in changes.items():
+            logging.info("config change on resume: %s: %r -> %r", field, old, new)
+        path = config_lib.save_config(config, model_dir)
+        logging.info("config written to %s", path)
+
+    estimator = Estimator(SSDModelFn, config, run_config_for(config, model_dir, strategy))
+    latest = estimator.latest_checkpoint()
+    if latest is None:
+        try:
+            report = initialize_backbone(estimator.model, FLAGS.pretrained)
+        except PretrainedError as e:
+            raise TrainingError(str(e)) from e
+        logging.info("backbone from %s (%s): copied %s; subsampled %s", report["source"],
+                     report["format"], report["copied"] or "nothing", report["subsampled"] or "nothing")
+    else:
+        logging.info("resuming from %s; --pretrained=%s is not applied", latest, FLAGS.pretrained)
+
+    try:
+        if eval_input_fn is not None:
+            metrics = estimator.train_and_evaluate(train_input_fn, eval_input_fn,
+                                                   config.train.max_steps, FLAGS.eval_every_steps)
+            if metrics:
+                logging.info("final evaluation: mAP %s", metrics.get("mAP"))
+        else:
+            estimator.train(train_input_fn, config.train.max_steps)
+    except NonFiniteLossError as e:
+        raise TrainingError(f"{e}. {NAN_REMEDY}") from e
+    logging.info("training finished at step %d", estimator.global_step)
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.model_dir:
+        raise app.UsageError("--model_dir is required")
+    if not FLAGS.data_dir:
+        raise app.UsageError("--data_dir is required")
+    try:
+        run(FLAGS.model_dir)
+    except (TrainingError, config_lib.ConfigError) as e:
+        sys.exit(f"train.py: error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main)
