@@ -68,7 +68,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -271,14 +271,19 @@ class Estimator:
 
     # --- training -----------------------------------------------------------------------------
 
-    def train(self, input_fn: Callable, max_steps: int) -> "Estimator":
-        """Trains until the global step reaches `max_steps` (resuming from model_dir)."""
+    def train(self, input_fn: Callable, max_steps: int,
+              hooks: Sequence[Callable[[int, Mapping[str, tf.Tensor]], None]] = ()) -> "Estimator":
+        """Trains until the global step reaches `max_steps` (resuming from model_dir).
+
+        Each hook is called as hook(step, scalars) after every applied step (scalars: the summed
+        loss components and the learning rate, as tensors).
+        """
         self._restore(None, required=False)
         if self.global_step >= max_steps:
             logging.info("global step %d already reaches max_steps %d; nothing to train",
                          self.global_step, max_steps)
             return self
-        with self._training_session() as session:
+        with self._training_session(hooks) as session:
             session.run(self._distributed_iterator(input_fn), max_steps)
         return self
 
@@ -311,13 +316,13 @@ class Estimator:
         return iter(dataset)
 
     @contextlib.contextmanager
-    def _training_session(self):
+    def _training_session(self, hooks=()):
         self._state()
         if self._optimizer is None:
             raise ValueError("the model function has no optimizer; it cannot be trained")
         if self._train_step is None:
             self._train_step = self._make_train_step()
-        session = _TrainingSession(self)
+        session = _TrainingSession(self, hooks)
         try:
             yield session
         finally:
@@ -332,6 +337,8 @@ class Estimator:
         variables = holder.model.trainable_variables
         scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
+        scalar_names: list[str] = []  # filled while tracing: the order of the packed scalars
+
         def replica_gradients(features, labels):
             with tf.GradientTape() as tape:
                 spec = holder(features, labels, ModeKeys.TRAIN, params)
@@ -343,10 +350,21 @@ class Estimator:
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
             scalars = {"loss": loss}
             scalars.update({k: tf.cast(v, tf.float32) for k, v in spec.scalars.items()})
-            examples = tf.shape(tf.nest.flatten(features)[0])[0]
-            return grads, scalars, examples, dict(spec.summary_tensors or {})
+            scalars["_examples"] = tf.cast(tf.shape(tf.nest.flatten(features)[0])[0], tf.float32)
+            scalars["_overflows"] = tf.constant(0.0)
+            if scales_loss:
+                finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+                scalars["_overflows"] = 1.0 - tf.cast(finite, tf.float32)
+            scalar_names[:] = list(scalars)
+            # one vector, so that a single all-reduce sums every scalar across replicas
+            return grads, tf.stack(list(scalars.values())), dict(spec.summary_tensors or {})
 
-        def replica_apply(grads):
+        def replica_apply(grads, any_overflow):
+            if scales_loss:
+                # The loss-scale optimizer decides to skip from the gradients it is handed, before
+                # they are all-reduced; an overflow on any replica must make every replica skip.
+                poison = tf.where(any_overflow > 0, float("nan"), 0.0)
+                grads = [g + tf.cast(poison, g.dtype) for g in grads]
             optimizer.apply_gradients(zip(grads, variables))
 
         def first_replica(value):
@@ -356,15 +374,16 @@ class Estimator:
         def train_step(iterator):
             learning_rate = tf.cast(optimizer.learning_rate, tf.float32)  # before this step's update
             features, labels = next(iterator)
-            grads, scalars, examples, summary = strategy.run(replica_gradients, args=(features, labels))
-            scalars = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-                       for k, v in scalars.items()}
-            examples = strategy.reduce(tf.distribute.ReduceOp.SUM, examples, axis=None)
+            grads, packed, summary = strategy.run(replica_gradients, args=(features, labels))
+            packed = strategy.reduce(tf.distribute.ReduceOp.SUM, packed, axis=None)
+            scalars = dict(zip(scalar_names, tf.unstack(packed)))
+            examples = tf.cast(scalars.pop("_examples"), tf.int64)
+            overflows = scalars.pop("_overflows")
             finite = tf.math.is_finite(scalars["loss"])
             # Decided in cross-replica context, identically on every worker, so either all
             # replicas apply the update (and its collectives) or none does.
             if finite:
-                strategy.run(replica_apply, args=(grads,))
+                strategy.run(replica_apply, args=(grads, overflows))
                 global_step.assign_add(1)
             scalars["learning_rate"] = learning_rate
             return scalars, finite, examples, tf.nest.map_structure(first_replica, summary)
@@ -459,8 +478,9 @@ class Estimator:
 class _TrainingSession:
     """The host-side loop: step calls, logs, summaries and checkpoints at their cadences."""
 
-    def __init__(self, estimator: Estimator):
+    def __init__(self, estimator: Estimator, hooks=()):
         self._estimator = estimator
+        self._hooks = list(hooks)
         config = estimator.config
         self._config = config
         if estimator.is_chief:
@@ -501,6 +521,8 @@ class _TrainingSession:
                 step += 1
                 self._log_examples += int(examples)
                 self._after_step(step, max_steps, scalars, summary_tensors)
+                for hook in self._hooks:
+                    hook(step, scalars)
             self._save(step)
             self._writer.flush()
         return not exhausted

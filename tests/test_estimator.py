@@ -104,8 +104,13 @@ def _weights(estimator):
 
 def test_train_checkpoints_resume_evaluate_predict(tmp_path):
     estimator = _estimator(tmp_path)
-    estimator.train(_input_fn, max_steps=6)
+    seen = []
+    estimator.train(_input_fn, max_steps=6, hooks=[lambda step, scalars: seen.append((step, scalars))])
     assert estimator.global_step == 6
+    assert [step for step, _ in seen] == [1, 2, 3, 4, 5, 6]
+    x, y = _data()
+    np.testing.assert_allclose(float(seen[0][1]["loss"]), np.mean(y[:BATCH] ** 2), rtol=1e-5)  # zero init
+    assert float(seen[0][1]["learning_rate"]) == pytest.approx(LR)
     steps = sorted(int(p.split("-")[-1].split(".")[0]) for p in glob.glob(str(tmp_path / "ckpt-*.index")))
     assert steps == [2, 4, 6]
     w, b = _reference(range(6))
