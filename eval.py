@@ -1,0 +1,80 @@
+r"""Evaluates a trained SSD on a test set with the PASCAL VOC metric.
+
+  python eval.py --model_dir=runs/ssd300 --data_dir=tfrecords/voc07_test-* \
+      [--checkpoint_path=runs/ssd300/ckpt-120000] [--metric=voc07|voc12] [--output_dir=DIR]
+  python eval.py --model_dir=runs/ssd300 --data_dir=tfrecords/voc07_test-* --watch \
+      [--watch_timeout_secs=3600] [--watch_interval_secs=30]
+
+The config is the one training saved in model_dir/config.json; the checkpoint is model_dir's
+latest unless --checkpoint_path is given. Prints the per-class AP table and the mAP, and writes
+into --output_dir (default model_dir/eval_<step>): the VOC result files (results/
+comp4_det_test_<class>.txt), summary.json (metric, per-class APs, mAP, step, checkpoint, number
+of images) and precision_recall.png. The mAP and per-class APs also go to TensorBoard
+(model_dir/eval) at the checkpoint's step.
+
+--watch evaluates every new checkpoint as training writes it (the newest when several are
+waiting), each into <output_dir or model_dir>/eval_<step>, and stops after evaluating the
+checkpoint at train.max_steps or when no new checkpoint appears for --watch_timeout_secs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python eval.py` from anywhere: make `ssd` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from absl import app, flags
+
+from ssd import config as config_lib
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("model_dir", None, "Training directory: config.json and checkpoints.")
+flags.DEFINE_string("checkpoint_path", None, "A checkpoint prefix (e.g. model_dir/ckpt-1000) or a "
+                    "directory (its latest); default: the latest in --model_dir.")
+flags.DEFINE_string("data_dir", None, "Test TFRecords: a glob, comma-separated globs, or a directory "
+                    "holding one data set's *-of-* shards.")
+flags.DEFINE_enum("metric", None, ["voc07", "voc12"], "voc07: 11-point AP; voc12: all-point AP. "
+                  "Default: eval.metric of the config.")
+flags.DEFINE_string("output_dir", None, "Where reports go; default model_dir/eval_<step>.")
+flags.DEFINE_integer("batch_size", None, "Images per inference call; default eval.batch_size.")
+flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Inference precision.")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the network (post-processing is not).")
+flags.DEFINE_bool("watch", False, "Evaluate each new checkpoint as training writes it.")
+flags.DEFINE_float("watch_timeout_secs", 3600.0, "With --watch: stop when no new checkpoint "
+                   "appears for this long (<= 0: wait forever).")
+flags.DEFINE_float("watch_interval_secs", 30.0, "With --watch: seconds between looks for a new checkpoint.")
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    for name in ("model_dir", "data_dir"):
+        if not FLAGS[name].value:
+            raise app.UsageError(f"--{name} is required")
+
+    from ssd import evaluation
+
+    try:
+        config = config_lib.load_saved_config(FLAGS.model_dir)
+        if FLAGS.batch_size:
+            config = config_lib.from_dict(config_lib.apply_overrides(
+                config_lib.to_dict(config), {"eval.batch_size": FLAGS.batch_size}))
+        timeout = FLAGS.watch_timeout_secs if FLAGS.watch_timeout_secs > 0 else None
+        summaries = evaluation.run_evaluation(
+            config, FLAGS.model_dir, FLAGS.data_dir, checkpoint_path=FLAGS.checkpoint_path,
+            metric=FLAGS.metric, output_dir=FLAGS.output_dir, watch=FLAGS.watch,
+            watch_timeout_secs=timeout, watch_interval_secs=FLAGS.watch_interval_secs,
+            precision=FLAGS.precision, jit_compile=FLAGS.jit_compile)
+    except (config_lib.ConfigError, evaluation.NoCheckpointError, evaluation.CheckpointMismatchError,
+            evaluation.CheckpointRemovedError, evaluation.DataError, ValueError) as e:
+        sys.exit(f"eval.py: error: {e}")
+    for summary in summaries:
+        if "output_dir" in summary:
+            print(f"step {summary['step']}: reports in {summary['output_dir']}")
+
+
+if __name__ == "__main__":
+    app.run(main)
