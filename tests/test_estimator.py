@@ -212,3 +212,12 @@ def test_evaluate_without_checkpoint_is_an_error(tmp_path):
 def test_run_config_checks_mixed_precision(tmp_path):
     with pytest.raises(ValueError, match="mixed_precision"):
         RunConfig(model_dir=str(tmp_path), mixed_precision="fp8")
+
+
+def test_checkpoints_by_seconds_and_kept_count(tmp_path):
+    estimator = _estimator(tmp_path, save_checkpoints_steps=None, save_checkpoints_secs=1e-9,
+                           keep_checkpoint_max=2)
+    estimator.train(_input_fn, max_steps=5)
+    indexes = sorted(p.name for p in tmp_path.glob("ckpt-*.index"))
+    assert indexes == ["ckpt-4.index", "ckpt-5.index"]  # one per step, the last two kept
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-5")
