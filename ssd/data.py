@@ -1,0 +1,202 @@
+"""tf.data input pipelines from TFRecords (schema in ssd.records) for training, evaluation and
+prediction, in the Estimator style: `make_input_fn(file_pattern, config, mode)` returns
+`input_fn(input_context=None) -> tf.data.Dataset`.
+
+TRAIN yields (features, labels) batches of augmented images with their SSD targets:
+  features {"image" [B, S, S, 3] float32 BGR minus the mean, "image_id" [B] string,
+            "original_shape" [B, 2] int32 (height, width)}
+  labels   {"cls_targets" [B, A] int32, "loc_targets" [B, A, 4] float32, "match_iou" [B, A]}.
+EVAL yields the same features (resized only) and the ground truths padded per batch:
+  labels   {"boxes" [B, M, 4], "labels" [B, M] int32 (0 = padding), "difficult" [B, M] bool,
+            "num_boxes" [B] int32}.
+PREDICT yields the features only.
+
+Randomness is stateless: every training example gets the seed (base, index of the example in
+the stream), so with `data.seed` set the batches are the same on every run.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from ssd import augment
+from ssd.anchors import generate_anchors
+from ssd.boxes import encode_targets
+from ssd.config import Config
+from ssd.modes import ModeKeys, check_mode
+from ssd.records import parse_example
+
+SHARD_GLOB = "*-of-*"
+MAX_INTERLEAVE = 16  # files read at the same time
+READ_BUFFER_BYTES = 1 << 20
+
+
+def resolve_files(file_pattern: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Files named by a glob, comma-separated globs, a directory (its `*-of-*` shards) or a list
+    of any of these; sorted, without duplicates. Raises FileNotFoundError naming the pattern when
+    nothing matches."""
+    if isinstance(file_pattern, (str, os.PathLike)):
+        patterns = [p.strip() for p in os.fspath(file_pattern).split(",") if p.strip()]
+    else:
+        patterns = [os.fspath(p) for p in file_pattern]
+    files: set[str] = set()
+    for pattern in patterns:
+        if tf.io.gfile.isdir(pattern):
+            pattern = os.path.join(pattern, SHARD_GLOB)
+        files.update(f for f in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(f))
+    if not files:
+        raise FileNotFoundError(f"no input files match {file_pattern!r} "
+                                f"(a directory means its {SHARD_GLOB} files)")
+    return sorted(files)
+
+
+def decode_image(encoded: tf.Tensor) -> tf.Tensor:
+    """JPEG or PNG bytes -> uint8 RGB [H, W, 3] (grayscale and alpha are converted)."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def preprocess_image(image: tf.Tensor, config: Config) -> tf.Tensor:
+    """uint8 (or float) RGB [H, W, 3] or [B, H, W, 3] -> the model input: resized (bilinear) to
+    the input size, mean subtracted, channels reversed to BGR, float32."""
+    size = config.model.input_size
+    image = tf.image.resize(tf.cast(image, tf.float32), [size, size])
+    return tf.reverse(augment.subtract_mean(image, config.data.mean_rgb), [-1])
+
+
+def _image_id(example: dict[str, tf.Tensor]) -> tf.Tensor:
+    return tf.where(tf.equal(example["source_id"], ""), example["filename"], example["source_id"])
+
+
+def _pipeline_position(input_context) -> tuple[int, int]:
+    if input_context is None:
+        return 1, 0
+    return input_context.num_input_pipelines, input_context.input_pipeline_id
+
+
+def _records(files: list[str], input_context, shuffle_seed: int | None, shuffle_files: bool,
+             deterministic: bool) -> tf.data.Dataset:
+    """Serialized records of this input pipeline's share.
+
+    Files are sharded between pipelines when there are at least as many files as pipelines;
+    otherwise every pipeline reads all files in the same order and keeps every n-th record.
+    """
+    num_pipelines, index = _pipeline_position(input_context)
+    shard_files = len(files) >= num_pipelines
+    if shard_files:
+        files = files[index::num_pipelines]
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle_files and shard_files and len(files) > 1:
+        dataset = dataset.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
+    dataset = dataset.interleave(
+        lambda f: tf.data.TFRecordDataset(f, buffer_size=READ_BUFFER_BYTES),
+        cycle_length=min(len(files), MAX_INTERLEAVE), block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if not shard_files:
+        dataset = dataset.shard(num_pipelines, index)
+    return dataset
+
+
+def _parallel_calls(config: Config) -> int:
+    calls = config.data.num_parallel_calls
+    return tf.data.AUTOTUNE if calls == -1 else calls
+
+
+def _options(deterministic: bool) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    options.experimental_optimization.map_parallelization = True
+    return options
+
+
+def _train_dataset(files: list[str], config: Config, anchors: np.ndarray,
+                   input_context) -> tf.data.Dataset:
+    data = config.data
+    deterministic = data.seed is not None
+    batch_size = config.train.batch_size
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+    num_pipelines, index = _pipeline_position(input_context)
+    base_seed = data.seed if deterministic else random.SystemRandom().randrange(1 << 31)
+    # one stream of per-example seeds per input pipeline
+    stream_seed = base_seed * num_pipelines + index
+    anchors_tensor = tf.constant(anchors, tf.float32)
+    input_size = config.model.input_size
+
+    def prepare(position, serialized):
+        example = parse_example(serialized)
+        boxes, labels, difficult = example["boxes"], example["labels"], example["difficult"]
+        if not config.matching.use_difficult:
+            keep = tf.logical_not(difficult)
+            boxes, labels, difficult = (tf.boolean_mask(t, keep) for t in (boxes, labels, difficult))
+        seed = tf.stack([tf.constant(stream_seed, tf.int64), position])
+        sample = augment.augment_for_training(example["encoded"], boxes, labels, difficult, seed,
+                                              data, input_size)
+        cls_targets, loc_targets, match_iou = encode_targets(
+            sample["boxes"], sample["labels"], anchors_tensor, config.matching)
+        features = {"image": sample["image"], "image_id": _image_id(example),
+                    "original_shape": sample["image_size"]}
+        targets = {"cls_targets": cls_targets, "loc_targets": loc_targets,
+                   "match_iou": match_iou}
+        return features, targets
+
+    dataset = _records(files, input_context, data.seed, shuffle_files=True,
+                       deterministic=deterministic)
+    dataset = dataset.shuffle(data.shuffle_buffer, seed=data.seed, reshuffle_each_iteration=True)
+    dataset = dataset.repeat().enumerate()
+    dataset = dataset.map(prepare, num_parallel_calls=_parallel_calls(config),
+                          deterministic=deterministic)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(deterministic))
+
+
+def _eval_dataset(files: list[str], config: Config, input_context,
+                  with_labels: bool) -> tf.data.Dataset:
+    batch_size = config.eval.batch_size
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+
+    def prepare(serialized):
+        example = parse_example(serialized)
+        image = decode_image(example["encoded"])
+        features = {"image": preprocess_image(image, config), "image_id": _image_id(example),
+                    "original_shape": tf.shape(image)[:2]}
+        if not with_labels:
+            return features
+        labels = {"boxes": example["boxes"], "labels": example["labels"],
+                  "difficult": example["difficult"],
+                  "num_boxes": tf.shape(example["labels"])[0]}
+        return features, labels
+
+    dataset = _records(files, input_context, None, shuffle_files=False, deterministic=True)
+    dataset = dataset.map(prepare, num_parallel_calls=_parallel_calls(config), deterministic=True)
+    if with_labels:
+        dataset = dataset.padded_batch(batch_size, drop_remainder=False)
+    else:
+        dataset = dataset.batch(batch_size, drop_remainder=False)
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(True))
+
+
+def make_input_fn(file_pattern, config: Config, mode: str):
+    """Returns `input_fn(input_context=None) -> tf.data.Dataset` for `mode` (ssd.modes.ModeKeys).
+
+    file_pattern: a glob, comma-separated globs, a directory (its `*-of-*` files) or a list.
+    With a `tf.distribute.InputContext`, each input pipeline reads its own share (files, or
+    records when there are fewer files than pipelines) in per-replica batches.
+    """
+    mode = check_mode(mode)
+    files = resolve_files(file_pattern)
+    anchors = generate_anchors(config) if mode == ModeKeys.TRAIN else None
+
+    def input_fn(input_context=None) -> tf.data.Dataset:
+        if mode == ModeKeys.TRAIN:
+            return _train_dataset(files, config, anchors, input_context)
+        return _eval_dataset(files, config, input_context, with_labels=mode == ModeKeys.EVAL)
+
+    return input_fn
