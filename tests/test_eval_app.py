@@ -1,0 +1,348 @@
+"""Evaluation of checkpoints (ssd.evaluation) and the eval.py app: numbers, reports, errors, --watch."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from ssd import evaluation
+from ssd.config import load_config, save_config
+from ssd.data import make_input_fn
+from ssd.estimator import ModelContext
+from ssd.model_fn import SSDModelFn
+from ssd.modes import ModeKeys
+from ssd.records import make_example
+from ssd.voc_eval import VOCEvaluator, evaluate_files, read_result_file
+
+REPO = Path(__file__).resolve().parent.parent
+CLASS_NAMES = ["circle", "square", "triangle"]
+
+# Five test images: (height, width, [(VOC xmin, ymin, xmax, ymax), label, difficult] ...)
+IMAGES = [
+    (60, 80, [((11, 6, 40, 30), 1, 0), ((45, 31, 80, 60), 2, 0)]),
+    (50, 50, [((1, 1, 25, 25), 1, 0)]),
+    (70, 40, [((5, 10, 30, 40), 1, 1), ((10, 41, 40, 70), 3, 0)]),
+    (40, 90, [((20, 5, 70, 35), 2, 0)]),
+    (45, 45, []),
+]
+
+
+def tiny_config(**overrides):
+    values = {"model.width_multiplier": 0.125, "model.num_classes": 4, "data.class_names": CLASS_NAMES,
+              "eval.batch_size": 2, "train.max_steps": 2}
+    values.update(overrides)
+    return load_config("ssd300_voc0712", values)
+
+
+def save_trainer_checkpoint(config, model_dir, step, seed):
+    """A checkpoint laid out as the Estimator saves it: Checkpoint(model, global_step, optimizer)."""
+    tf.keras.utils.set_random_seed(seed)
+    global_step = tf.Variable(step, dtype=tf.int64, trainable=False, name="global_step")
+    holder = SSDModelFn(config, ModelContext(global_step, 1))
+    holder.optimizer.build(holder.model.trainable_variables)
+    checkpoint = tf.train.Checkpoint(model=holder.model, global_step=global_step, optimizer=holder.optimizer)
+    manager = tf.train.CheckpointManager(checkpoint, str(model_dir), max_to_keep=5)
+    return manager.save(checkpoint_number=step), holder.model
+
+
+def _normalized(voc_box, height, width):
+    xmin, ymin, xmax, ymax = voc_box
+    return [(ymin - 1) / height, (xmin - 1) / width, ymax / height, xmax / width]
+
+
+def _pixels(i):
+    height, width, _ = IMAGES[i]
+    return np.random.default_rng(i).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+
+
+def write_records(path):
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for i, (height, width, objects) in enumerate(IMAGES):
+            buffer = io.BytesIO()
+            Image.fromarray(_pixels(i)).save(buffer, format="PNG")
+            example = make_example(
+                encoded=buffer.getvalue(), image_format="png", height=height, width=width,
+                filename=f"im{i}.png", source_id=f"im{i}",
+                boxes=[_normalized(b, height, width) for b, _, _ in objects],
+                labels=[label for _, label, _ in objects], texts=[CLASS_NAMES[l - 1] for _, l, _ in objects],
+                difficult=[d for _, _, d in objects], truncated=[0] * len(objects))
+            writer.write(example.SerializeToString())
+
+
+def write_voc_annotations(directory):
+    directory.mkdir()
+    for i, (height, width, objects) in enumerate(IMAGES):
+        parts = [f"<annotation><size><width>{width}</width><height>{height}</height></size>"]
+        for (xmin, ymin, xmax, ymax), label, difficult in objects:
+            parts.append(f"<object><name>{CLASS_NAMES[label - 1]}</name><difficult>{difficult}</difficult>"
+                         f"<bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax>"
+                         f"<ymax>{ymax}</ymax></bndbox></object>")
+        (directory / f"im{i}.xml").write_text("".join(parts) + "</annotation>")
+    imageset = directory.parent / "test.txt"
+    imageset.write_text("".join(f"im{i}\n" for i in range(len(IMAGES))))
+    return imageset
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    data = root / "data"
+    data.mkdir()
+    write_records(data / "test-00000-of-00001")
+    config = tiny_config()
+    model_dir = root / "model"
+    save_config(config, model_dir)
+    path, model = save_trainer_checkpoint(config, model_dir, 1, seed=5)
+    return {"root": root, "data": str(data), "config": config, "model_dir": str(model_dir),
+            "checkpoint": path, "model": model}
+
+
+# --- the numbers ---------------------------------------------------------------------------
+
+class _ScriptedDetector:
+    """Returns prepared detections batch after batch (the EVAL pipeline keeps the file order)."""
+
+    def __init__(self, batches):
+        self.batches = list(batches)
+
+    def __call__(self, images):
+        boxes, scores, classes = self.batches.pop(0)
+        k = max(len(s) for s in scores)
+        out = {"boxes": np.zeros((len(scores), k, 4), np.float32), "scores": np.zeros((len(scores), k), np.float32),
+               "classes": np.zeros((len(scores), k), np.int32), "num_detections": np.zeros(len(scores), np.int32)}
+        for i, (b, s, c) in enumerate(zip(boxes, scores, classes)):
+            out["boxes"][i, :len(s)] = b
+            out["scores"][i, :len(s)] = s
+            out["classes"][i, :len(s)] = c
+            out["num_detections"][i] = len(s)
+        assert images.shape[0] == len(scores)
+        return {k: tf.constant(v) for k, v in out.items()}
+
+
+def _scripted_detections():
+    def box(i, j):
+        height, width, objects = IMAGES[i]
+        return _normalized(objects[j][0], height, width)
+
+    far = [0.9, 0.9, 1.0, 1.0]  # overlaps nothing
+    per_image = [
+        ([box(0, 0), box(0, 1)], [0.9, 0.8], [1, 2]),        # two true positives
+        ([far], [0.95], [1]),                                 # circle false positive
+        ([box(2, 0), box(2, 1)], [0.7, 0.6], [1, 3]),         # difficult circle (ignored), triangle TP
+        ([box(3, 0), box(3, 0)], [0.5, 0.4], [2, 2]),         # square TP and its duplicate (FP)
+        ([far], [0.3], [1]),                                  # circle false positive
+    ]
+    batches = []
+    for start in range(0, len(per_image), 2):
+        chunk = per_image[start:start + 2]
+        batches.append(tuple(list(x) for x in zip(*chunk)))
+    return batches
+
+
+@pytest.mark.parametrize("metric, circle_ap", [
+    # circle: npos 2 (the difficult one is not counted); in score order FP, TP, ignored, FP:
+    # recall 0, .5, .5, precision 0, .5, .33 -> 11-point: 0.5 at t = 0 .. 0.5 -> 6 * 0.5 / 11;
+    # all-point: 0.5 of recall at precision 0.5 -> 0.25
+    ("voc07", 6 * 0.5 / 11),
+    ("voc12", 0.25),
+])
+def test_evaluate_scores_scripted_detections_by_hand(setup, tmp_path, metric, circle_ap):
+    config = setup["config"]
+    evaluator = VOCEvaluator(CLASS_NAMES, metric)
+    dataset = make_input_fn(setup["data"], config, ModeKeys.EVAL)(None)
+    stats = evaluation.evaluate(_ScriptedDetector(_scripted_detections()), dataset, evaluator,
+                                num_images=5, progress_stream=io.StringIO())
+    assert stats["num_images"] == 5
+    result = evaluator.result()
+    # square: TP, TP, duplicate FP -> precision 1 up to recall 1; triangle: one TP
+    assert result["classes"]["circle"] == pytest.approx(circle_ap)
+    assert result["classes"]["square"] == pytest.approx(1.0)
+    assert result["classes"]["triangle"] == pytest.approx(1.0)
+    assert result["mAP"] == pytest.approx((circle_ap + 2.0) / 3)
+    assert evaluator.image_ids == [f"im{i}" for i in range(5)]
+
+    summary = evaluation.write_report(result, evaluator, tmp_path, step=7, checkpoint_path="ckpt-7")
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    assert saved["step"] == 7 and saved["num_images"] == 5 and saved["metric"] == metric
+    assert saved["num_positives"] == {"circle": 2, "square": 2, "triangle": 1}
+    with Image.open(tmp_path / "precision_recall.png") as curves:
+        assert curves.width > 0
+    # the result files hold 1-based VOC pixels: re-scoring them against VOC XML gives the same APs
+    imageset = write_voc_annotations(tmp_path / "Annotations")
+    rescored = evaluate_files(tmp_path / "Annotations", imageset, tmp_path / "results", metric, CLASS_NAMES)
+    assert rescored["classes"] == pytest.approx(result["classes"])
+    ids, scores, boxes = read_result_file(tmp_path / "results" / "comp4_det_test_square.txt")
+    assert ids == ["im0", "im3", "im3"]
+    np.testing.assert_allclose(boxes[0], [45, 31, 80, 60], atol=1e-4)
+
+
+def test_run_evaluation_reports_model_detections_in_voc_pixels(setup):
+    config, model_dir = setup["config"], setup["model_dir"]
+    table = []
+    (summary,) = evaluation.run_evaluation(config, model_dir, setup["data"], print_table=table.append,
+                                           progress_stream=io.StringIO())
+    output = Path(model_dir) / "eval_1"
+    assert summary["step"] == 1 and summary["checkpoint"] == setup["checkpoint"]
+    assert summary["output_dir"] == str(output)
+    assert "circle" in table[0] and "mAP" in table[0]
+    saved = json.loads((output / "summary.json").read_text())
+    assert saved["num_images"] == 5 and set(saved["classes"]) == set(CLASS_NAMES)
+
+    # image 1's detections, computed here from the PNG pixels with the checkpoint's weights
+    height, width, _ = IMAGES[1]
+    inputs = tf.image.resize(tf.constant(_pixels(1), tf.float32), [300, 300])
+    inputs = (inputs - tf.constant(config.data.mean_rgb))[..., ::-1][tf.newaxis]
+    detections = evaluation.make_detector(setup["model"], config)(inputs)
+    n = int(detections["num_detections"][0])
+    assert n > 0
+    expected = []
+    for box, score, label in zip(detections["boxes"][0, :n].numpy(), detections["scores"][0, :n].numpy(),
+                                 detections["classes"][0, :n].numpy()):
+        ymin, xmin, ymax, xmax = box
+        expected.append((label, score, [xmin * width + 1, ymin * height + 1, xmax * width, ymax * height]))
+    found = []
+    for label, name in enumerate(CLASS_NAMES, start=1):
+        ids, scores, boxes = read_result_file(output / "results" / f"comp4_det_test_{name}.txt")
+        found += [(label, s, list(b)) for i, s, b in zip(ids, scores, boxes) if i == "im1"]
+    assert len(found) == n
+    found.sort(key=lambda row: -row[1])
+    expected.sort(key=lambda row: -row[1])
+    for (label, score, box), (label2, score2, box2) in zip(expected, found):
+        assert label == label2
+        assert score == pytest.approx(score2, abs=1e-5)
+        np.testing.assert_allclose(box2, box, atol=1e-3)
+
+    # TensorBoard: mAP and per-class APs at the checkpoint's step, in model_dir/eval
+    events = tf.io.gfile.glob(os.path.join(model_dir, "eval", "events.out.tfevents.*"))
+    tags = {}
+    for event in tf.compat.v1.train.summary_iterator(events[0]):
+        for value in event.summary.value:
+            tags[value.tag] = (event.step, float(tf.make_ndarray(value.tensor)))
+    assert tags["mAP"][0] == 1
+    assert tags["mAP"][1] == pytest.approx(saved["mAP"])
+    assert tags["classes/circle"][1] == pytest.approx(saved["classes"]["circle"])
+
+
+def test_eval_app_runs_with_its_flags(setup, tmp_path):
+    output = tmp_path / "report"
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "eval.py"), f"--model_dir={setup['model_dir']}",
+         f"--data_dir={setup['data']}/test-*", "--metric=voc12", f"--output_dir={output}"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "VOC2010+ all-point AP (%), 5 images" in completed.stdout
+    assert "eval 5/5 (100.0%)" in completed.stderr  # the progress line
+    saved = json.loads((output / "summary.json").read_text())
+    assert saved["metric"] == "voc12" and saved["step"] == 1
+    assert (output / "precision_recall.png").is_file()
+    assert sorted(os.listdir(output / "results")) == [f"comp4_det_test_{n}.txt" for n in CLASS_NAMES]
+
+
+# --- errors --------------------------------------------------------------------------------
+
+def test_no_checkpoint_is_a_clear_error(setup, tmp_path):
+    empty = tmp_path / "untrained"
+    save_config(setup["config"], empty)
+    with pytest.raises(evaluation.NoCheckpointError, match="no checkpoint in .*untrained"):
+        evaluation.run_evaluation(setup["config"], str(empty), setup["data"])
+    with pytest.raises(evaluation.NoCheckpointError, match="ckpt-999 not found"):
+        evaluation.find_checkpoint(setup["model_dir"], os.path.join(setup["model_dir"], "ckpt-999"))
+
+
+def test_checkpoint_of_another_model_names_the_mismatch(setup):
+    other = tiny_config(**{"model.num_classes": 5, "data.class_names": CLASS_NAMES + ["star"]})
+    model = evaluation.build_inference_model(other)
+    with pytest.raises(evaluation.CheckpointMismatchError) as error:
+        evaluation.restore_checkpoint(model, setup["checkpoint"], other)
+    message = str(error.value)
+    assert "cls_0" in message  # the first head whose shape differs
+    assert "model.num_classes=5" in message and "must match" in message
+
+
+def test_bad_data_is_named(setup, tmp_path):
+    config, model_dir = setup["config"], setup["model_dir"]
+    empty = tmp_path / "empty-00000-of-00001"
+    tf.io.TFRecordWriter(str(empty)).close()
+    with pytest.raises(evaluation.DataError, match="holds no records.*empty-00000-of-00001"):
+        evaluation.run_evaluation(config, model_dir, str(empty))
+    with pytest.raises(evaluation.DataError, match="missing-\\*"):
+        evaluation.run_evaluation(config, model_dir, str(tmp_path / "missing-*"))
+    corrupt = tmp_path / "corrupt-00000-of-00001"
+    corrupt.write_bytes(b"this is not a TFRecord file at all")
+    with pytest.raises(evaluation.DataError, match="corrupt-00000-of-00001"):
+        evaluation.run_evaluation(config, model_dir, str(corrupt))
+    (tmp_path / "other-00000-of-00001").write_bytes(empty.read_bytes())
+    with pytest.raises(evaluation.DataError, match="several data sets"):
+        evaluation.resolve_record_files(str(tmp_path))
+
+
+# --- watching ------------------------------------------------------------------------------
+
+class _FakeTime:
+    def __init__(self, on_sleep=None):
+        self.now = 0.0
+        self.sleeps = []
+        self.on_sleep = on_sleep
+
+    def clock(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+        if self.on_sleep:
+            self.on_sleep(len(self.sleeps))
+
+
+def test_watch_yields_new_checkpoints_newest_first_and_times_out(tmp_path):
+    variable = tf.Variable(1.0)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=variable), str(tmp_path), max_to_keep=5)
+    manager.save(checkpoint_number=1)
+
+    def train_more(calls):
+        if calls == 2:  # training writes two checkpoints while the watcher waits
+            manager.save(checkpoint_number=3)
+            manager.save(checkpoint_number=5)
+
+    fake = _FakeTime(train_more)
+    watcher = evaluation.watch_checkpoints(str(tmp_path), timeout_secs=100, interval_secs=30,
+                                           sleep=fake.sleep, clock=fake.clock)
+    assert next(watcher) == str(tmp_path / "ckpt-1")
+    assert next(watcher) == str(tmp_path / "ckpt-5")  # ckpt-3 is skipped: already superseded
+    assert fake.sleeps == [30, 30]
+    with pytest.raises(StopIteration):
+        next(watcher)
+    assert sum(fake.sleeps[2:]) == pytest.approx(100)  # the timeout counts from the last yield
+
+
+def test_checkpoint_removed_by_rotation_is_reported_and_not_listed(setup, tmp_path):
+    config = setup["config"]
+    path, _ = save_trainer_checkpoint(config, tmp_path, 4, seed=1)
+    for name in os.listdir(tmp_path):
+        if name.startswith("ckpt-4"):
+            os.remove(tmp_path / name)
+    assert evaluation.listed_checkpoints(str(tmp_path)) == []
+    model = evaluation.build_inference_model(config)
+    with pytest.raises(evaluation.CheckpointRemovedError, match="ckpt-4 was removed"):
+        evaluation.restore_checkpoint(model, path, config)
+
+
+def test_watch_stops_after_the_checkpoint_at_max_steps(setup, tmp_path):
+    config = setup["config"]  # train.max_steps = 2
+    model_dir = tmp_path / "run"
+    save_config(config, model_dir)
+    save_trainer_checkpoint(config, model_dir, 1, seed=1)
+    save_trainer_checkpoint(config, model_dir, 2, seed=2)
+    summaries = evaluation.run_evaluation(config, str(model_dir), setup["data"], watch=True,
+                                          watch_timeout_secs=60, watch_interval_secs=1,
+                                          print_table=None, progress_stream=io.StringIO())
+    assert [s["step"] for s in summaries] == [2]
+    assert (model_dir / "eval_2" / "summary.json").is_file()
