@@ -94,7 +94,8 @@ def main() -> None:
         os.makedirs(data_dir, exist_ok=True)
         if not tf.io.gfile.glob(os.path.join(data_dir, "*-of-*")):
             mean_size = write_records(data_dir, args.images)
-            print(f"wrote {args.images} JPEGs {WIDTH}x{HEIGHT}, mean size {mean_size / 1024:.1f} KiB")
+            print(f"wrote {args.images} JPEGs {WIDTH}x{HEIGHT}, "
+                  f"mean size {mean_size / 1024:.1f} KiB")
         config = load_config("ssd300_voc0712", {"train.batch_size": args.batch_size,
                                                 "data.augmentation": args.augmentation,
                                                 "data.seed": args.seed})
@@ -112,8 +113,8 @@ def main() -> None:
             images = args.batches * args.batch_size
             rate = images / elapsed
             rates.append(rate)
-            print(f"run {run + 1}: {rate:.1f} images/s ({rate / cores:.1f} per core, {cores} cores); "
-                  f"{1000 * cpu / images:.2f} ms CPU per image")
+            print(f"run {run + 1}: {rate:.1f} images/s ({rate / cores:.1f} per core, "
+                  f"{cores} cores); {1000 * cpu / images:.2f} ms CPU per image")
             del iterator
         shapes = {k: v.shape.as_list() for k, v in {**features, **labels}.items()}
         peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -7,9 +7,12 @@ Paper mode ("paper") is the original Caffe release's pipeline, in this order:
   3. min-IoU random crop (`sample_crop_window`), keeping the ground truths whose centre lies in
      the patch, clipped to it;
   4. horizontal flip; 5. resize to the input size with a random interpolation.
-Seed mode ("seed") follows the TF1 reference repository: brightness and saturation only,
-expansion ratio in [1.1, max], crop sides drawn separately, small/huge boxes dropped after the
-crop, and a fall-back to the untouched image when no box survives (see `augment_for_training`).
+Seed mode ("seed") follows the TF1 reference repository: brightness and saturation only (both
+applied, random order), expansion ratio in [1.1, max], crop sides drawn separately in
+[min_scale, 1) with the pixel aspect ratio bounded, boxes with area outside (0.001, 0.9) or a side
+under 0.025 dropped after the crop, up to 3 expansion + crop draws and a fall-back to the
+untouched image when none keeps a box, bilinear resize. It shares the paper's sampler logic
+otherwise (the seed picks one min-IoU level first and tests all kept boxes against it).
 
 How the pixels are computed (same result, a fraction of the work): expansion and crop are decided
 on box coordinates only, from the image size in the file header, and compose into one window of
@@ -29,13 +32,14 @@ Deviations from the Caffe release, all deliberate:
   * The "any patch" sampler has no constraint at all; Caffe's (max IoU <= 1 with some object)
     also fails on an image without objects, which the original data never had.
   * Pixels are float32 between the operations instead of being rounded to uint8 after each.
-  * Hue is shifted with `tf.image.adjust_hue` (wraps around the circle; OpenCV's uint8 hue
+  * Hue shifts as `tf.image.adjust_hue` does (wrapping around the circle; OpenCV's uint8 hue
     saturates at 0 on negative shifts).
   * The interpolations are TensorFlow's: bilinear, area, nearest, bicubic (Keys, a = -0.5) and
     lanczos3 (OpenCV: linear, area, nearest, cubic a = -0.75, lanczos4). When the window shows
-    canvas, area / bicubic / lanczos3 use the equivalent `ScaleAndTranslate` kernels (box,
-    keyscubic, lanczos3), whose edge handling differs from the plain resize ops by at most the
-    pixels at the image border.
+    canvas, bilinear and nearest stay exact, while area / bicubic / lanczos3 are computed as
+    `ScaleAndTranslate` of the canvas with the box / keyscubic / lanczos3 kernels: bicubic and
+    lanczos3 then differ from the plain resize ops only at the image border (edge handling),
+    area becomes a box average without fractional coverage of the cell-border pixels.
 Kept from Caffe on purpose: a crop whose ground truths all fall out (possible: the constraint is
 an IoU, the survival rule is the centre) stays an all-background sample, exactly as in Caffe's
 AnnotatedDataLayer, which trains on such crops; the losses give such an image no weight (no
@@ -46,7 +50,6 @@ image mean as `tf.image.adjust_contrast` does.
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import tensorflow as tf

@@ -134,7 +134,8 @@ def _train_dataset(files: list[str], config: Config, anchors: np.ndarray,
         boxes, labels, difficult = example["boxes"], example["labels"], example["difficult"]
         if not config.matching.use_difficult:
             keep = tf.logical_not(difficult)
-            boxes, labels, difficult = (tf.boolean_mask(t, keep) for t in (boxes, labels, difficult))
+            boxes, labels, difficult = (tf.boolean_mask(t, keep)
+                                        for t in (boxes, labels, difficult))
         seed = tf.stack([tf.constant(stream_seed, tf.int64), position])
         sample = augment.augment_for_training(example["encoded"], boxes, labels, difficult, seed,
                                               data, input_size)

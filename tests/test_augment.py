@@ -73,7 +73,7 @@ def test_crop_sampler_honours_min_iou_and_patch_shapes():
     for i in range(150):
         n = int(rng.integers(1, 4))
         corners = np.sort(rng.uniform(0, 1, (n, 2, 2)), axis=1)
-        boxes = np.stack([corners[:, 0, 0], corners[:, 0, 1], corners[:, 1, 0], corners[:, 1, 1]], 1)
+        boxes = np.concatenate([corners[:, 0], corners[:, 1]], axis=1)  # ymin, xmin, ymax, xmax
         boxes_px = (boxes * np.tile(canvas, 2)).astype(np.float32)
         window, sampler = sample(boxes_px, tf.constant([7, i], tf.int64))
         window, sampler = window.numpy(), int(sampler)

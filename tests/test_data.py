@@ -90,7 +90,8 @@ def test_eval_returns_the_written_boxes_padded_per_batch(shards):
     assert [b[0]["image"].shape[0] for b in batches] == [5, 5, 2]  # every record, no drop
     seen = set()
     for features, labels in batches:
-        assert features["image"].shape[1:] == (300, 300, 3) and features["image"].dtype == tf.float32
+        assert features["image"].shape[1:] == (300, 300, 3)
+        assert features["image"].dtype == tf.float32
         width = labels["boxes"].shape[1]
         assert width == int(tf.reduce_max(labels["num_boxes"]))  # padded to the batch's largest
         for i, image_id in enumerate(features["image_id"].numpy()):
@@ -100,7 +101,8 @@ def test_eval_returns_the_written_boxes_padded_per_batch(shards):
             np.testing.assert_array_equal(labels["boxes"][i, :n].numpy(), info["boxes"])
             assert labels["labels"][i, :n].numpy().tolist() == info["labels"]
             assert not labels["labels"][i, n:].numpy().any()  # padding is label 0
-            assert labels["difficult"][i, :n].numpy().tolist() == [bool(d) for d in info["difficult"]]
+            difficult = [bool(d) for d in info["difficult"]]
+            assert labels["difficult"][i, :n].numpy().tolist() == difficult
             assert features["original_shape"][i].numpy().tolist() == list(info["pixels"].shape[:2])
             decoded = tf.io.decode_jpeg(jpeg(info["pixels"]), channels=3)
             expected = (tf.image.resize(tf.cast(decoded, tf.float32), [300, 300]).numpy()
