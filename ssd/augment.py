@@ -408,12 +408,15 @@ def subtract_mean(image: tf.Tensor, mean: Sequence[float] | tf.Tensor) -> tf.Ten
     return tf.reshape(rows - mean_row, shape)
 
 
-def _sample_span(window: tf.Tensor, offset: tf.Tensor, out_size: int, pad: tf.Tensor):
-    """First and last output sample positions (half-pixel centres), in pixel indices of the
-    padded visible image, per axis: [2] each."""
+def _covered_outputs(window: tf.Tensor, low: tf.Tensor, high: tf.Tensor, out_size: int):
+    """Output pixels (per axis) whose half-pixel sample lies in [low, high] (window pixels):
+    (first, count), a conservative superset, at least one pixel. The others only see canvas."""
     step = tf.cast(window, tf.float32) / float(out_size)
-    first = 0.5 * step - 0.5 - tf.cast(offset - pad, tf.float32)
-    return first, first + (out_size - 1) * step
+    first = tf.floor(low / step - 0.5)
+    last = tf.math.ceil(high / step - 0.5)
+    first = tf.cast(tf.clip_by_value(first, 0.0, out_size - 1.0), tf.int32)
+    stop = tf.cast(tf.clip_by_value(last + 1.0, 0.0, float(out_size)), tf.int32)
+    return first, tf.maximum(stop - first, 1)
 
 
 def _pad_visible_by_one(visible: tf.Tensor, canvas_before: tf.Tensor, canvas_after: tf.Tensor):
@@ -471,17 +474,35 @@ def render_window(visible: tf.Tensor, offset: tf.Tensor, window_size: tf.Tensor,
     def plain(name):
         return lambda: tf.image.resize(visible, out, method=name)
 
+    def paste(image, first, count):
+        """Places the computed outputs at `first` in the zero (canvas) output."""
+        after = tf.constant(out, tf.int32) - first - count
+        return tf.pad(image, tf.stack([tf.stack([first[0], after[0]]),
+                                       tf.stack([first[1], after[1]]), [0, 0]]))
+
     def sampled(name):
-        # crop_and_resize samples on the canvas-window grid and extrapolates the canvas
+        # crop_and_resize samples on the canvas-window grid, over the outputs near the image
         def run():
             padded = _pad_visible_by_one(visible, canvas_before, canvas_after)
             extent = tf.cast(tf.shape(padded)[:2] - 1, tf.float32)
-            first_y, last_y = _sample_span(window_size[0], offset[0], out[0], 1)
-            first_x, last_x = _sample_span(window_size[1], offset[1], out[1], 1)
-            box = tf.stack([first_y / extent[0], first_x / extent[1],
-                            last_y / extent[0], last_x / extent[1]])
-            return tf.image.crop_and_resize(padded[None], box[None], [0], out, method=name,
-                                            extrapolation_value=0.0)[0]
+            offset_f = tf.cast(offset, tf.float32)
+            first, count = [], []
+            for axis in range(2):
+                low = offset_f[axis] - 0.5  # pixel centres of the padded image, +-1 to spare
+                high = offset_f[axis] + tf.cast(visible_size[axis], tf.float32) + 0.5
+                axis_first, axis_count = _covered_outputs(window_size[axis], low, high,
+                                                          out[axis])
+                first.append(axis_first)
+                count.append(axis_count)
+            first, count = tf.stack(first), tf.stack(count)
+            step = tf.cast(window_size, tf.float32) / tf.constant(out, tf.float32)
+            # half-pixel sample positions in pixel indices of the padded image
+            start = (tf.cast(first, tf.float32) + 0.5) * step - 0.5 - (offset_f - 1.0)
+            stop = start + tf.cast(count - 1, tf.float32) * step
+            box = tf.concat([start / extent, stop / extent], axis=0)
+            image = tf.image.crop_and_resize(padded[None], box[None], [0], count, method=name,
+                                             extrapolation_value=0.0)[0]
+            return paste(image, first, count)
         return run
 
     def kernel(name):
@@ -498,10 +519,22 @@ def render_window(visible: tf.Tensor, offset: tf.Tensor, window_size: tf.Tensor,
             after = tf.minimum(margin, window_size - offset - visible_size)
             padded = tf.pad(visible, tf.stack([tf.stack([before[0], after[0]]),
                                                tf.stack([before[1], after[1]]), [0, 0]]))
-            translation = tf.cast(offset - before, tf.float32) * scale
-            return tf.raw_ops.ScaleAndTranslate(
-                images=padded[None], size=out, scale=scale, translation=translation,
+            # ScaleAndTranslate gives 0 where the sample falls outside its input: compute only
+            # the outputs whose sample lies on the padded image
+            low = tf.cast(offset - before, tf.float32)
+            high = tf.cast(offset + visible_size + after, tf.float32)
+            first, count = [], []
+            for axis in range(2):
+                axis_first, axis_count = _covered_outputs(window_size[axis], low[axis],
+                                                          high[axis], out[axis])
+                first.append(axis_first)
+                count.append(axis_count)
+            first, count = tf.stack(first), tf.stack(count)
+            translation = low * scale - tf.cast(first, tf.float32)
+            image = tf.raw_ops.ScaleAndTranslate(
+                images=padded[None], size=count, scale=scale, translation=translation,
                 kernel_type=kernel_type, antialias=antialias)[0]
+            return paste(image, first, count)
         return run
 
     def nearest():
