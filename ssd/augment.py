@@ -167,21 +167,34 @@ def adjust_saturation_hue(image: tf.Tensor, saturation: tf.Tensor | float,
     low = tf.minimum(tf.minimum(r, g), b)
     chroma = value - low
     inverse = tf.math.divide_no_nan(1.0, chroma)
-    sextant = tf.where(tf.equal(value, r), (g - b) * inverse,
-                       tf.where(tf.equal(value, g), (b - r) * inverse + 2.0,
-                                (r - g) * inverse + 4.0))
-    # sextant is in [-1, 5]: one shift of 6 keeps it positive for any |hue| <= 1
-    sextant = sextant + (6.0 * hue + 6.0)
-    sextant = sextant - 6.0 * tf.floor(sextant * (1.0 / 6.0))
-    chroma = tf.minimum(chroma * saturation, value)
-    low = value - chroma
-    channels = []
-    for opposite in (3.0, 5.0, 1.0):  # the hue (sextants) where R, G, B are lowest
-        distance = tf.abs(sextant - opposite)
-        weight = tf.clip_by_value(2.0 - tf.abs(distance - 3.0), 0.0, 1.0)
-        channels.append(low + chroma * weight)
+
+    def saturation_only():
+        # same hue: every channel keeps its place between the max and the new min
+        ratio = tf.minimum(saturation, value * inverse)
+        return [value - (value - c) * ratio for c in (r, g, b)]
+
+    def with_hue():
+        sextant = tf.where(tf.equal(value, r), (g - b) * inverse,
+                           tf.where(tf.equal(value, g), (b - r) * inverse + 2.0,
+                                    (r - g) * inverse + 4.0))
+        # sextant is in [-1, 5]: one shift of 6 keeps it positive for any |hue| <= 1
+        sextant = sextant + (6.0 * hue + 6.0)
+        sextant = sextant - 6.0 * tf.floor(sextant * (1.0 / 6.0))
+        new_chroma = tf.minimum(chroma * saturation, value)
+        new_low = value - new_chroma
+        channels = []
+        for opposite in (3.0, 5.0, 1.0):  # the hue (sextants) where R, G, B are lowest
+            distance = tf.abs(sextant - opposite)
+            weight = tf.clip_by_value(2.0 - tf.abs(distance - 3.0), 0.0, 1.0)
+            channels.append(new_low + new_chroma * weight)
+        return channels
+
+    if isinstance(hue, (int, float)):
+        channels = with_hue() if hue else saturation_only()
+    else:
+        channels = tf.cond(tf.equal(hue, 0.0), saturation_only, with_hue)
     if reverse_channels:
-        channels.reverse()
+        channels = channels[::-1]
     return tf.transpose(tf.stack(channels), [1, 2, 0])
 
 

@@ -262,7 +262,8 @@ def test_adjust_saturation_hue_matches_tf_image():
     rng = np.random.default_rng(3)
     image = rng.integers(0, 256, (20, 20, 3)).astype(np.float32)
     image[0] = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [7, 7, 7]] * 4
-    for saturation, hue in [(1.0, 0.0), (1.5, 0.1), (0.5, -0.1), (1.3, 0.07), (0.8, 0.95)]:
+    for saturation, hue in [(1.0, 0.0), (1.4, 0.0), (0.6, 0.0), (1.5, 0.1), (0.5, -0.1),
+                            (1.3, 0.07), (0.8, 0.95), (1.0, -0.02)]:
         expected = tf.image.adjust_hue(tf.image.adjust_saturation(image, saturation), hue)
         got = augment.adjust_saturation_hue(tf.constant(image), saturation, hue)
         np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=2e-3)
