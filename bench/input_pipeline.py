@@ -1,7 +1,7 @@
 """Throughput of the training input pipeline: paper augmentation + SSD300 target encoding.
 
 Writes TFRecords of VOC-sized synthetic JPEGs (500x375, about 40 KB: smooth texture plus 2-3
-filled shapes, quality 85) unless --data_dir already holds some, then runs the TRAIN input_fn at
+filled shapes, quality 88) unless --data_dir already holds some, then runs the TRAIN input_fn at
 batch 32 and prints images/s, images/s per core and the peak RSS.
 
   python bench/input_pipeline.py [--data_dir DIR] [--images 320] [--batches 40] [--seed 1]
@@ -49,7 +49,7 @@ def synthetic_jpeg(rng: np.random.Generator, num_objects: int) -> tuple[bytes, l
         boxes.append([y0 / HEIGHT, x0 / WIDTH, (y0 + h) / HEIGHT, (x0 + w) / WIDTH])
         labels.append(int(rng.integers(1, len(VOC_CLASSES) + 1)))
     buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=85)
+    image.save(buffer, "JPEG", quality=88)
     return buffer.getvalue(), boxes, labels
 
 
