@@ -199,6 +199,7 @@ def adjust_saturation_hue(image: tf.Tensor, saturation: tf.Tensor | float,
 
 
 def _photometric_draws(seed: tf.Tensor) -> dict[str, tf.Tensor]:
+    """The random choices of `distort_colors`; skipped operations get neutral parameters."""
     u = _uniform(seed, [9])
     apply = u[1:5] < DISTORT_PROBABILITY
     return dict(
@@ -580,11 +581,6 @@ def to_bgr(image: tf.Tensor, channels_reversed: tf.Tensor | bool = False,
 
 # --- the whole pipeline ----------------------------------------------------------------------
 
-def _whole_image_geometry(size: tf.Tensor):
-    window = tf.concat([tf.zeros([2]), tf.cast(size, tf.float32)], axis=0)
-    return size, tf.zeros([2], tf.int32), window
-
-
 def _to_canvas_pixels(boxes: tf.Tensor, size: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
     scale = tf.tile(tf.cast(size, tf.float32), [2])
     shift = tf.tile(tf.cast(offset, tf.float32), [2])
@@ -619,8 +615,9 @@ def _seed_geometry(boxes, size, seed, config: DataConfig):
         cropped, keep = crop_boxes(boxes_px, window)
         keep = keep & seed_box_filter(cropped)
         attempts.append((offset, window, cropped, keep))
-    _, offset, window = _whole_image_geometry(size)
-    attempts.append((offset, window, boxes, tf.ones_like(boxes[:, 0], tf.bool)))
+    whole_image = tf.concat([tf.zeros([2]), tf.cast(size, tf.float32)], axis=0)
+    attempts.append((tf.zeros([2], tf.int32), whole_image, boxes,
+                     tf.ones_like(boxes[:, 0], tf.bool)))
     offsets, windows, croppeds, keeps = (tf.stack(parts) for parts in zip(*attempts))
     success = tf.concat([tf.reduce_any(keeps[:-1], axis=1), [True]], axis=0)
     chosen = tf.argmax(tf.cast(success, tf.int32), output_type=tf.int32)  # first success
