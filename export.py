@@ -30,6 +30,9 @@ flags.DEFINE_string("checkpoint_path", None, "A checkpoint prefix or a directory
                     "default: the latest in --model_dir.")
 flags.DEFINE_string("export_dir", None, "Where the SavedModel is written.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty --export_dir.")
+flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Computation precision of the "
+                  "exported network; bfloat16 about doubles CPU throughput where the CPU has bf16 "
+                  "instructions, with scores differing in the third significant digit.")
 
 
 def main(argv) -> None:
@@ -45,7 +48,7 @@ def main(argv) -> None:
     try:
         config = config_lib.load_saved_config(FLAGS.model_dir)
         checkpoint = evaluation.find_checkpoint(FLAGS.model_dir, FLAGS.checkpoint_path)
-        model, step = evaluation.load_model(config, checkpoint)
+        model, step = evaluation.load_model(config, checkpoint, FLAGS.precision)
         path = export_saved_model(model, config, FLAGS.export_dir, overwrite=FLAGS.overwrite)
     except (config_lib.ConfigError, evaluation.NoCheckpointError, evaluation.CheckpointMismatchError,
             FileExistsError) as e:

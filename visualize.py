@@ -41,6 +41,8 @@ flags.DEFINE_string("output_dir", None, "Where the drawn images go.")
 flags.DEFINE_float("score_threshold", 0.5, "Draw detections scoring at least this.")
 flags.DEFINE_string("annotations_dir", None, "VOC XML annotations (<image stem>.xml): draw the "
                     "ground truth beside the detections.")
+flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Inference precision (with "
+                  "--model_dir).")
 flags.DEFINE_integer("batch_size", None, "Images per inference call (with --model_dir); default "
                      "eval.batch_size.")
 
@@ -87,12 +89,13 @@ def output_name(path: Path, used: set[str]) -> str:
 class CheckpointDetector:
     """model_dir's config and a checkpoint: batched inference in one tf.function."""
 
-    def __init__(self, model_dir: str, checkpoint_path: str | None, batch_size: int | None):
+    def __init__(self, model_dir: str, checkpoint_path: str | None, batch_size: int | None,
+                 precision: str = "float32"):
         from ssd import evaluation
 
         self.config = config_lib.load_saved_config(model_dir)
         checkpoint = evaluation.find_checkpoint(model_dir, checkpoint_path)
-        model, step = evaluation.load_model(self.config, checkpoint)
+        model, step = evaluation.load_model(self.config, checkpoint, precision)
         logging.info("detector: %s (step %d)", checkpoint, step)
         self._detect = evaluation.make_detector(model, self.config)
         self.class_names = list(self.config.data.class_names)
@@ -238,7 +241,8 @@ def main(argv) -> None:
         if FLAGS.saved_model:
             detector = SavedModelDetector(FLAGS.saved_model)
         else:
-            detector = CheckpointDetector(FLAGS.model_dir, FLAGS.checkpoint_path, FLAGS.batch_size)
+            detector = CheckpointDetector(FLAGS.model_dir, FLAGS.checkpoint_path, FLAGS.batch_size,
+                                          FLAGS.precision)
         counts = run(paths, detector, Path(FLAGS.output_dir), FLAGS.score_threshold, annotations_dir)
     except (UsageError, config_lib.ConfigError, evaluation.NoCheckpointError,
             evaluation.CheckpointMismatchError, OSError) as e:

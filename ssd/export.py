@@ -112,7 +112,7 @@ def export_saved_model(model: keras.Model, config: Config, export_dir: str | os.
     if tf.io.gfile.exists(export_dir) and tf.io.gfile.listdir(export_dir):
         if not overwrite:
             raise FileExistsError(f"export directory {export_dir} exists and is not empty "
-                                  f"(choose another or pass overwrite)")
+                                  f"(choose another, or replace it with --overwrite / overwrite=True)")
     parent = os.path.dirname(os.path.abspath(export_dir))
     os.makedirs(parent, exist_ok=True)
     assets_dir = tempfile.mkdtemp(prefix="ssd_export_assets_")
