@@ -40,10 +40,11 @@ Deviations from the Caffe release, all deliberate:
     `ScaleAndTranslate` of the canvas with the box / keyscubic / lanczos3 kernels: bicubic and
     lanczos3 then differ from the plain resize ops only at the image border (edge handling),
     area becomes a box average without fractional coverage of the cell-border pixels.
-Kept from Caffe on purpose: a crop whose ground truths all fall out (possible: the constraint is
-an IoU, the survival rule is the centre) stays an all-background sample, exactly as in Caffe's
-AnnotatedDataLayer, which trains on such crops; the losses give such an image no weight (no
-positives, hence no hard negatives).
+A crop whose ground truths would all fall out (possible: the constraint is an IoU, the survival
+rule is the centre) is retried: a trial patch counts only when it keeps at least one ground-truth
+centre, so every augmented image of an annotated picture keeps an object (the whole-image sampler
+always does). Caffe would train on such a crop as pure background, which carries no loss weight
+(no positives, hence no hard negatives) and only spends compute.
 Contrast is Caffe's `convertTo(alpha)`: pixels multiplied by the factor, not pulled towards the
 image mean as `tf.image.adjust_contrast` does.
 """
@@ -333,8 +334,9 @@ def sample_crop_window(boxes: tf.Tensor, canvas_size: tf.Tensor, seed: tf.Tensor
 
     Samplers: 0 = the whole canvas; 1..len(min_ious) = a patch whose IoU with at least one box
     is >= min_ious[k-1]; last = any patch. Each sampler draws `max_trials` patches and keeps its
-    first one that satisfies its constraint; one sampler is then chosen uniformly among those
-    that found a patch (the whole canvas always does).
+    first one that satisfies its constraint and holds at least one box centre (when there are
+    boxes: a crop losing every object is retried); one sampler is then chosen uniformly among
+    those that found a patch (the whole canvas always does).
 
     Args:
       boxes: [N, 4] ground truths in canvas pixels (N may be 0: only unconstrained samplers
@@ -356,7 +358,14 @@ def sample_crop_window(boxes: tf.Tensor, canvas_size: tf.Tensor, seed: tf.Tensor
     best = tf.reshape(tf.maximum(tf.reduce_max(overlaps, axis=1), -1.0),
                       [num_samplers, max_trials])
     thresholds = tf.constant(list(min_ious) + [-2.0], tf.float32)  # "any patch": no constraint
-    success = tf.logical_and(valid, best >= thresholds[:, None])
+    centre_y = (boxes[:, 0] + boxes[:, 2]) / 2.0
+    centre_x = (boxes[:, 1] + boxes[:, 3]) / 2.0
+    flat = tf.reshape(patches, [-1, 4])
+    centre_inside = ((centre_y[None, :] >= flat[:, 0:1]) & (centre_y[None, :] <= flat[:, 2:3]) &
+                     (centre_x[None, :] >= flat[:, 1:2]) & (centre_x[None, :] <= flat[:, 3:4]))
+    keeps_object = tf.logical_or(tf.reduce_any(centre_inside, axis=1), tf.shape(boxes)[0] == 0)
+    keeps_object = tf.reshape(keeps_object, [num_samplers, max_trials])
+    success = valid & (best >= thresholds[:, None]) & keeps_object
     trial = tf.range(max_trials)
     first = tf.reduce_min(tf.where(success, trial[None, :], max_trials), axis=1)
     found = first < max_trials
