@@ -362,7 +362,7 @@ def evaluate_checkpoint(config: Config, model: keras.Model, detector: Callable, 
     summary = {"metric": result["metric"], "classes": result["classes"], "mAP": result["mAP"],
                "step": step, "checkpoint": checkpoint_path, "num_images": result["num_images"]}
     if output_dir is not None:
-        directory = str(output_dir).format(step=step)
+        directory = str(output_dir).replace("{step}", str(step))
         summary = write_report(result, evaluator, directory, step, checkpoint_path,
                                extra={"images_per_second": stats["images_per_second"]})
         summary["output_dir"] = directory
