@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from typing import Sequence
 
 import numpy as np
@@ -32,14 +33,28 @@ from ssd.modes import ModeKeys, check_mode
 from ssd.records import parse_example
 
 SHARD_GLOB = "*-of-*"
+_SHARD_NAME = re.compile(r"^(?P<name>.+)-\d+-of-\d+$")
 MAX_INTERLEAVE = 16  # files read at the same time
 READ_BUFFER_BYTES = 1 << 20
 
 
+def _directory_shards(directory: str) -> list[str]:
+    """The `<name>-NNNNN-of-NNNNN` shards of the one data set in `directory`. A converter's
+    output directory often holds the training and the test set side by side: several names are
+    refused rather than silently mixed."""
+    shards = [f for f in tf.io.gfile.glob(os.path.join(directory, SHARD_GLOB))
+              if not tf.io.gfile.isdir(f)]
+    names = sorted({_SHARD_NAME.sub(r"\g<name>", os.path.basename(f)) for f in shards})
+    if len(names) > 1:
+        raise ValueError(f"directory {directory} holds several data sets ({', '.join(names)}); "
+                         f"pass a file pattern such as {os.path.join(directory, names[0])}-*")
+    return shards
+
+
 def resolve_files(file_pattern: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Files named by a glob, comma-separated globs, a directory (its `*-of-*` shards) or a list
-    of any of these; sorted, without duplicates. Raises FileNotFoundError naming the pattern when
-    nothing matches."""
+    """Files named by a glob, comma-separated globs, a directory (the `*-of-*` shards of its one
+    data set) or a list of any of these; sorted, without duplicates. Raises FileNotFoundError
+    naming the pattern when nothing matches, ValueError for a directory of several data sets."""
     if isinstance(file_pattern, (str, os.PathLike)):
         patterns = [p.strip() for p in os.fspath(file_pattern).split(",") if p.strip()]
     else:
@@ -47,8 +62,9 @@ def resolve_files(file_pattern: str | os.PathLike | Sequence[str | os.PathLike])
     files: set[str] = set()
     for pattern in patterns:
         if tf.io.gfile.isdir(pattern):
-            pattern = os.path.join(pattern, SHARD_GLOB)
-        files.update(f for f in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(f))
+            files.update(_directory_shards(pattern))
+        else:
+            files.update(f for f in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(f))
     if not files:
         raise FileNotFoundError(f"no input files match {file_pattern!r} "
                                 f"(a directory means its {SHARD_GLOB} files)")

@@ -44,7 +44,6 @@ SUMMARY_FILENAME = "summary.json"
 CURVES_FILENAME = "precision_recall.png"
 RESULTS_SUBDIR = "results"
 SUMMARY_SUBDIR = "eval"  # TensorBoard directory inside model_dir, shared with Estimator.evaluate
-_SHARD_NAME = re.compile(r"^(?P<name>.+)-\d+-of-\d+$")
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -175,22 +174,11 @@ def make_detector(model: keras.Model, config: Config, jit_compile: bool = False
 # --- data ----------------------------------------------------------------------------------
 
 def resolve_record_files(data: str) -> list[str]:
-    """TFRecord files of `data`: a glob, comma-separated globs, a file, or a directory of shards.
-
-    As ssd.data.resolve_files, except that a directory must hold the `<name>-NNNNN-of-NNNNN`
-    shards of exactly one data set (a converter output directory often holds the training and
-    the test set side by side).
-    """
+    """TFRecord files of `data` (ssd.data.resolve_files), with its errors as DataError."""
     try:
-        files = resolve_files(data)
-    except FileNotFoundError as e:
+        return resolve_files(data)
+    except (FileNotFoundError, ValueError) as e:
         raise DataError(str(e)) from None
-    if tf.io.gfile.isdir(data):
-        names = sorted({_SHARD_NAME.sub(r"\g<name>", os.path.basename(f)) for f in files})
-        if len(names) > 1:
-            raise DataError(f"directory {data} holds several data sets ({', '.join(names)}); pass a "
-                            f"file pattern such as {os.path.join(data, names[0])}-*")
-    return files
 
 
 def count_records(files: Sequence[str]) -> int:

@@ -83,6 +83,14 @@ def test_resolve_files_forms_and_error_naming_the_pattern(shards, tmp_path):
         resolve_files(tmp_path)  # a directory without *-of-* files
 
 
+def test_directory_of_several_data_sets_is_refused_not_mixed(tmp_path):
+    for name in ("train", "test"):
+        (tmp_path / f"{name}-00000-of-00001").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"several data sets \(test, train\).*train-\*|test-\*"):
+        resolve_files(tmp_path)
+    assert resolve_files(str(tmp_path / "train-*")) == [str(tmp_path / "train-00000-of-00001")]
+
+
 def test_eval_returns_the_written_boxes_padded_per_batch(shards):
     directory, truth = shards
     config = tiny_config(**{"eval.batch_size": 5})
