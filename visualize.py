@@ -173,7 +173,7 @@ def draw(image: Image.Image, detection: dict, class_names: list[str], threshold:
 def run(paths: list[Path], detector, output_dir: Path, threshold: float,
         annotations_dir: Path | None) -> dict[str, int]:
     from ssd.draw import side_by_side
-    from ssd.evaluation import Progress
+    from ssd.progress import Progress
 
     output_dir.mkdir(parents=True, exist_ok=True)
     inputs = {p.parent for p in paths}

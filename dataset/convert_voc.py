@@ -58,7 +58,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from dataset import voc_image, voc_xml
-from dataset.progress import Progress
+from ssd.progress import Progress
 from ssd import records
 from ssd.config import VOC_CLASSES
 from ssd.voc_coords import voc_to_normalized

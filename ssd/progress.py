@@ -1,18 +1,14 @@
-"""A dependency-free progress line: count, percentage, rate and ETA.
-
-On a terminal the line is redrawn in place with a carriage return; elsewhere (log files, CI) a
-full line is printed every `log_interval` seconds so the output stays readable. Both end with a
-final line when `close()` is called.
-"""
+"""A dependency-free progress line for long work (conversion, evaluation, drawing)."""
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import Callable, TextIO
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, seconds = divmod(rest, 60)
@@ -20,8 +16,13 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, total: int, label: str = "", unit: str = "img", stream: TextIO | None = None,
-                 log_interval: float = 15.0, redraw_interval: float = 0.2,
+    """A progress line on stderr: count (of total when known), rate and ETA.
+
+    Redrawn in place on a terminal; elsewhere a full line every `log_interval` seconds.
+    """
+
+    def __init__(self, total: int | None, label: str = "", unit: str = "img", stream: TextIO | None = None,
+                 log_interval: float = 10.0, redraw_interval: float = 0.2,
                  clock: Callable[[], float] = time.monotonic):
         self.total = total
         self.label = label
@@ -32,23 +33,27 @@ class Progress:
         self.interval = redraw_interval if self.interactive else log_interval
         self.done = 0
         self.start = clock()
-        self.last_shown = self.start
+        self.shown = self.start
+
+    @property
+    def elapsed(self) -> float:
+        return max(self.clock() - self.start, 1e-9)
 
     def line(self) -> str:
-        elapsed = max(self.clock() - self.start, 1e-9)
-        rate = self.done / elapsed
-        percent = 100.0 * self.done / self.total if self.total else 100.0
-        remaining = (self.total - self.done) / rate if rate > 0 else float("nan")
-        eta = _duration(remaining) if remaining == remaining else "--:--"
+        rate = self.done / self.elapsed
         prefix = f"{self.label} " if self.label else ""
-        return (f"{prefix}{self.done}/{self.total} ({percent:5.1f}%) {rate:.1f} {self.unit}/s "
-                f"elapsed {_duration(elapsed)} ETA {eta}")
+        if self.total:
+            left = (self.total - self.done) / rate if rate > 0 else math.nan
+            eta = "--:--" if math.isnan(left) else format_duration(left)
+            count = f"{self.done}/{self.total} ({100.0 * self.done / self.total:5.1f}%)"
+            return f"{prefix}{count} {rate:.1f} {self.unit}/s elapsed {format_duration(self.elapsed)} ETA {eta}"
+        return f"{prefix}{self.done} {rate:.1f} {self.unit}/s elapsed {format_duration(self.elapsed)}"
 
     def update(self, count: int = 1) -> None:
         self.done += count
         now = self.clock()
-        if now - self.last_shown >= self.interval:
-            self.last_shown = now
+        if now - self.shown >= self.interval:
+            self.shown = now
             self._show(final=False)
 
     def close(self) -> None:
