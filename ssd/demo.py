@@ -44,6 +44,8 @@ OWNED_ENTRIES = ("shapes", "tfrecords", "model", "eval", "pictures", "logs", "de
 TRAIN_NAME = "shapes_trainval"
 TEST_NAME = "shapes_test"
 LOG_TAIL_LINES = 30
+SECONDS_PER_SHAPES_IMAGE = 0.015  # dataset/make_shapes.py, measured
+FULL_RUN_MINUTES = 8  # measured wall time of the whole default demo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +108,7 @@ class DemoPaths:
 class Stage:
     name: str
     argv: tuple[str, ...]
+    description: str = ""
 
 
 @dataclasses.dataclass
@@ -158,28 +161,38 @@ def plan_stages(paths: DemoPaths, settings: DemoSettings, seed: int, python: str
         return display_path(path, cwd)
 
     classes = ",".join(class_names)
+    total_images = settings.num_trainval + settings.num_test
     stages = [Stage("make data", (
         python, "dataset/make_shapes.py", f"--output_dir={p(paths.voc_root)}",
         f"--num_trainval={settings.num_trainval}", f"--num_test={settings.num_test}",
-        f"--seed={seed}", "--overwrite"))]
+        f"--seed={seed}", "--overwrite"),
+        f"drawing {total_images} synthetic images with VOC XML annotations "
+        f"(about {max(1, round(total_images * SECONDS_PER_SHAPES_IMAGE))} s; "
+        f"it prints a summary when done)")]
     for split, name in (("trainval", TRAIN_NAME), ("test", TEST_NAME)):
         stages.append(Stage(f"convert {split}", (
             python, "dataset/convert_voc.py", f"--voc_root={p(paths.voc_root)}", f"--splits={split}",
-            f"--classes={classes}", f"--output_directory={p(paths.records_dir)}", f"--name={name}")))
+            f"--classes={classes}", f"--output_directory={p(paths.records_dir)}", f"--name={name}"),
+            f"the {split} split into TFRecord shards"))
     train = [python, "train.py", f"--config={RECIPE}", f"--data_dir={p(paths.records(TRAIN_NAME))}",
              f"--model_dir={p(paths.model_dir)}", "--pretrained=none", f"--set=data.seed={seed}",
              f"--set=train.seed={seed}"]
     train += [f"--set={override}" for override in settings.train_overrides]
     if settings.max_steps is not None:
         train.append(f"--max_steps={settings.max_steps}")
-    stages.append(Stage("train", tuple(train)))
+    stages.append(Stage("train", tuple(train),
+                        f"SSD300 from scratch on the CPU recipe configs/{RECIPE}.json; the log shows "
+                        f"the losses, speed and ETA"))
     stages.append(Stage("evaluate", (
         python, "eval.py", f"--model_dir={p(paths.model_dir)}",
-        f"--data_dir={p(paths.records(TEST_NAME))}", f"--output_dir={p(paths.eval_dir)}")))
+        f"--data_dir={p(paths.records(TEST_NAME))}", f"--output_dir={p(paths.eval_dir)}"),
+        "VOC07 mAP of the last checkpoint on the held-out test split"))
+    pictures = _picture_files(paths, settings)
     stages.append(Stage("visualize", (
-        python, "visualize.py", f"--images={','.join(p(f) for f in _picture_files(paths, settings))}",
+        python, "visualize.py", f"--images={','.join(p(f) for f in pictures)}",
         f"--model_dir={p(paths.model_dir)}", f"--annotations_dir={p(paths.voc_root / 'Annotations')}",
-        f"--output_dir={p(paths.pictures_dir)}")))
+        f"--output_dir={p(paths.pictures_dir)}"),
+        f"detections beside the ground truth on {len(pictures)} test images"))
     return stages
 
 
@@ -207,13 +220,14 @@ class StartupNoiseFilter:
     """Passes a child's output through to `out`, minus TensorFlow's start-up chatter.
 
     Every TensorFlow process prints an "absl::InitializeLog" warning and C++ INFO lines
-    ("oneDNN custom operations are on", ...) before its logging is set up; TF_CPP_MIN_LOG_LEVEL
-    no longer reaches them. Those whole lines are dropped from the terminal (the stage log keeps
+    ("oneDNN custom operations are on", the CPU-feature notice and its second line) before its
+    logging is set up; TF_CPP_MIN_LOG_LEVEL no longer reaches them. Those whole lines are dropped from the terminal (the stage log keeps
     them). Everything else is written as soon as it arrives, carriage-return progress bars
     included: only a line start that could still become a noise line is held back.
     """
 
-    NOISE_PREFIXES = ("WARNING: All log messages before absl::InitializeLog()", "I0000 00:00:")
+    NOISE_PREFIXES = ("WARNING: All log messages before absl::InitializeLog()", "I0000 00:00:",
+                      "To enable the following instructions:")
 
     def __init__(self, out: TextIO):
         self._out = out
@@ -263,7 +277,8 @@ def run_stage(stage: Stage, log_path: Path, cwd: Path = REPO_ROOT,
     `stream` and to `log_path`. Raises StageError when it exits with a non-zero code."""
     stream = stream or sys.stdout
     command = _display_argv(stage.argv, cwd)
-    print(f"\n=== {stage.name} ===\n$ {command}", file=stream, flush=True)
+    header = f"=== {stage.name}: {stage.description} ===" if stage.description else f"=== {stage.name} ==="
+    print(f"\n{header}\n$ {command}", file=stream, flush=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     with open(log_path, "wb") as log:
@@ -330,6 +345,9 @@ def run_demo(output_dir: str | os.PathLike = DEFAULT_OUTPUT_DIR, *, seed: int = 
     paths.output_dir.mkdir(parents=True, exist_ok=True)
     clear_outputs(paths)
     stages = plan_stages(paths, settings, seed, python or sys.executable, recipe_class_names(), cwd)
+    expected = "" if quick else f" (about {FULL_RUN_MINUTES} minutes on a quiet 2-core CPU)"
+    print(f"SSD demo: {len(stages)} stages{expected}; everything goes to "
+          f"{display_path(paths.output_dir, cwd)}", file=stream, flush=True)
     results = []
     start = time.monotonic()
     for stage in stages:
