@@ -19,8 +19,13 @@ exit code.
 The demo owns these entries of --output_dir and replaces them on every run: shapes/,
 tfrecords/, model/, eval/, pictures/, logs/, demo_summary.json. Nothing else there is touched.
 
---quick runs the same stages on a tiny data set with a tiny network and a few dozen steps (about
-a minute of compute, meaningless mAP): the smoke test of the whole path.
+--seed fixes the data set and the training run (data.seed, train.seed). --max_steps replaces the
+recipe's train.max_steps (its learning-rate boundaries stay where they are). --quick runs the
+same stages on a tiny data set with a few training steps (well under a minute of compute on two
+cores, meaningless mAP): the smoke test of the whole path, used by tests/test_end_to_end.py.
+
+The default run takes about 8 minutes on a quiet 2-core CPU and reaches a VOC07 mAP near 0.89
+on the 300 held-out test images.
 """
 
 from __future__ import annotations
