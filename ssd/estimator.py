@@ -303,7 +303,7 @@ class Estimator:
             iterator = self._distributed_iterator(train_input_fn)
             while self.global_step < max_steps:
                 target = min((self.global_step // eval_every_steps + 1) * eval_every_steps, max_steps)
-                if not session.run(iterator, target):
+                if not session.run(iterator, target, final_step=max_steps):
                     break
                 if self._is_chief:
                     metrics = self._evaluate_state(eval_input_fn, steps=None)
@@ -501,10 +501,13 @@ class _TrainingSession:
         self._log_examples = 0
         self._summary_time = time.time()
         self._summary_step = estimator.global_step
+        self._traced = False
 
-    def run(self, iterator, max_steps: int) -> bool:
-        """Trains up to `max_steps`; False when the input ran out first."""
+    def run(self, iterator, max_steps: int, final_step: int | None = None) -> bool:
+        """Trains up to `max_steps`; False when the input ran out first. `final_step` (default
+        max_steps) is where the whole run ends: the log's progress and ETA count towards it."""
         estimator = self._estimator
+        final_step = max_steps if final_step is None else final_step
         step = estimator.global_step
         exhausted = False
         with self._writer.as_default():
@@ -520,7 +523,11 @@ class _TrainingSession:
                                              self._latest_saved())
                 step += 1
                 self._log_examples += int(examples)
-                self._after_step(step, max_steps, scalars, summary_tensors)
+                if not self._traced and self._config.log_step_count_steps > 1:
+                    # the first step also builds the graph: rates and ETA start after it
+                    self._log_time, self._log_step, self._log_examples = time.time(), step, 0
+                self._traced = True
+                self._after_step(step, final_step, scalars, summary_tensors)
                 for hook in self._hooks:
                     hook(step, scalars)
             self._save(step)

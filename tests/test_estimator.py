@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from ssd import estimator as estimator_lib
 from ssd.estimator import (Estimator, EstimatorSpec, ModelFunction, NonFiniteLossError, RunConfig,
                            ServingInputReceiver)
 from ssd.modes import ModeKeys
@@ -185,9 +186,13 @@ def test_exploding_learning_rate_is_reported_with_its_step(tmp_path):
                 assert np.all(np.isfinite(value)), name
 
 
-def test_train_and_evaluate_and_export(tmp_path):
+def test_train_and_evaluate_and_export(tmp_path, monkeypatch):
     estimator = _estimator(tmp_path, jit_compile=True)
+    logged = []
+    monkeypatch.setattr(estimator_lib.logging, "info", lambda fmt, *args: logged.append(fmt % args))
     metrics = estimator.train_and_evaluate(_input_fn, _input_fn, max_steps=5, eval_every_steps=2)
+    # progress and ETA count towards max_steps, not towards the next evaluation
+    assert [line.split(":")[0] for line in logged if line.startswith("step ")] == ["step 2/5", "step 4/5"]
     assert metrics["global_step"] == 5
     x, y = _data()
     w, b = _reference(range(5))
