@@ -30,11 +30,13 @@ import shutil
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TextIO
 
 import numpy as np
 from absl import app, flags
 from PIL import Image, ImageDraw
+
+from ssd.progress import Progress
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "star")
 BACKGROUNDS = ("noise", "gradient", "stripes")  # "plain" also exists, for tests
@@ -327,8 +329,11 @@ def make_shapes_dataset(root: str | Path, num_trainval: int, num_test: int, seed
                         image_size: tuple[int, int] = (320, 500),
                         objects_per_image: tuple[int, int] = (1, 6),
                         backgrounds: Sequence[str] = BACKGROUNDS, pixel_noise: bool = True,
-                        jpeg_quality: int = 90, overwrite: bool = False) -> dict:
+                        jpeg_quality: int = 90, overwrite: bool = False,
+                        progress_stream: TextIO | None = None) -> dict:
     """Writes the VOC tree under `root` and returns statistics (not saved in the tree).
+
+    With `progress_stream`, a progress line (count, rate, ETA) is written there.
 
     Ids are 000001... (trainval first, then test). `root` must be empty or absent, unless
     `overwrite`, which replaces its Annotations/, JPEGImages/ and ImageSets/.
@@ -348,6 +353,8 @@ def make_shapes_dataset(root: str | Path, num_trainval: int, num_test: int, seed
     splits = {"trainval": [], "test": []}
     stats = {"images": {"trainval": num_trainval, "test": num_test},
              "objects_per_class": {name: 0 for name in SHAPE_CLASSES}, "difficult": 0, "truncated": 0}
+    progress = Progress(num_trainval + num_test, label="shapes", stream=progress_stream) \
+        if progress_stream is not None else None
     for index in range(num_trainval + num_test):
         image_id = f"{index + 1:06d}"
         splits["trainval" if index < num_trainval else "test"].append(image_id)
@@ -364,6 +371,10 @@ def make_shapes_dataset(root: str | Path, num_trainval: int, num_test: int, seed
             stats["objects_per_class"][obj.name] += 1
             stats["difficult"] += obj.difficult
             stats["truncated"] += obj.truncated
+        if progress is not None:
+            progress.update()
+    if progress is not None:
+        progress.close()
     for split, ids in splits.items():
         (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
     return stats
@@ -384,7 +395,7 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError("--output_dir is required")
     try:
         stats = make_shapes_dataset(FLAGS.output_dir, FLAGS.num_trainval, FLAGS.num_test, FLAGS.seed,
-                                    overwrite=FLAGS.overwrite)
+                                    overwrite=FLAGS.overwrite, progress_stream=sys.stderr)
     except FileExistsError as error:
         sys.exit(f"error: {error}")
     print(f"{FLAGS.output_dir}: {stats}")

@@ -39,8 +39,10 @@ def shapes_root(tmp_path_factory):
 
 def test_same_seed_gives_identical_files(shapes_root, tmp_path):
     again = tmp_path / "again" / shapes_root.name  # <folder> holds the directory name
-    make_shapes_dataset(again, num_trainval=8, num_test=4, seed=3, **SMALL)
-    assert tree_files(again) == tree_files(shapes_root)
+    progress = io.StringIO()
+    make_shapes_dataset(again, num_trainval=8, num_test=4, seed=3, progress_stream=progress, **SMALL)
+    assert tree_files(again) == tree_files(shapes_root)  # progress changes nothing written
+    assert progress.getvalue().splitlines()[-1].startswith("shapes 12/12 (100.0%)")
     make_shapes_dataset(tmp_path / "other", num_trainval=8, num_test=4, seed=4, **SMALL)
     other = tree_files(tmp_path / "other")
     assert other["JPEGImages/000001.jpg"] != tree_files(shapes_root)["JPEGImages/000001.jpg"]
