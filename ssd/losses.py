@@ -64,6 +64,7 @@ def detection_losses(cls_logits: tf.Tensor, box_encodings: tf.Tensor, cls_target
       cls_loss: softmax cross-entropy summed over positives and mined negatives, normalized.
       loc_loss: smooth L1 summed over the 4 offsets of the positives, normalized.
       num_positives: float32 number of positives in this batch.
+      seen: [B, A] bool, the anchors the confidence loss covers (positives and mined negatives).
     """
     cls_logits = tf.cast(cls_logits, tf.float32)
     box_encodings = tf.cast(box_encodings, tf.float32)
@@ -86,7 +87,7 @@ def detection_losses(cls_logits: tf.Tensor, box_encodings: tf.Tensor, cls_target
         normalizer = num_positives
     denominator = tf.maximum(tf.cast(normalizer, tf.float32), 1.0)
     return {"cls_loss": cls_sum / denominator, "loc_loss": loc_sum / denominator,
-            "num_positives": num_positives}
+            "num_positives": num_positives, "seen": kept}
 
 
 def classification_accuracy(cls_logits: tf.Tensor, cls_targets: tf.Tensor,

@@ -28,7 +28,7 @@ from ssd import boxes as box_ops
 from ssd.anchors import generate_anchors
 from ssd.config import Config, TrainConfig
 from ssd.estimator import EstimatorSpec, ModelContext, ModelFunction
-from ssd.losses import classification_accuracy, detection_losses, hard_negative_mask, weight_decay_loss
+from ssd.losses import classification_accuracy, detection_losses, weight_decay_loss
 from ssd.model import build_model
 from ssd.modes import ModeKeys
 from ssd.postprocess import postprocess, to_pixels
@@ -115,21 +115,21 @@ class SSDModelFn(ModelFunction):
         cls_targets = labels["cls_targets"]
         replica = tf.distribute.get_replica_context()
         positive = cls_targets > 0
-        seen = tf.logical_or(positive, hard_negative_mask(cls_logits, cls_targets,
-                                                          params.loss.negative_ratio))
-        local_counts = tf.stack([tf.reduce_sum(tf.cast(positive, tf.float32)),
-                                 tf.reduce_sum(tf.cast(seen, tf.float32))])
-        global_positives, global_seen = tf.unstack(
-            tf.stop_gradient(replica.all_reduce(tf.distribute.ReduceOp.SUM, local_counts)))
-
+        # the losses divide by the global count of positives, which only the replicas together
+        # know: compute that count first, and the mined anchors once, inside the losses
+        global_positives = tf.stop_gradient(replica.all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.cast(positive, tf.float32))))
         losses = detection_losses(cls_logits, box_encodings, cls_targets, labels["loc_targets"],
                                   params.loss, normalizer=global_positives)
+        seen = losses["seen"]
+        local_seen = tf.reduce_sum(tf.cast(seen, tf.float32))
+        global_seen = tf.stop_gradient(replica.all_reduce(tf.distribute.ReduceOp.SUM, local_seen))
         l2_loss = weight_decay_loss(self.model, params.loss) / replica.num_replicas_in_sync
         loss = losses["cls_loss"] + losses["loc_loss"] + l2_loss
         accuracy = classification_accuracy(cls_logits, cls_targets, mask=seen)
-        correct_share = accuracy * local_counts[1] / tf.maximum(global_seen, 1.0)
+        correct_share = accuracy * local_seen / tf.maximum(global_seen, 1.0)
         scalars = {"cls_loss": losses["cls_loss"], "loc_loss": losses["loc_loss"], "l2_loss": l2_loss,
-                   "accuracy": correct_share, "num_positives": local_counts[0]}
+                   "accuracy": correct_share, "num_positives": losses["num_positives"]}
         summary = {"image": features["image"][:SUMMARY_IMAGES],
                    "cls_targets": cls_targets[:SUMMARY_IMAGES],
                    "loc_targets": labels["loc_targets"][:SUMMARY_IMAGES]}

@@ -72,6 +72,8 @@ def test_losses_match_numpy_reference(seed, ratio, beta):
     np.testing.assert_array_equal(mined, np_mined(logits, targets, ratio))
     assert not mined[0].any()  # no positives in image 0: nothing mined there
     assert not mined[targets < 0].any()
+    np.testing.assert_array_equal(result["seen"].numpy(),
+                                  (targets > 0) | np_mined(logits, targets, ratio))
 
 
 def test_mining_counts_floor_and_cap():
