@@ -74,13 +74,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from tensorflow.core.framework import summary_pb2
 
 from ssd.distribute import is_chief, task_name
 from ssd.modes import ModeKeys
-
-_POLICIES = {"none": None, "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
-
+from ssd.precision import TRAINING_POLICIES, dtype_policy
+from ssd.summaries import flat_scalars, format_metrics, write_images, write_scalar
 
 @dataclasses.dataclass
 class RunConfig:
@@ -99,8 +97,8 @@ class RunConfig:
     jit_compile: bool = False
 
     def __post_init__(self):
-        if self.mixed_precision not in _POLICIES:
-            raise ValueError(f"RunConfig.mixed_precision must be one of {sorted(_POLICIES)}, "
+        if self.mixed_precision not in TRAINING_POLICIES:
+            raise ValueError(f"RunConfig.mixed_precision must be one of {sorted(TRAINING_POLICIES)}, "
                              f"got {self.mixed_precision!r}")
         if self.keep_checkpoint_max < 1:
             raise ValueError(f"RunConfig.keep_checkpoint_max must be >= 1, got {self.keep_checkpoint_max}")
@@ -230,7 +228,7 @@ class Estimator:
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
             context = ModelContext(self._global_step, self._strategy.num_replicas_in_sync,
                                    self._config.jit_compile)
-            with _dtype_policy(_POLICIES[self._config.mixed_precision]):
+            with dtype_policy(TRAINING_POLICIES[self._config.mixed_precision]):
                 holder = self._model_fn(self._params, context)
             items = {"model": holder.model, "global_step": self._global_step}
             optimizer = getattr(holder, "optimizer", None)
@@ -419,12 +417,12 @@ class Estimator:
         result = dict(evaluator.result())
         result["global_step"] = self.global_step
         logging.info("evaluation at step %d over %d batches (%.1f s): %s", result["global_step"],
-                     batches, time.time() - started, _format_metrics(result))
+                     batches, time.time() - started, format_metrics(result))
         if self._is_chief:
             writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "eval"))
             with writer.as_default():
-                for name, value in _flat_scalars(result).items():
-                    write_scalar_summary(name, value, result["global_step"])
+                for name, value in flat_scalars(result).items():
+                    write_scalar(name, value, result["global_step"])
             writer.close()
         return result
 
@@ -547,21 +545,21 @@ class _TrainingSession:
             examples_per_sec = self._log_examples / max(now - self._log_time, 1e-9)
             eta = datetime.timedelta(seconds=round((max_steps - step) / max(steps_per_sec, 1e-9)))
             logging.info("step %d/%d: %s | %.3f steps/s, %.2f examples/s, ETA %s", step, max_steps,
-                         _format_metrics(values), steps_per_sec, examples_per_sec, eta)
+                         format_metrics(values), steps_per_sec, examples_per_sec, eta)
             self._log_time, self._log_step, self._log_examples = now, step, 0
         if config.save_summary_steps and step % config.save_summary_steps == 0:
             values = values or {k: float(v) for k, v in scalars.items()}
             now = time.time()
             rate = (step - self._summary_step) / max(now - self._summary_time, 1e-9)
             for name, value in values.items():
-                write_scalar_summary(name, value, step)
-            write_scalar_summary("global_step/sec", rate, step)
+                write_scalar(name, value, step)
+            write_scalar("global_step/sec", rate, step)
             self._summary_time, self._summary_step = now, step
         if (config.save_image_summary_steps and step % config.save_image_summary_steps == 0
                 and self._estimator.is_chief and summary_tensors):
             images = self._estimator._holder.summary_images(summary_tensors)
             for name, batch in images.items():
-                write_image_summary(name, batch, step)
+                write_images(name, batch, step)
         by_steps = config.save_checkpoints_steps and step % config.save_checkpoints_steps == 0
         by_secs = (config.save_checkpoints_secs
                    and time.time() - self._saved_time >= config.save_checkpoints_secs)
@@ -595,60 +593,3 @@ def _first_non_finite(variables) -> str | None:
         if value.dtype.kind in "fc" and not np.all(np.isfinite(value)):
             return getattr(variable, "path", None) or variable.name
     return None
-
-
-def _plugin_metadata(plugin: str, data_class: int) -> summary_pb2.SummaryMetadata:
-    metadata = summary_pb2.SummaryMetadata(data_class=data_class)
-    metadata.plugin_data.plugin_name = plugin
-    return metadata
-
-
-# TensorBoard's wire format, written with TensorFlow's own summary op: tf.summary.scalar and
-# tf.summary.image live in the tensorboard package, which tensorflow-cpu does not install.
-_SCALAR_METADATA = _plugin_metadata("scalars", summary_pb2.DATA_CLASS_SCALAR)
-_IMAGE_METADATA = _plugin_metadata("images", summary_pb2.DATA_CLASS_BLOB_SEQUENCE)
-
-
-def write_scalar_summary(name: str, value: float, step: int) -> None:
-    """A TensorBoard scalar into the default summary writer."""
-    tf.summary.write(name, tf.constant(value, tf.float32), step=step, metadata=_SCALAR_METADATA)
-
-
-def write_image_summary(name: str, images: tf.Tensor, step: int) -> None:
-    """TensorBoard images (float [N, H, W, C] in [0, 1]) into the default summary writer."""
-    images = tf.image.convert_image_dtype(tf.convert_to_tensor(images), tf.uint8, saturate=True)
-    height, width = int(images.shape[1]), int(images.shape[2])
-    encoded = [tf.io.encode_png(image) for image in tf.unstack(images)]
-    tensor = tf.stack([tf.constant(str(width)), tf.constant(str(height))] + encoded)
-    tf.summary.write(name, tensor, step=step, metadata=_IMAGE_METADATA)
-
-
-@contextlib.contextmanager
-def _dtype_policy(name: str | None):
-    """Sets Keras's global dtype policy while the model is built, and restores it after."""
-    if name is None:
-        yield
-        return
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
-def _flat_scalars(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    flat = {}
-    for name, value in values.items():
-        if isinstance(value, Mapping):
-            flat.update(_flat_scalars(value, f"{prefix}{name}/"))
-        elif isinstance(value, (int, float, np.number)) and value is not None:
-            flat[f"{prefix}{name}"] = float(value)
-    return flat
-
-
-def _format_metrics(values: Mapping[str, Any]) -> str:
-    parts = []
-    for name, value in _flat_scalars(values).items():
-        parts.append(f"{name} {value:.4g}")
-    return ", ".join(parts)

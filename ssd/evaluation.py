@@ -32,11 +32,12 @@ from ssd.anchors import generate_anchors
 from ssd.config import Config, shape_fields
 from ssd.data import make_input_fn, resolve_files
 from ssd.draw import draw_precision_recall
-from ssd.estimator import write_scalar_summary
 from ssd.model import build_model
 from ssd.modes import ModeKeys
 from ssd.postprocess import postprocess
+from ssd.precision import INFERENCE_POLICIES, dtype_policy
 from ssd.progress import Progress
+from ssd.summaries import write_scalar
 from ssd.voc_eval import METRICS, VOCEvaluator, format_table
 
 SUMMARY_FILENAME = "summary.json"
@@ -126,24 +127,12 @@ def restore_checkpoint(model: keras.Model, checkpoint_path: str, config: Config)
     return int(step.numpy())
 
 
-PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
-
-
 def build_inference_model(config: Config, precision: str = "float32") -> keras.Model:
-    """The network for inference, computing in `precision` ("float32" or "bfloat16").
-
-    Checkpoints hold float32 variables whatever the training precision, so either loads any
-    checkpoint. bfloat16 roughly doubles CPU throughput where oneDNN has bf16 kernels (AVX512_BF16,
-    AMX); its scores differ from float32 ones in the third significant digit.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(PRECISIONS[precision])
-    try:
+    """The network for inference, computing in `precision` ("float32" or "bfloat16")."""
+    if precision not in INFERENCE_POLICIES:
+        raise ValueError(f"precision must be one of {sorted(INFERENCE_POLICIES)}, got {precision!r}")
+    with dtype_policy(INFERENCE_POLICIES[precision]):
         return build_model(config)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def load_model(config: Config, checkpoint_path: str, precision: str = "float32") -> tuple[keras.Model, int]:
@@ -262,10 +251,10 @@ def write_tensorboard(result: dict[str, Any], summary_dir: str | os.PathLike, st
     writer = tf.summary.create_file_writer(str(summary_dir))
     with writer.as_default():
         if result["mAP"] is not None:
-            write_scalar_summary("mAP", float(result["mAP"]), step)
+            write_scalar("mAP", float(result["mAP"]), step)
         for name, ap in result["classes"].items():
             if ap is not None:
-                write_scalar_summary(f"classes/{name}", float(ap), step)
+                write_scalar(f"classes/{name}", float(ap), step)
     writer.close()
 
 
