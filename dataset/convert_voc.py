@@ -13,15 +13,23 @@ Examples:
   python dataset/convert_voc.py --voc_root=shapes --split=trainval \
       --classes=circle,square,triangle,star --output_directory=tfrecords --name=shapes_trainval
 
-Writes `<name>-00000-of-000NN` ... (image i of the split order goes to shard i mod NN) and
-`<name>_summary.json`. Shards are written into a hidden temporary directory and moved into place
-only when all of them are complete; the summary is written last, so its presence marks a finished
-conversion. Output is byte-identical for identical input, whatever the number of workers.
+Writes `<name>-00000-of-000NN` ... and `<name>_summary.json` (dataset/tfrecord_writer.py).
+Images are shuffled by a fixed seed (`--shuffle_seed`), so that VOC2007 and VOC2012 are mixed in
+every shard, and the i-th of that order goes to shard i mod NN; `--noshuffle` keeps the split
+lists' order (roots in order). Shards are written into a hidden temporary directory and moved into
+place only when all of them are complete; the summary is written last, so its presence marks a
+finished conversion. Output is byte-identical for identical input, whatever the number of workers.
 
 What happens with irregular input:
   * missing <difficult>/<truncated>/<pose>: 0 / 0 / Unspecified (counted as warnings);
   * float coordinates: kept as floats;
   * <size> missing, invalid or disagreeing with the image: the decoded image wins (warning);
+  * photos with an EXIF orientation tag (phones store them sideways): the record holds the
+    pixel grid the annotation refers to, upright when <size> matches the upright size, as
+    stored when it matches the stored one; when <size> cannot tell (missing, matching neither,
+    square images, orientations 2-4 that keep width and height) `--exif` decides: auto keeps the
+    stored grid with a warning, apply turns the image upright, ignore keeps it as stored. Boxes
+    are never changed, only the pixels chosen (ssd/orientation.py);
   * a box reaching outside the image: clipped (warning); inverted, or empty after clipping:
     dropped (warning);
   * class names not in the class list: an error listing them with their files, or with
@@ -30,9 +38,10 @@ What happens with irregular input:
   * images that are not plain RGB JPEG (grayscale, CMYK, alpha, palette, PNG behind a .jpg name,
     16-bit...): re-encoded as RGB JPEG at quality 95; undecodable or truncated images and malformed
     XML: skipped and listed in the summary;
-  * ids of the split lists without an XML or image file, and ids present in two roots: an error
-    listing them (ids are the records' source_id, which evaluation matches on, so they must be
-    unique; rename or convert the roots separately).
+  * ids of the split lists without an XML or image file: an error listing them, or with
+    --skip_missing those ids are skipped and listed in the summary;
+  * ids present in two roots: an error listing them (ids are the records' source_id, which
+    evaluation matches on, so they must be unique; rename or convert the roots separately).
 """
 
 from __future__ import annotations
@@ -40,41 +49,30 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import glob
-import json
-import math
-import multiprocessing
 import os
-import shutil
 import sys
 from pathlib import Path
-from typing import Iterator, Sequence, TextIO
+from typing import Sequence, TextIO
 
 if __package__ in (None, ""):  # run as `python dataset/convert_voc.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
-import tensorflow as tf
 from absl import app, flags, logging
 
 from dataset import voc_image, voc_xml
-from ssd.progress import Progress
-from ssd import records
+from dataset.tfrecord_writer import (DEFAULT_SHUFFLE_SEED, IMAGES_PER_SHARD, ConversionError, ConvertedImage,
+                                     Outcome, WarningTally, check_name, write_records)
 from ssd.config import VOC_CLASSES
+from ssd.orientation import EXIF_POLICIES, UPRIGHT
 from ssd.voc_coords import voc_to_normalized
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".JPG", ".JPEG", ".png", ".PNG")
-IMAGES_PER_SHARD = 1000
 JPEG_QUALITY = 95
 MAX_LISTED = 10          # ids quoted in an error message
 MAX_FILES_PER_CLASS = 3  # files quoted per unknown class name
-MAX_LOGGED_PER_KIND = 5  # warnings of one kind logged with their file; the rest are only counted
 
 Note = voc_xml.Note
-
-
-class ConversionError(Exception):
-    """The input cannot be converted as asked; the message says what to fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,29 +90,15 @@ class ImageOptions:
     skip_unknown_classes: bool = False
     drop_empty: bool = False
     jpeg_quality: int = JPEG_QUALITY
+    exif_policy: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
-class ConvertedImage:
-    image_id: str
-    filename: str
-    encoded: bytes
-    height: int
-    width: int
-    boxes: tuple[tuple[float, float, float, float], ...]  # normalized [ymin, xmin, ymax, xmax]
-    labels: tuple[int, ...]
-    texts: tuple[str, ...]
-    difficult: tuple[int, ...]
-    truncated: tuple[int, ...]
-    reencoded: str | None
-
-
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    entry: Entry
-    image: ConvertedImage | None  # None when skipped
-    skip_reason: str | None
-    notes: tuple[Note, ...]
+class FoundEntries:
+    entries: list[Entry]       # in conversion order (before shuffling)
+    sources: list[dict]        # one description per root, for the summary
+    notes: list[Note]
+    missing: list[dict]        # ids left out for missing files (skip_missing), as summary "skipped" items
 
 
 # ----------------------------------------------------------------------------- input discovery
@@ -156,17 +140,19 @@ def _listing(items: Sequence[str], total: int | None = None) -> str:
     return shown + more
 
 
-def find_entries(roots: Sequence[str | Path], splits: Sequence[str], all_annotated: bool
-                 ) -> tuple[list[Entry], list[dict], list[Note]]:
-    """Entries in conversion order (roots in order, then split-list order or sorted ids).
+def find_entries(roots: Sequence[str | Path], splits: Sequence[str], all_annotated: bool,
+                 skip_missing: bool = False) -> FoundEntries:
+    """Entries in list order (roots in order, then split-list order or sorted ids).
 
-    Returns (entries, one description per root for the summary, notes). Raises ConversionError
-    for missing directories, split lists or files, and for ids present in more than one root.
+    Raises ConversionError for missing directories or split lists, for ids present in more than
+    one root, and for ids without their XML or image file unless `skip_missing`, which lists them
+    in `missing` instead.
     """
     entries: list[Entry] = []
     sources: list[dict] = []
     notes: list[Note] = []
     missing: list[str] = []
+    missing_items: list[dict] = []
     first_root: dict[str, str] = {}
     duplicates: list[str] = []
     for root in map(Path, roots):
@@ -201,6 +187,8 @@ def find_entries(roots: Sequence[str | Path], splits: Sequence[str], all_annotat
                 problems.append(f"no JPEGImages/{image_id}.jpg")
             if problems:
                 missing.append(f"{root}: {image_id}: {', '.join(problems)}")
+                missing_items.append({"image_id": image_id, "file": str(root),
+                                      "reason": f"missing file: {', '.join(problems)}"})
                 continue
             if image_id in first_root:
                 duplicates.append(f"{image_id} in {first_root[image_id]} and {root}")
@@ -209,12 +197,15 @@ def find_entries(roots: Sequence[str | Path], splits: Sequence[str], all_annotat
             entries.append(Entry(image_id=image_id, root=str(root),
                                  xml_path=str(root / "Annotations" / f"{image_id}.xml"),
                                  image_path=str(root / "JPEGImages" / image_name)))
-    if missing:
-        raise ConversionError(f"{len(missing)} image ids have missing files:\n{_listing(missing)}")
+    if missing and not skip_missing:
+        raise ConversionError(f"{len(missing)} image ids have missing files (pass --skip_missing to "
+                              f"leave them out):\n{_listing(missing)}")
     if duplicates:
         raise ConversionError(f"{len(duplicates)} image ids occur in more than one root (ids must be "
                               f"unique; convert those roots separately):\n{_listing(duplicates)}")
-    return entries, sources, notes
+    for item in missing_items:
+        logging.warning("%s: %s: skipped: %s", item["file"], item["image_id"], item["reason"])
+    return FoundEntries(entries=entries, sources=sources, notes=notes, missing=missing_items)
 
 
 def load_class_names(classes: Sequence[str] | None = None, classes_file: str | Path | None = None
@@ -262,9 +253,22 @@ def _size_note(annotation: voc_xml.VocAnnotation, height: int, width: int) -> No
     if annotation.width is None or (annotation.width, annotation.height) == (width, height):
         return None
     swapped = (annotation.width, annotation.height) == (height, width)
-    hint = " (width and height swapped: EXIF rotation?)" if swapped else ""
+    hint = " (width and height swapped)" if swapped else ""
     return ("size_mismatch", f"<size> says {annotation.width}x{annotation.height} but the image is "
                              f"{width}x{height}{hint}; using the image's")
+
+
+def _exif_note(image: voc_image.EncodedImage, policy: str) -> Note | None:
+    """Under --exif=auto, a turned photo whose <size> cannot tell which grid the boxes refer to."""
+    if policy != "auto" or image.orientation == UPRIGHT or image.choice.decided_by != "policy":
+        return None
+    return ("exif_undecided", f"EXIF orientation {image.orientation} and <size> cannot tell whether the "
+                              f"boxes refer to the stored or the upright picture; kept the stored "
+                              f"{image.width}x{image.height} grid (--exif=apply for upright)")
+
+
+def _annotated_size(annotation: voc_xml.VocAnnotation) -> tuple[int, int] | None:
+    return None if annotation.width is None else (annotation.width, annotation.height)
 
 
 def convert_image(entry: Entry, annotation: voc_xml.VocAnnotation, options: ImageOptions) -> Outcome:
@@ -273,14 +277,21 @@ def convert_image(entry: Entry, annotation: voc_xml.VocAnnotation, options: Imag
     Bad data never raises: it becomes a skip reason or a note.
     """
     notes: list[Note] = list(annotation.notes)
+
+    def outcome(image: ConvertedImage | None, skip_reason: str | None = None) -> Outcome:
+        return Outcome(image_id=entry.image_id, annotation_file=entry.xml_path, image_file=entry.image_path,
+                       image=image, skip_reason=skip_reason, notes=tuple(notes))
+
     try:
         data = Path(entry.image_path).read_bytes()
-        image = voc_image.load_rgb_jpeg(data, quality=options.jpeg_quality)
+        image = voc_image.load_rgb_jpeg(data, quality=options.jpeg_quality,
+                                        annotated_size=_annotated_size(annotation),
+                                        exif_policy=options.exif_policy)
     except (OSError, voc_image.CorruptImageError) as error:
-        return Outcome(entry=entry, image=None, skip_reason=f"corrupt image: {error}", notes=tuple(notes))
-    size_note = _size_note(annotation, image.height, image.width)
-    if size_note:
-        notes.append(size_note)
+        return outcome(None, f"corrupt image: {error}")
+    for note in (_exif_note(image, options.exif_policy), _size_note(annotation, image.height, image.width)):
+        if note:
+            notes.append(note)
     kept = []
     for obj in annotation.objects:
         label = options.class_to_label.get(obj.name)
@@ -295,7 +306,7 @@ def convert_image(entry: Entry, annotation: voc_xml.VocAnnotation, options: Imag
         if box is not None:
             kept.append((obj, label, box))
     if not kept and options.drop_empty:
-        return Outcome(entry=entry, image=None, skip_reason="no objects (--drop_empty)", notes=tuple(notes))
+        return outcome(None, "no objects (--drop_empty)")
     normalized = voc_to_normalized(np.array([box for _, _, box in kept], np.float64).reshape(-1, 4),
                                    image.height, image.width)
     converted = ConvertedImage(
@@ -303,33 +314,17 @@ def convert_image(entry: Entry, annotation: voc_xml.VocAnnotation, options: Imag
         height=image.height, width=image.width, boxes=tuple(tuple(map(float, row)) for row in normalized),
         labels=tuple(label for _, label, _ in kept), texts=tuple(obj.name for obj, _, _ in kept),
         difficult=tuple(obj.difficult for obj, _, _ in kept),
-        truncated=tuple(obj.truncated for obj, _, _ in kept), reencoded=image.reencoded)
-    return Outcome(entry=entry, image=converted, skip_reason=None, notes=tuple(notes))
+        truncated=tuple(obj.truncated for obj, _, _ in kept), reencoded=image.reencoded,
+        exif_orientation=image.orientation, exif_upright=image.choice.upright,
+        exif_decided_by=image.choice.decided_by)
+    return outcome(converted)
 
 
 def _convert_task(task: tuple[Entry, voc_xml.VocAnnotation], options: ImageOptions) -> Outcome:
     return convert_image(task[0], task[1], options)
 
 
-# ----------------------------------------------------------------------------- bookkeeping
-
-class WarningTally:
-    """Counts warnings by kind; logs the first few of each kind with their file."""
-
-    def __init__(self, max_logged: int = MAX_LOGGED_PER_KIND):
-        self.max_logged = max_logged
-        self.counts: collections.Counter[str] = collections.Counter()
-        self.examples: dict[str, list[str]] = collections.defaultdict(list)
-
-    def add(self, kind: str, file: str, message: str) -> None:
-        self.counts[kind] += 1
-        if self.counts[kind] <= self.max_logged:
-            text = f"{file}: {message}" if file else message
-            self.examples[kind].append(text)
-            logging.warning("%s", text)
-            if self.counts[kind] == self.max_logged:
-                logging.warning("(further '%s' warnings are only counted)", kind)
-
+# ----------------------------------------------------------------------------- conversion
 
 def _scan_annotations(entries: Sequence[Entry], class_names: Sequence[str], skip_unknown_classes: bool
                       ) -> tuple[list[tuple[Entry, voc_xml.VocAnnotation]], list[dict]]:
@@ -361,148 +356,43 @@ def _scan_annotations(entries: Sequence[Entry], class_names: Sequence[str], skip
     return tasks, skipped
 
 
-def _outcomes(tasks: Sequence[tuple[Entry, voc_xml.VocAnnotation]], options: ImageOptions,
-              num_workers: int) -> Iterator[Outcome]:
-    work = functools.partial(_convert_task, options=options)
-    if num_workers <= 1 or len(tasks) <= 1:
-        yield from map(work, tasks)
-        return
-    # fork keeps workers cheap (no re-import of TensorFlow); the workers themselves never touch TF.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-    with multiprocessing.get_context(method).Pool(num_workers) as pool:
-        yield from pool.imap(work, tasks, chunksize=4)
+def _image_id(task: tuple[Entry, voc_xml.VocAnnotation]) -> str:
+    return task[0].image_id
 
-
-def shard_name(name: str, index: int, num_shards: int) -> str:
-    return f"{name}-{index:05d}-of-{num_shards:05d}"
-
-
-def finished_shards(output_directory: str | Path, name: str) -> list[Path]:
-    """Every `<name>-NNNNN-of-NNNNN` file in the directory, whatever its shard count."""
-    digits = "[0-9]" * 5
-    pattern = os.path.join(glob.escape(str(output_directory)), f"{glob.escape(name)}-{digits}-of-{digits}")
-    return sorted(Path(path) for path in glob.glob(pattern))
-
-
-def _serialize(image: ConvertedImage) -> bytes:
-    example = records.make_example(
-        encoded=image.encoded, image_format="jpeg", height=image.height, width=image.width,
-        filename=image.filename, source_id=image.image_id, boxes=image.boxes, labels=image.labels,
-        texts=image.texts, difficult=image.difficult, truncated=image.truncated)
-    return example.SerializeToString(deterministic=True)
-
-
-def _write_json_atomically(path: Path, content: dict) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(content, indent=2, sort_keys=False) + "\n")
-    os.replace(partial, path)
-
-
-# ----------------------------------------------------------------------------- conversion
 
 def convert_voc(roots: Sequence[str | Path], output_directory: str | Path, name: str,
                 class_names: Sequence[str] = VOC_CLASSES, *, splits: Sequence[str] = ("trainval",),
                 all_annotated: bool = False, num_shards: int | None = None, num_workers: int = 1,
-                skip_unknown_classes: bool = False, drop_empty: bool = False,
+                skip_unknown_classes: bool = False, drop_empty: bool = False, skip_missing: bool = False,
+                exif_policy: str = "auto", shuffle_seed: int | None = DEFAULT_SHUFFLE_SEED,
                 jpeg_quality: int = JPEG_QUALITY, progress_stream: TextIO | None = None) -> dict:
     """Converts the images of `roots` (their `splits`, or every annotated image) into TFRecords.
 
-    Labels are 1..N in `class_names` order. Returns the summary that is also written to
-    `<output_directory>/<name>_summary.json`. Raises ConversionError for input that needs fixing.
+    Labels are 1..N in `class_names` order. `shuffle_seed` None keeps the list order.
+    Returns the summary that is also written to `<output_directory>/<name>_summary.json`.
+    Raises ConversionError for input that needs fixing.
     """
-    if not name or os.sep in name:
-        raise ConversionError(f"invalid output name {name!r}")
+    check_name(name)
+    if exif_policy not in EXIF_POLICIES:
+        raise ConversionError(f"unknown EXIF policy {exif_policy!r}; expected one of {', '.join(EXIF_POLICIES)}")
     class_names = tuple(class_names)
-    output_directory = Path(output_directory)
     tally = WarningTally()
-
-    entries, sources, notes = find_entries(roots, splits, all_annotated)
-    for kind, message in notes:
+    found = find_entries(roots, splits, all_annotated, skip_missing)
+    for kind, message in found.notes:
         tally.add(kind, "", message)
-    tasks, skipped = _scan_annotations(entries, class_names, skip_unknown_classes)
+    tasks, unreadable = _scan_annotations(found.entries, class_names, skip_unknown_classes)
     if not tasks:
-        raise ConversionError(f"nothing to convert: {len(entries)} ids found, {len(skipped)} unreadable")
-    num_shards = num_shards or max(1, math.ceil(len(tasks) / IMAGES_PER_SHARD))
+        raise ConversionError(f"nothing to convert: {len(found.entries)} ids found, {len(unreadable)} "
+                              f"unreadable, {len(found.missing)} with missing files")
     options = ImageOptions(class_to_label={n: i + 1 for i, n in enumerate(class_names)},
                            skip_unknown_classes=skip_unknown_classes, drop_empty=drop_empty,
-                           jpeg_quality=jpeg_quality)
-
-    objects_per_class = collections.Counter()
-    difficult_per_class = collections.Counter()
-    reencoded = collections.Counter()
-    images_per_shard = [0] * num_shards
-    num_truncated = num_empty = written = 0
-    shard_names = [shard_name(name, i, num_shards) for i in range(num_shards)]
-    output_directory.mkdir(parents=True, exist_ok=True)
-    partial_directory = output_directory / f".{name}.partial"
-    shutil.rmtree(partial_directory, ignore_errors=True)  # left by a killed run
-    partial_directory.mkdir()
-    writers = []
-    progress = Progress(len(tasks), label=name, stream=progress_stream)
-    try:
-        writers = [tf.io.TFRecordWriter(str(partial_directory / shard)) for shard in shard_names]
-        for outcome in _outcomes(tasks, options, num_workers):
-            for kind, message in outcome.notes:
-                tally.add(kind, outcome.entry.xml_path, message)
-            progress.update()
-            if outcome.image is None:
-                logging.warning("%s: skipped: %s", outcome.entry.image_path, outcome.skip_reason)
-                skipped.append({"image_id": outcome.entry.image_id, "file": outcome.entry.image_path,
-                                "reason": outcome.skip_reason})
-                continue
-            image = outcome.image
-            shard = written % num_shards
-            writers[shard].write(_serialize(image))
-            images_per_shard[shard] += 1
-            written += 1
-            objects_per_class.update(image.texts)
-            difficult_per_class.update(t for t, d in zip(image.texts, image.difficult) if d)
-            num_truncated += sum(image.truncated)
-            num_empty += not image.labels
-            if image.reencoded:
-                reencoded[image.reencoded] += 1
-        progress.close()
-        for writer in writers:
-            writer.close()
-        writers = []
-        if not written:
-            raise ConversionError(f"no image could be converted ({len(skipped)} skipped); see the log")
-        summary = {
-            "name": name,
-            "sources": sources,
-            "classes": list(class_names),
-            "num_images": written,
-            "num_objects": sum(objects_per_class.values()),
-            "num_difficult": sum(difficult_per_class.values()),
-            "num_truncated": num_truncated,
-            "num_empty_images": num_empty,
-            "objects_per_class": {n: objects_per_class[n] for n in class_names},
-            "difficult_per_class": {n: difficult_per_class[n] for n in class_names},
-            "reencoded_images": dict(sorted(reencoded.items())),
-            "num_skipped": len(skipped),
-            "skipped": skipped,
-            "warnings": dict(sorted(tally.counts.items())),
-            "warning_examples": {kind: tally.examples[kind] for kind in sorted(tally.examples)},
-            "num_shards": num_shards,
-            "shards": shard_names,
-            "images_per_shard": images_per_shard,
-        }
-        summary_path = output_directory / f"{name}_summary.json"
-        summary_path.unlink(missing_ok=True)
-        for stale in finished_shards(output_directory, name):
-            if stale.name not in shard_names:
-                stale.unlink()
-        for shard in shard_names:
-            os.replace(partial_directory / shard, output_directory / shard)
-        _write_json_atomically(summary_path, summary)
-    finally:
-        for writer in writers:
-            writer.close()
-        shutil.rmtree(partial_directory, ignore_errors=True)
-    logging.info("%s: wrote %d images (%d objects) into %d shards in %s; %d skipped; warnings: %s",
-                 name, written, summary["num_objects"], num_shards, output_directory, len(skipped),
-                 dict(tally.counts) or "none")
-    return summary
+                           jpeg_quality=jpeg_quality, exif_policy=exif_policy)
+    header = {"sources": found.sources, "exif_policy": exif_policy, "num_missing": len(found.missing)}
+    return write_records(tasks, functools.partial(_convert_task, options=options), key=_image_id,
+                         output_directory=output_directory, name=name, class_names=class_names,
+                         header=header, skipped=found.missing + unreadable, tally=tally,
+                         num_shards=num_shards, num_workers=num_workers, shuffle_seed=shuffle_seed,
+                         progress_stream=progress_stream)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -529,6 +419,16 @@ flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Worker processes for i
 flags.DEFINE_bool("skip_unknown_classes", False,
                   "Drop objects of classes not in the list instead of failing.")
 flags.DEFINE_bool("drop_empty", False, "Skip images without objects (for training sets).")
+flags.DEFINE_bool("skip_missing", False,
+                  "Leave out ids of the split lists whose XML or image file is missing (listed in the "
+                  "summary) instead of failing.")
+flags.DEFINE_enum("exif", "auto", list(EXIF_POLICIES),
+                  "Photos with an EXIF orientation tag whose <size> cannot tell which pixel grid the "
+                  "boxes refer to: auto keeps the stored grid and warns, apply turns them upright, "
+                  "ignore keeps the stored grid. A <size> that matches one grid only always decides.")
+flags.DEFINE_bool("shuffle", True, "Shuffle the images (seeded, deterministic) before sharding; "
+                                   "--noshuffle keeps the split lists' order.")
+flags.DEFINE_integer("shuffle_seed", DEFAULT_SHUFFLE_SEED, "Seed of the shuffled order.")
 
 
 def default_name(years: Sequence[str], roots: Sequence[str], splits: Sequence[str],
@@ -557,7 +457,9 @@ def main(argv: Sequence[str]) -> None:
         summary = convert_voc(roots, FLAGS.output_directory, name, class_names, splits=splits,
                               all_annotated=FLAGS.all_annotated, num_shards=FLAGS.num_shards or None,
                               num_workers=FLAGS.num_workers,
-                              skip_unknown_classes=FLAGS.skip_unknown_classes, drop_empty=FLAGS.drop_empty)
+                              skip_unknown_classes=FLAGS.skip_unknown_classes, drop_empty=FLAGS.drop_empty,
+                              skip_missing=FLAGS.skip_missing, exif_policy=FLAGS.exif,
+                              shuffle_seed=FLAGS.shuffle_seed if FLAGS.shuffle else None)
     except ConversionError as error:
         sys.exit(f"error: {error}")
     print(f"{name}: {summary['num_images']} images, {summary['num_objects']} objects, "

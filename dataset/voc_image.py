@@ -8,8 +8,10 @@ re-encoded as an RGB JPEG. Files that do not decode completely raise `CorruptIma
 truncated JPEG decodes to a grey bottom that would silently lose annotated objects, so it is never
 written.
 
-EXIF orientation is deliberately not applied: VOC annotations refer to the stored pixel grid,
-which is also what `tf.io.decode_jpeg` returns.
+The EXIF orientation tag is followed by the rule of `ssd.orientation`: given the size the annotation
+states, the record holds either the stored pixel grid (what `tf.io.decode_jpeg` returns for the
+original bytes) or the upright one (decoded, transposed and re-encoded without the tag).
+Boxes are never touched here; only the pixels that match them are chosen.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import warnings
 
 import numpy as np
 from PIL import Image
+
+from ssd.orientation import OrientationChoice, apply_orientation, choose_orientation, orientation_of
 
 # SOF0 baseline, SOF1 extended sequential, SOF2 progressive (all Huffman-coded).
 _KEPT_FRAME_MARKERS = (0xC0, 0xC1, 0xC2)
@@ -39,6 +43,8 @@ class EncodedImage:
     height: int
     width: int
     reencoded: str | None  # why the original bytes were not kept ("PNG/RGBA", ...); None if kept
+    orientation: int = 1   # the file's EXIF orientation tag
+    choice: OrientationChoice = OrientationChoice(upright=False, decided_by="tag")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,8 +143,7 @@ def _encode_jpeg(image: Image.Image, quality: int) -> bytes:
     return buffer.getvalue()
 
 
-def load_rgb_jpeg(data: bytes, quality: int = 95) -> EncodedImage:
-    """Original bytes of a plain RGB JPEG, or the image re-encoded as one. Raises CorruptImageError."""
+def _decode(data: bytes) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -149,23 +154,46 @@ def load_rgb_jpeg(data: bytes, quality: int = 95) -> EncodedImage:
     width, height = image.size
     if width < 1 or height < 1:
         raise CorruptImageError(f"image has size {width}x{height}")
+    return image
+
+
+def _why_not_kept(data: bytes, image: Image.Image) -> str | None:
+    """Why the original bytes cannot go into a record as they are; None if they can."""
     image_format = image.format or "unknown"
-    if image_format in ("JPEG", "MPO") and image.mode == "RGB":
-        structure = jpeg_structure(data)
-        frame = structure.frame
-        if frame is None:
-            reason = "JPEG/no-frame-header"
-        elif not structure.complete:
-            reason = "JPEG/no-end-marker"
-        elif (frame.marker not in _KEPT_FRAME_MARKERS or frame.precision != 8
-              or frame.components != 3 or (frame.width, frame.height) != (width, height)):
-            reason = f"JPEG/SOF{frame.marker - 0xC0}-{frame.precision}bit-{frame.components}ch"
-        else:
-            return EncodedImage(encoded=data, height=height, width=width, reencoded=None)
-    else:
-        reason = f"{image_format}/{image.mode}"
+    if image_format not in ("JPEG", "MPO") or image.mode != "RGB":
+        return f"{image_format}/{image.mode}"
+    structure = jpeg_structure(data)
+    frame = structure.frame
+    if frame is None:
+        return "JPEG/no-frame-header"
+    if not structure.complete:
+        return "JPEG/no-end-marker"
+    if (frame.marker not in _KEPT_FRAME_MARKERS or frame.precision != 8 or frame.components != 3
+            or (frame.width, frame.height) != image.size):
+        return f"JPEG/SOF{frame.marker - 0xC0}-{frame.precision}bit-{frame.components}ch"
+    return None
+
+
+def load_rgb_jpeg(data: bytes, quality: int = 95, annotated_size: tuple[int, int] | None = None,
+                  exif_policy: str = "ignore") -> EncodedImage:
+    """Original bytes of a plain RGB JPEG, or the image re-encoded as one. Raises CorruptImageError.
+
+    `annotated_size` (width, height) and `exif_policy` choose between the stored and the upright
+    pixel grid (`ssd.orientation.choose_orientation`); the defaults keep the stored grid.
+    """
+    image = _decode(data)
+    orientation = orientation_of(image)
+    choice = choose_orientation(orientation, image.size, annotated_size, exif_policy)
+    reason = _why_not_kept(data, image)
+    if reason is None and not choice.upright:
+        return EncodedImage(encoded=data, height=image.height, width=image.width, reencoded=None,
+                            orientation=orientation, choice=choice)
     try:
         rgb = _to_rgb(image)
     except Exception as error:
         raise CorruptImageError(f"cannot convert {reason} to RGB ({error})") from error
-    return EncodedImage(encoded=_encode_jpeg(rgb, quality), height=height, width=width, reencoded=reason)
+    if choice.upright:
+        rgb = apply_orientation(rgb, orientation)
+        reason = f"{reason or f'{image.format}/{image.mode}'}+EXIF{orientation}"
+    return EncodedImage(encoded=_encode_jpeg(rgb, quality), height=rgb.height, width=rgb.width,
+                        reencoded=reason, orientation=orientation, choice=choice)

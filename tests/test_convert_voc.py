@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # dataset/ holds scripts, not an installed package
     sys.path.insert(0, str(REPO))
 
-from dataset import convert_voc, voc_image, voc_xml  # noqa: E402
+from dataset import convert_voc, tfrecord_writer, voc_image, voc_xml  # noqa: E402
 from ssd import records  # noqa: E402
 from ssd.voc_coords import voc_to_normalized  # noqa: E402
 
@@ -164,13 +164,13 @@ def read_records(paths):
 @pytest.fixture(scope="module")
 def converted(mixed_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    summary = convert(mixed_root, out, num_shards=3)
+    summary = convert(mixed_root, out, num_shards=3, shuffle_seed=None)
     return out, summary
 
 
 def test_records_follow_the_xml(mixed_root, converted):
     out, summary = converted
-    shards = convert_voc.finished_shards(out, "mixed")
+    shards = tfrecord_writer.finished_shards(out, "mixed")
     assert [p.name for p in shards] == [f"mixed-0000{i}-of-00003" for i in range(3)]
     kept_ids = [i for i in LIST_ORDER if EXPECTED[i] is not None]
     by_shard = [read_records([p]) for p in shards]
@@ -197,7 +197,7 @@ def test_records_follow_the_xml(mixed_root, converted):
 def test_reencoded_images_keep_their_pixels(mixed_root, converted):
     out, _ = converted
     decoded = {r["source_id"].decode(): tf.io.decode_jpeg(r["encoded"]).numpy().astype(float)
-               for r in read_records(convert_voc.finished_shards(out, "mixed"))}
+               for r in read_records(tfrecord_writer.finished_shards(out, "mixed"))}
     source = {i: np.asarray(Image.open(mixed_root / "JPEGImages" / f"{i}.jpg").convert("RGB"), float)
               for i in ("gray", "cmyk", "pngjpg", "palette")}
     gray = decoded["gray"]
@@ -238,9 +238,9 @@ def test_summary_counts_skips_and_warnings(converted):
 
 def test_output_is_deterministic_for_any_worker_count(mixed_root, converted, tmp_path):
     out, summary = converted
-    again = convert(mixed_root, tmp_path / "again", num_shards=3, num_workers=2)
-    for first, second in zip(convert_voc.finished_shards(out, "mixed"),
-                             convert_voc.finished_shards(tmp_path / "again", "mixed")):
+    again = convert(mixed_root, tmp_path / "again", num_shards=3, num_workers=2, shuffle_seed=None)
+    for first, second in zip(tfrecord_writer.finished_shards(out, "mixed"),
+                             tfrecord_writer.finished_shards(tmp_path / "again", "mixed")):
         assert first.name == second.name and first.read_bytes() == second.read_bytes()
     assert again == summary
 
@@ -289,7 +289,7 @@ def test_rerun_replaces_shards_of_another_count(mixed_root, tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["mixed-00000-of-00002", "mixed-00001-of-00002", "mixed_summary.json",
                      "other-00000-of-00001"]
-    assert len(read_records(convert_voc.finished_shards(tmp_path, "mixed"))) == summary["num_images"]
+    assert len(read_records(tfrecord_writer.finished_shards(tmp_path, "mixed"))) == summary["num_images"]
 
 
 def test_missing_files_in_split_list_are_listed(tmp_path):
@@ -326,12 +326,12 @@ def test_years_and_all_annotated_mode(tmp_path):
     roots = convert_voc.voc_roots(tmp_path / "VOCdevkit", ["2007", "2012"])
     assert roots == [tmp_path / "VOCdevkit" / "VOC2007", tmp_path / "VOCdevkit" / "VOC2012"]
     assert convert_voc.default_name(["2007", "2012"], [], ["trainval"], False) == "voc0712_trainval"
-    split_entries, _, _ = convert_voc.find_entries(roots, ["trainval"], all_annotated=False)
+    split_entries = convert_voc.find_entries(roots, ["trainval"], all_annotated=False).entries
     assert [e.image_id for e in split_entries] == ["07c", "07a", "12b"]
     # every annotation, sorted per root, without VOC2007's test images
-    all_entries, sources, _ = convert_voc.find_entries(roots, ["trainval"], all_annotated=True)
-    assert [e.image_id for e in all_entries] == ["07a", "07c", "12a", "12b"]
-    assert sources[0]["excluded_test_ids"] == 1
+    found = convert_voc.find_entries(roots, ["trainval"], all_annotated=True)
+    assert [e.image_id for e in found.entries] == ["07a", "07c", "12a", "12b"]
+    assert found.sources[0]["excluded_test_ids"] == 1
 
 
 def test_class_list_sources(tmp_path):
@@ -405,4 +405,4 @@ def test_command_line(mixed_root, tmp_path):
     summary = json.loads((tmp_path / "MIXED_trainval_summary.json").read_text())
     assert summary["num_images"] == 15 and summary["num_shards"] == 2
     assert "16/16" in result.stderr  # progress over every image with a readable XML
-    assert len(read_records(convert_voc.finished_shards(tmp_path, "MIXED_trainval"))) == 15
+    assert len(read_records(tfrecord_writer.finished_shards(tmp_path, "MIXED_trainval"))) == 15
