@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, ImageOps
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # dataset/ holds scripts, not an installed package
@@ -406,3 +406,185 @@ def test_command_line(mixed_root, tmp_path):
     assert summary["num_images"] == 15 and summary["num_shards"] == 2
     assert "16/16" in result.stderr  # progress over every image with a readable XML
     assert len(read_records(tfrecord_writer.finished_shards(tmp_path, "MIXED_trainval"))) == 15
+
+
+# ----------------------------------------------------------------------------- EXIF orientation
+
+UPRIGHT_W, UPRIGHT_H = 80, 60
+MARKER = (slice(8, 20), slice(10, 25))  # rows, columns of a red block in the upright picture
+# The transposition that turns the upright picture into the stored one: the inverse of the one a
+# viewer applies (5, 7 and the flips are their own inverses; 6 and 8 are each other's).
+TO_STORED = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+             4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+             6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270}
+RED = (230, 20, 20)
+
+
+def upright_picture(width=UPRIGHT_W, height=UPRIGHT_H):
+    pixels = np.full((height, width, 3), 200, np.uint8)
+    pixels[MARKER] = RED
+    return pixels
+
+
+def marker_box(pixels):
+    """VOC box (1-based inclusive) around the red block of `pixels`."""
+    rows, cols = np.nonzero((pixels == RED).all(axis=-1))
+    return (cols.min() + 1, rows.min() + 1, cols.max() + 1, rows.max() + 1)
+
+
+def phone_photo(k, upright=None):
+    """(stored JPEG with EXIF orientation k, stored pixels) of a picture that is `upright` when shown."""
+    upright = upright_picture() if upright is None else upright
+    stored = np.asarray(Image.fromarray(upright).transpose(TO_STORED[k]))
+    exif = Image.Exif()
+    exif[0x0112] = k
+    data = encode(Image.fromarray(stored), "JPEG", quality=95, exif=exif)
+    # the test's own construction, checked against Pillow: shown upright, it is the upright picture
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))), float)
+    assert np.abs(shown - upright).mean() < 3
+    return data, stored
+
+
+def assert_marker_inside_box(record):
+    pixels = tf.io.decode_jpeg(record["encoded"]).numpy().astype(int)
+    height, width = pixels.shape[:2]
+    assert (record["height"], record["width"]) == (height, width)
+    red = (pixels[..., 0] > 150) & (pixels[..., 1] < 90) & (pixels[..., 2] < 90)
+    (y0, x0, y1, x1), = np.round(record["boxes"] * [height, width, height, width]).astype(int)
+    inside = np.zeros_like(red)
+    inside[y0:y1, x0:x1] = True
+    marker_area = (MARKER[0].stop - MARKER[0].start) * (MARKER[1].stop - MARKER[1].start)
+    assert red.sum() >= 0.9 * marker_area, record["source_id"]
+    assert (red & ~inside).sum() <= 0.02 * marker_area, record["source_id"]
+    assert red[y0:y1, x0:x1].mean() >= 0.9, record["source_id"]
+
+
+def exif_root(root, frame):
+    """Photos with tags 2..8, annotated in the `frame` ("upright" or "stored") they are shown in."""
+    items = {}
+    for k in range(2, 9):
+        data, stored = phone_photo(k)
+        shown = upright_picture() if frame == "upright" else stored
+        size = (shown.shape[1], shown.shape[0])
+        items[f"o{k}"] = (f"o{k}.jpg", data,
+                          annotation_xml(f"o{k}.jpg", [obj_xml("cat", marker_box(shown))], size=size))
+    return make_root(root, items)
+
+
+def records_by_id(out, name="mixed"):
+    return {r["source_id"].decode(): r for r in read_records(tfrecord_writer.finished_shards(out, name))}
+
+
+@pytest.mark.parametrize("policy", ["auto", "apply", "ignore"])
+def test_phone_photos_annotated_upright(tmp_path, policy):
+    summary = convert(exif_root(tmp_path / "R", "upright"), tmp_path / "out", exif_policy=policy)
+    records = records_by_id(tmp_path / "out")
+    # 5-8 swap width and height, so <size> tells the upright frame whatever the policy; for 2-4
+    # (same width and height) only the policy can say.
+    upright = {5, 6, 7, 8} | ({2, 3, 4} if policy == "apply" else set())
+    for k in range(2, 9):
+        record = records[f"o{k}"]
+        if k in upright:
+            assert_marker_inside_box(record)
+            assert (record["height"], record["width"]) == (UPRIGHT_H, UPRIGHT_W)
+        else:  # kept as stored: the upright box misses the flipped marker
+            with pytest.raises(AssertionError):
+                assert_marker_inside_box(record)
+    exif = summary["exif_orientation"]
+    assert exif["turned_upright_by"] == {"size": 4, **({"policy": 3} if policy == "apply" else {})}
+    assert exif["kept_as_stored_by"] == ({} if policy == "apply" else {"policy": 3})
+    assert exif["num_turned_upright"] == len(upright) and exif["num_kept_as_stored"] == 7 - len(upright)
+    assert summary["exif_policy"] == policy
+    assert summary["warnings"].get("exif_undecided", 0) == (3 if policy == "auto" else 0)
+    assert "size_mismatch" not in summary["warnings"] and "box_clipped" not in summary["warnings"]
+    assert summary["reencoded_images"] == {f"JPEG/RGB+EXIF{k}": 1 for k in sorted(upright)}
+
+
+def test_phone_photos_annotated_on_the_stored_grid(tmp_path):
+    root = exif_root(tmp_path / "R", "stored")
+    summary = convert(root, tmp_path / "out", exif_policy="ignore")
+    records = records_by_id(tmp_path / "out")
+    for k in range(2, 9):
+        assert_marker_inside_box(records[f"o{k}"])
+        assert records[f"o{k}"]["encoded"] == (root / "JPEGImages" / f"o{k}.jpg").read_bytes()  # kept as is
+    assert summary["exif_orientation"]["kept_as_stored_by"] == {"policy": 3, "size": 4}
+    assert summary["reencoded_images"] == {} and summary["warnings"] == {}
+    # --exif=apply turns 2-4 (size cannot tell) but 5-8 stay as their <size> says
+    summary = convert(root, tmp_path / "apply", exif_policy="apply")
+    assert summary["exif_orientation"]["kept_as_stored_by"] == {"size": 4}
+    assert summary["exif_orientation"]["turned_upright_by"] == {"policy": 3}
+
+
+def test_square_phone_photo_follows_the_policy(tmp_path):
+    square = np.full((64, 64, 3), 200, np.uint8)
+    square[MARKER] = RED
+    data, _ = phone_photo(6, upright=square)
+    xml = annotation_xml("sq.jpg", [obj_xml("cat", marker_box(square))], size=(64, 64))
+    root = make_root(tmp_path / "R", {"sq": ("sq.jpg", data, xml)})
+    auto = convert(root, tmp_path / "auto", exif_policy="auto")
+    assert auto["warnings"] == {"exif_undecided": 1}
+    assert "EXIF orientation 6" in auto["warning_examples"]["exif_undecided"][0]
+    with pytest.raises(AssertionError):
+        assert_marker_inside_box(records_by_id(tmp_path / "auto")["sq"])
+    convert(root, tmp_path / "apply", exif_policy="apply")
+    assert_marker_inside_box(records_by_id(tmp_path / "apply")["sq"])
+    with pytest.raises(convert_voc.ConversionError, match="unknown EXIF policy"):
+        convert(root, tmp_path / "bad", exif_policy="sideways")
+
+
+# ----------------------------------------------------------------------------- missing files, order
+
+def test_skip_missing_leaves_out_and_lists_the_ids(tmp_path):
+    items = {f"{i:03d}": (f"{i:03d}.jpg", good_jpeg(i), annotation_xml(f"{i:03d}.jpg", [])) for i in range(4)}
+    root = make_root(tmp_path / "R", items, list_order=list(items) + ["ghost"])
+    (root / "JPEGImages" / "001.jpg").unlink()
+    (root / "Annotations" / "002.xml").unlink()
+    with pytest.raises(convert_voc.ConversionError, match=r"3 image ids have missing files \(pass --skip_missing"):
+        convert(root, tmp_path / "out")
+    summary = convert(root, tmp_path / "out", skip_missing=True)
+    assert summary["num_images"] == 2 and summary["num_missing"] == 3 and summary["num_skipped"] == 3
+    reasons = {s["image_id"]: s["reason"] for s in summary["skipped"]}
+    assert reasons == {"001": "missing file: no JPEGImages/001.jpg",
+                       "002": "missing file: no Annotations/002.xml",
+                       "ghost": "missing file: no Annotations/ghost.xml, no JPEGImages/ghost.jpg"}
+    assert sorted(records_by_id(tmp_path / "out")) == ["000", "003"]
+
+
+def order_root(tmp_path, n=30):
+    ids = [f"img{i:03d}" for i in range(n)]
+    items = {i: (f"{i}.jpg", good_jpeg(k), annotation_xml(f"{i}.jpg", [obj_xml("cat", (1, 1, 9, 9))]))
+             for k, i in enumerate(ids)}
+    return make_root(tmp_path / "R", items), ids
+
+
+def written_order(out, num_shards):
+    """Record ids in the order they were written: round robin over the shards."""
+    shards = [[r["source_id"].decode() for r in read_records([p])]
+              for p in tfrecord_writer.finished_shards(out, "mixed")]
+    assert len(shards) == num_shards
+    return [shard[i] for i in range(max(map(len, shards))) for shard in shards if i < len(shard)]
+
+
+def test_shuffled_order_is_seeded_and_deterministic(tmp_path):
+    root, ids = order_root(tmp_path)
+    first = convert(root, tmp_path / "a", num_shards=3)
+    second = convert(root, tmp_path / "b", num_shards=3, num_workers=2)
+    for a, b in zip(tfrecord_writer.finished_shards(tmp_path / "a", "mixed"),
+                    tfrecord_writer.finished_shards(tmp_path / "b", "mixed")):
+        assert a.read_bytes() == b.read_bytes()
+    assert first == second and first["order"]["shuffled"] and first["order"]["seed"] == 0
+    order = written_order(tmp_path / "a", 3)
+    assert sorted(order) == ids and order != ids
+    # the order is the ids sorted by a hash of seed and id, derived here independently
+    import hashlib
+    assert order == sorted(ids, key=lambda i: hashlib.blake2b(f"0\0{i}".encode(), digest_size=16).digest())
+    convert(root, tmp_path / "c", num_shards=3, shuffle_seed=1)
+    other = written_order(tmp_path / "c", 3)
+    assert sorted(other) == ids and other != order
+
+
+def test_noshuffle_keeps_list_order(tmp_path):
+    root, ids = order_root(tmp_path)
+    summary = convert(root, tmp_path / "out", num_shards=4, shuffle_seed=None)
+    assert written_order(tmp_path / "out", 4) == ids
+    assert summary["order"] == {"shuffled": False}
