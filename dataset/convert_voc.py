@@ -64,7 +64,7 @@ from dataset import voc_image, voc_xml
 from dataset.tfrecord_writer import (DEFAULT_SHUFFLE_SEED, IMAGES_PER_SHARD, ConversionError, ConvertedImage,
                                      Outcome, WarningTally, check_name, write_records)
 from ssd.config import VOC_CLASSES
-from ssd.orientation import EXIF_POLICIES, UPRIGHT
+from ssd.orientation import EXIF_POLICIES, UPRIGHT, check_policy
 from ssd.voc_coords import voc_to_normalized
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".JPG", ".JPEG", ".png", ".PNG")
@@ -373,8 +373,10 @@ def convert_voc(roots: Sequence[str | Path], output_directory: str | Path, name:
     Raises ConversionError for input that needs fixing.
     """
     check_name(name)
-    if exif_policy not in EXIF_POLICIES:
-        raise ConversionError(f"unknown EXIF policy {exif_policy!r}; expected one of {', '.join(EXIF_POLICIES)}")
+    try:
+        check_policy(exif_policy)
+    except ValueError as error:
+        raise ConversionError(str(error)) from error
     class_names = tuple(class_names)
     tally = WarningTally()
     found = find_entries(roots, splits, all_annotated, skip_missing)

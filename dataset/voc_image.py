@@ -23,7 +23,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from ssd.orientation import OrientationChoice, apply_orientation, choose_orientation, orientation_of
+from ssd.orientation import OrientationChoice, orient_for_annotation
 
 # SOF0 baseline, SOF1 extended sequential, SOF2 progressive (all Huffman-coded).
 _KEPT_FRAME_MARKERS = (0xC0, 0xC1, 0xC2)
@@ -181,19 +181,17 @@ def load_rgb_jpeg(data: bytes, quality: int = 95, annotated_size: tuple[int, int
     `annotated_size` (width, height) and `exif_policy` choose between the stored and the upright
     pixel grid (`ssd.orientation.choose_orientation`); the defaults keep the stored grid.
     """
-    image = _decode(data)
-    orientation = orientation_of(image)
-    choice = choose_orientation(orientation, image.size, annotated_size, exif_policy)
-    reason = _why_not_kept(data, image)
+    stored = _decode(data)
+    reason = _why_not_kept(data, stored)
+    image, orientation, choice = orient_for_annotation(stored, annotated_size, exif_policy)
     if reason is None and not choice.upright:
         return EncodedImage(encoded=data, height=image.height, width=image.width, reencoded=None,
                             orientation=orientation, choice=choice)
+    if choice.upright:
+        reason = f"{reason or f'{stored.format}/{stored.mode}'}+EXIF{orientation}"
     try:
         rgb = _to_rgb(image)
     except Exception as error:
         raise CorruptImageError(f"cannot convert {reason} to RGB ({error})") from error
-    if choice.upright:
-        rgb = apply_orientation(rgb, orientation)
-        reason = f"{reason or f'{image.format}/{image.mode}'}+EXIF{orientation}"
     return EncodedImage(encoded=_encode_jpeg(rgb, quality), height=rgb.height, width=rgb.width,
                         reencoded=reason, orientation=orientation, choice=choice)

@@ -79,14 +79,18 @@ def apply_orientation(image: Image.Image, orientation: int) -> Image.Image:
     return image if method is None else image.transpose(method)
 
 
+def check_policy(policy: str) -> None:
+    if policy not in EXIF_POLICIES:
+        raise ValueError(f"unknown EXIF policy {policy!r}; expected one of {', '.join(EXIF_POLICIES)}")
+
+
 def choose_orientation(orientation: int, stored_size: tuple[int, int],
                        annotated_size: tuple[int, int] | None, policy: str) -> OrientationChoice:
     """Which grid the annotation of an image refers to (see the module docstring).
 
     Sizes are (width, height); `annotated_size` is None when the annotation gives no usable size.
     """
-    if policy not in EXIF_POLICIES:
-        raise ValueError(f"unknown EXIF policy {policy!r}; expected one of {', '.join(EXIF_POLICIES)}")
+    check_policy(policy)
     if orientation not in _TO_UPRIGHT:
         return OrientationChoice(upright=False, decided_by="tag")
     stored = tuple(stored_size)
@@ -98,3 +102,14 @@ def choose_orientation(orientation: int, stored_size: tuple[int, int],
         if annotated == stored:
             return OrientationChoice(upright=False, decided_by="size")
     return OrientationChoice(upright=policy == "apply", decided_by="policy")
+
+
+def orient_for_annotation(image: Image.Image, annotated_size: tuple[int, int] | None, policy: str
+                          ) -> tuple[Image.Image, int, OrientationChoice]:
+    """(the pixels `image`'s annotation refers to, the EXIF orientation, the choice made).
+
+    What every reader of annotated photos calls: converters, and drawing ground truth.
+    """
+    orientation = orientation_of(image)
+    choice = choose_orientation(orientation, image.size, annotated_size, policy)
+    return (apply_orientation(image, orientation) if choice.upright else image), orientation, choice

@@ -588,3 +588,25 @@ def test_noshuffle_keeps_list_order(tmp_path):
     summary = convert(root, tmp_path / "out", num_shards=4, shuffle_seed=None)
     assert written_order(tmp_path / "out", 4) == ids
     assert summary["order"] == {"shuffled": False}
+
+
+def test_command_line_flags_for_missing_files_order_and_exif(tmp_path):
+    data, _ = phone_photo(3)
+    items = {"b": ("b.jpg", data, annotation_xml("b.jpg", [obj_xml("cat", marker_box(upright_picture()))])),
+             "a": ("a.jpg", good_jpeg(0), annotation_xml("a.jpg", []))}
+    root = make_root(tmp_path / "R", items, list_order=["b", "gone", "a"])
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    command = [sys.executable, str(REPO / "dataset" / "convert_voc.py"), f"--voc_root={root}",
+               "--classes=cat", f"--output_directory={tmp_path / 'out'}", "--name=cli"]
+    failed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert failed.returncode != 0 and "pass --skip_missing" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    result = subprocess.run(command + ["--skip_missing", "--noshuffle", "--exif=apply"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / "cli_summary.json").read_text())
+    assert summary["num_missing"] == 1 and summary["skipped"][0]["image_id"] == "gone"
+    assert summary["order"] == {"shuffled": False} and summary["exif_policy"] == "apply"
+    records = read_records(tfrecord_writer.finished_shards(tmp_path / "out", "cli"))
+    assert [r["source_id"].decode() for r in records] == ["b", "a"]
+    assert_marker_inside_box(records[0])

@@ -74,3 +74,14 @@ def test_upright_images_have_nothing_to_choose():
         assert choose_orientation(1, STORED, (60, 80), policy) == OrientationChoice(False, "tag")
     with pytest.raises(ValueError, match="unknown EXIF policy 'sometimes'"):
         choose_orientation(6, STORED, None, "sometimes")
+
+
+def test_orient_for_annotation_returns_the_annotated_grid():
+    pixels = asymmetric_pixels()  # stored 7 wide, 5 high
+    with Image.open(io.BytesIO(png_with_orientation(pixels, 8))) as stored:
+        stored.load()
+        upright, k, choice = orientation.orient_for_annotation(stored, (5, 7), "auto")
+        assert (k, choice) == (8, OrientationChoice(True, "size"))
+        np.testing.assert_array_equal(np.asarray(upright), np.rot90(pixels, 1))  # ROTATE_90: counter-clockwise
+        kept, _, choice = orientation.orient_for_annotation(stored, None, "auto")
+        assert kept is stored and choice == OrientationChoice(False, "policy")
