@@ -1,3 +1,4 @@
+import hashlib
 import io
 import json
 import os
@@ -576,7 +577,6 @@ def test_shuffled_order_is_seeded_and_deterministic(tmp_path):
     order = written_order(tmp_path / "a", 3)
     assert sorted(order) == ids and order != ids
     # the order is the ids sorted by a hash of seed and id, derived here independently
-    import hashlib
     assert order == sorted(ids, key=lambda i: hashlib.blake2b(f"0\0{i}".encode(), digest_size=16).digest())
     convert(root, tmp_path / "c", num_shards=3, shuffle_seed=1)
     other = written_order(tmp_path / "c", 3)
