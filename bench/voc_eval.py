@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from ssd.config import VOC_CLASSES
-from ssd.voc_eval import VOCEvaluator, format_table
+from ssd.voc_metric import VOCEvaluator, format_table
 
 
 def random_boxes(rng: np.random.Generator, n: int, width: float, height: float) -> np.ndarray:

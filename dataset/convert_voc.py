@@ -57,10 +57,11 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from dataset import voc_image, voc_xml
+from dataset import voc_image
 from ssd.progress import Progress
-from ssd import records
+from ssd import records, voc_xml
 from ssd.config import VOC_CLASSES
+from ssd.image_ids import read_image_ids
 from ssd.voc_coords import voc_to_normalized
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".JPG", ".JPEG", ".png", ".PNG")
@@ -130,7 +131,7 @@ def read_split_ids(root: Path, split: str) -> list[str]:
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.txt") if "_" not in p.stem)
         raise ConversionError(f"no split list {path} (lists there: {', '.join(available) or 'none'})")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    return read_image_ids(path)
 
 
 def annotated_ids(root: Path) -> tuple[list[str], int]:
