@@ -96,25 +96,48 @@ def _check_known_images(per_class: Sequence[ClassDetections], known: Mapping[str
                          f"image ids that are not in {imageset}, e.g. {examples}")
 
 
+def _object_counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{name} ({count} object{'s' * (count != 1)})" for name, count in counts.items())
+
+
+class UnknownClassesError(ValueError):
+    """The annotations name classes outside the class list (when that is refused).
+
+    `counts`: unknown name -> objects; `names_found`: every class name the annotations use, those
+    of the list first (in its order), then the unknown ones.
+    """
+
+    def __init__(self, counts: Mapping[str, int], class_names: Sequence[str], names_found: Sequence[str]):
+        self.counts = dict(counts)
+        self.names_found = list(names_found)
+        super().__init__(f"the annotations name classes outside the class list ({', '.join(class_names)}): "
+                         f"{_object_counts(self.counts)}")
+
+
 def evaluate_files(annotations_dir: str | os.PathLike, imageset: str | os.PathLike,
                    results_dir: str | os.PathLike, metric: str = "voc07",
-                   class_names: Sequence[str] = VOC_CLASSES,
-                   prefix: str = RESULT_PREFIX) -> dict[str, Any]:
+                   class_names: Sequence[str] = VOC_CLASSES, prefix: str = RESULT_PREFIX,
+                   refuse_unknown_classes: bool = False) -> dict[str, Any]:
     """Scores VOC result files against the VOC XML annotations of an image set, as the devkit does.
 
     Detections are scored in each class file's own order (which breaks score ties). Returns
-    `ssd.voc_metric.score_classes`'s result plus "unknown_classes" (name -> objects not scored)
+    `ssd.voc_metric.score_classes`'s result plus "unknown_classes" (name -> objects of classes
+    outside class_names, not scored; UnknownClassesError instead with refuse_unknown_classes)
     and "annotation_notes" (kind -> count of irregularities the XML reader handled).
     """
     check_metric(metric)
     image_ids = read_imageset(imageset)
-    index = {image_id: i for i, image_id in enumerate(image_ids)}
-    per_class = read_detections(results_dir, class_names, prefix)
-    _check_known_images(per_class, index, results_dir, imageset)
     ground_truth, unknown, notes = read_ground_truth(annotations_dir, image_ids, class_names)
+    if unknown and refuse_unknown_classes:
+        labels_found = set(ground_truth[2].tolist())
+        known_found = [name for label, name in enumerate(class_names, start=1) if label in labels_found]
+        raise UnknownClassesError(unknown, class_names, known_found + list(unknown))
     if unknown:
         log.warning("objects of classes outside the class list are not scored: %s",
                     ", ".join(f"{name} ({count})" for name, count in unknown.items()))
+    index = {image_id: i for i, image_id in enumerate(image_ids)}
+    per_class = read_detections(results_dir, class_names, prefix)
+    _check_known_images(per_class, index, results_dir, imageset)
     detections = [(np.array([index[i] for i in ids], dtype=np.int64), scores, boxes)
                   for ids, scores, boxes in per_class]
     result = score_classes(class_names, ground_truth, detections, len(image_ids), metric)
@@ -140,29 +163,26 @@ def _define_flags() -> None:
         flags.mark_flag_as_required(name)
 
 
-def _not_voc_error(unknown: Mapping[str, int]) -> str:
-    listed = ", ".join(f"{name} ({count} objects)" for name, count in unknown.items())
-    return (f"the annotations name classes that are not VOC's: {listed}; without --classes the 20 VOC "
-            f"classes are scored. Give the class list, e.g. --classes={','.join(unknown)}")
-
-
 def main(argv: Sequence[str]) -> None:
     from absl import flags
 
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {' '.join(argv[1:])}")
     flag_values = flags.FLAGS
+    default_classes = not flag_values["classes"].present
     try:
         result = evaluate_files(flag_values.annotations_dir, flag_values.imageset, flag_values.results_dir,
-                                flag_values.metric, flag_values.classes, flag_values.prefix)
+                                flag_values.metric, flag_values.classes, flag_values.prefix,
+                                refuse_unknown_classes=default_classes)
+    except UnknownClassesError as e:
+        raise SystemExit(f"error: the annotations name classes that are not VOC's: {_object_counts(e.counts)}; "
+                         f"without --classes the 20 VOC classes are scored. Give the data's class list, "
+                         f"e.g. --classes={','.join(e.names_found)}") from None
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
-    if result["unknown_classes"] and not flag_values["classes"].present:
-        raise SystemExit(f"error: {_not_voc_error(result['unknown_classes'])}")
     print(format_table(result))
     if flag_values.output_json:
-        summary = summary_of(result)
-        Path(flag_values.output_json).write_text(json.dumps(summary, indent=2) + "\n")
+        Path(flag_values.output_json).write_text(json.dumps(summary_of(result), indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -24,9 +24,8 @@ Precision is 0/0 before the first counted (non-ignored) detection. The devkit ke
 relies on MATLAB's `max` skipping NaN; here it is 0, which gives the same AP (precision is never
 negative), except when every detection of a class is ignored: the devkit's AP is then NaN, here 0.
 
-Boxes here are VOC pixel boxes (xmin, ymin, xmax, ymax, 1-based inclusive); `VOCEvaluator.add_batch`
-takes the library's normalized boxes and converts them. Result files: `ssd.voc_results`; scoring
-files from disk and the command line: `ssd.voc_eval`.
+Boxes are VOC pixel boxes (xmin, ymin, xmax, ymax, 1-based inclusive), except in
+`VOCEvaluator.add_batch`. Result files: `ssd.voc_results`; scoring files: `ssd.voc_eval`.
 """
 
 from __future__ import annotations
@@ -256,6 +255,13 @@ def summary_of(result: Mapping[str, Any]) -> dict[str, Any]:
 
 # --- accumulating over a data set ------------------------------------------------------------
 
+def _flatten(per_image: Sequence[tuple[np.ndarray, ...]], empty: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """Per-image tuples of arrays (rows counted by the second) -> (image index per row, *columns)."""
+    counts = [len(arrays[1]) for arrays in per_image]
+    columns = (np.concatenate([arrays[k] for arrays in per_image] or [e]) for k, e in enumerate(empty))
+    return (np.repeat(np.arange(len(per_image)), counts), *columns)
+
+
 def _snap_to_pixels(voc_boxes: np.ndarray) -> np.ndarray:
     rounded = np.round(voc_boxes)
     return np.where(np.abs(voc_boxes - rounded) <= GT_SNAP_TOLERANCE, rounded, voc_boxes)
@@ -348,24 +354,13 @@ class VOCEvaluator:
 
     def _ground_truth(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Flat (image index [N], boxes [N, 4], labels [N], difficult [N])."""
-        counts = [len(labels) for _, labels, _ in self._gt]
-        return (np.repeat(np.arange(len(self._gt)), counts),
-                np.concatenate([b for b, _, _ in self._gt] or [np.zeros((0, 4))]),
-                np.concatenate([lab for _, lab, _ in self._gt] or [np.zeros(0, np.int64)]),
-                np.concatenate([d for _, _, d in self._gt] or [np.zeros(0, bool)]))
+        return _flatten(self._gt, (np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros(0, bool)))
 
     def _indexed_detections(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per class: (image index [D], scores [D], boxes [D, 4]) in the order they were added."""
-        counts = [len(scores) for _, scores, _ in self._det]
-        image = np.repeat(np.arange(len(self._det)), counts)
-        boxes = np.concatenate([b for b, _, _ in self._det] or [np.zeros((0, 4))])
-        scores = np.concatenate([s for _, s, _ in self._det] or [np.zeros(0)])
-        classes = np.concatenate([c for _, _, c in self._det] or [np.zeros(0, np.int64)])
-        per_class = []
-        for label in range(1, len(self.class_names) + 1):
-            rows = np.flatnonzero(classes == label)
-            per_class.append((image[rows], scores[rows], boxes[rows]))
-        return per_class
+        image, boxes, scores, classes = _flatten(self._det, (np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64)))
+        rows = [np.flatnonzero(classes == label) for label in range(1, len(self.class_names) + 1)]
+        return [(image[r], scores[r], boxes[r]) for r in rows]
 
     def detections_by_class(self) -> list[voc_results.ClassDetections]:
         """Per class (class_names order): (image_ids, scores [D], boxes [D, 4] VOC), file order."""
@@ -382,6 +377,7 @@ class VOCEvaluator:
                       prefix: str = voc_results.RESULT_PREFIX) -> list[Path]:
         """VOC result files, one per class (`ssd.voc_results.write_detections`)."""
         return voc_results.write_detections(results_dir, self.class_names, self.detections_by_class(), prefix)
+
 
 # --- the table -------------------------------------------------------------------------------
 
