@@ -8,9 +8,6 @@ and evaluating the TFRecords converted from them see the same ground truth); the
 `ssd.voc_results`; the metric is `ssd.voc_metric`. Objects of classes outside the class list are
 not scored and are counted in the result's "unknown_classes"; on the command line, without
 --classes, such names are an error that lists them (the data is not VOC's).
-
-The metric's and the result files' names are re-exported here for the code that imports them
-from this module.
 """
 
 from __future__ import annotations
@@ -26,10 +23,15 @@ import numpy as np
 
 from ssd.config import VOC_CLASSES
 from ssd.image_ids import read_image_ids, repeated_ids
-from ssd.voc_metric import (METRICS, VOCEvaluator, check_metric, evaluate_class,  # noqa: F401
-                            format_table, mean_ap, score_classes, summary_of, voc_ap)
-from ssd.voc_results import RESULT_PREFIX, ClassDetections, read_detections, read_result_file  # noqa: F401
-from ssd.voc_xml import VocXmlError, labeled_boxes, parse_voc_xml, read_annotation  # noqa: F401
+from ssd.voc_metric import METRICS, check_metric, format_table, score_classes, summary_of
+from ssd.voc_results import RESULT_PREFIX, ClassDetections, read_detections
+from ssd.voc_xml import labeled_boxes, parse_voc_xml
+
+# Imported from this module before the metric, the result files and the XML reader had their own;
+# new code imports them from there.
+from ssd.voc_metric import VOCEvaluator  # noqa: E402,F401
+from ssd.voc_results import read_result_file  # noqa: E402,F401
+from ssd.voc_xml import read_annotation  # noqa: E402,F401
 
 # Notes of the XML reader about fields the metric does not use: not worth a warning here.
 _NOTES_IRRELEVANT_TO_SCORING = ("size_missing", "size_invalid", "truncated_missing", "truncated_invalid")
