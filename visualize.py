@@ -152,7 +152,7 @@ def read_image(path: Path) -> Image.Image:
 def ground_truth_image(image: Image.Image, annotation: Path, class_names: list[str]) -> Image.Image:
     from ssd.draw import draw_boxes
     from ssd.voc_coords import voc_to_normalized
-    from ssd.voc_eval import read_annotation
+    from ssd.voc_xml import read_annotation
 
     boxes, labels, _ = read_annotation(annotation, class_names)
     height, width = image.height, image.width

@@ -60,10 +60,12 @@ if __package__ in (None, ""):  # run as `python dataset/convert_voc.py`: make th
 import numpy as np
 from absl import app, flags, logging
 
-from dataset import voc_image, voc_xml
+from dataset import voc_image
 from dataset.tfrecord_writer import (DEFAULT_SHUFFLE_SEED, IMAGES_PER_SHARD, ConversionError, ConvertedImage,
                                      Outcome, WarningTally, check_name, write_records)
+from ssd import voc_xml
 from ssd.config import VOC_CLASSES
+from ssd.image_ids import read_image_ids
 from ssd.orientation import EXIF_POLICIES, UPRIGHT, check_policy
 from ssd.voc_coords import voc_to_normalized
 
@@ -114,7 +116,7 @@ def read_split_ids(root: Path, split: str) -> list[str]:
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.txt") if "_" not in p.stem)
         raise ConversionError(f"no split list {path} (lists there: {', '.join(available) or 'none'})")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    return read_image_ids(path)
 
 
 def annotated_ids(root: Path) -> tuple[list[str], int]:

@@ -15,8 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # dataset/ holds scripts, not an installed package
     sys.path.insert(0, str(REPO))
 
-from dataset import convert_voc, tfrecord_writer, voc_image, voc_xml  # noqa: E402
-from ssd import records  # noqa: E402
+from dataset import convert_voc, tfrecord_writer, voc_image  # noqa: E402
+from ssd import records, voc_xml  # noqa: E402
 from ssd.voc_coords import voc_to_normalized  # noqa: E402
 
 CLASSES = ("cat", "dog", "person")

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from ssd.voc_coords import voc_to_normalized
-from ssd.voc_eval import (VOCEvaluator, evaluate_class, evaluate_files, format_table, read_annotation,
-                          read_result_file, voc_ap)
+from ssd.voc_eval import evaluate_files
+from ssd.voc_metric import VOCEvaluator, evaluate_class, format_table, voc_ap
+from ssd.voc_results import read_result_file
+from ssd.voc_xml import read_annotation
 
 REPO = Path(__file__).resolve().parent.parent
 
