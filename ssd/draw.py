@@ -1,5 +1,7 @@
 """Pictures for people: detections and ground truth drawn on images, precision/recall curves.
 
+Curves are plotted with matplotlib's object API and Agg canvas: no pyplot, no display.
+
 Boxes arrive here as continuous pixel edges `[ymin, xmin, ymax, xmax]` of the image being drawn
 on (normalized boxes times height/width); drawing is the only place that needs them.
 """
@@ -93,38 +95,71 @@ def side_by_side(left: Image.Image, right: Image.Image, titles: Sequence[str] = 
     return canvas
 
 
+def _curve_label(name: str, recall: np.ndarray, ap: float | None) -> str:
+    if ap is None:
+        return f"{name} (no ground truth)"
+    if not recall.size:
+        return f"{name} (AP {100 * ap:.1f}, no detections)"
+    return f"{name} (AP {100 * ap:.1f})"
+
+
+def precision_recall_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                            aps: Mapping[str, float | None], title: str = "", dpi: float = 100.0):
+    """A matplotlib Figure of all classes' precision/recall curves on one pair of 0..1 axes.
+
+    curves: {name: (recall [D], precision [D])}, points in detection score order; aps: {name: AP
+    in [0, 1] or None when the class has no ground truth}. The legend gives every class with its
+    AP in percent, in `curves` order; classes with no ground truth or no detections are listed
+    as such, without a line. Colours repeat every 10 classes with a new line style.
+    """
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+
+    names = list(curves)
+    legend_columns = max(1, -(-len(names) // 24))
+    figure = Figure(figsize=(6.4 + 2.4 * legend_columns, 6.4), dpi=dpi, layout="constrained")
+    axes = figure.add_subplot()
+    palette = colormaps["tab10"].colors
+    styles = ("-", "--", ":", "-.")
+    for index, name in enumerate(names):
+        recall, precision = (np.asarray(v, dtype=float).reshape(-1) for v in curves[name])
+        ap = aps.get(name)
+        finite = np.isfinite(recall) & np.isfinite(precision)
+        recall, precision = recall[finite], precision[finite]
+        label = _curve_label(name, recall, ap)
+        color, style = palette[index % 10], styles[(index // 10) % len(styles)]
+        if ap is None or not recall.size:
+            axes.plot([], [], linestyle="none", label=label)  # listed, nothing to draw
+        else:
+            axes.plot(recall, precision, color=color, linestyle=style, linewidth=1.6,
+                      marker="." if recall.size == 1 else None, label=label)
+    axes.set_xlim(0.0, 1.0)
+    axes.set_ylim(0.0, 1.02)
+    ticks = np.linspace(0.0, 1.0, 11)
+    axes.set_xticks(ticks)
+    axes.set_yticks(ticks)
+    axes.grid(True, color="0.85", linewidth=0.8)
+    axes.set_xlabel("recall")
+    axes.set_ylabel("precision")
+    if title:
+        axes.set_title(title)
+    if names:
+        figure.legend(loc="outside right upper", ncols=legend_columns, fontsize="small",
+                      handlelength=2.5, frameon=False)
+    return figure
+
+
 def draw_precision_recall(curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
                           aps: Mapping[str, float | None], title: str = "",
                           panel_size: int = 220) -> Image.Image:
-    """A grid of per-class precision/recall plots, each titled with its AP."""
-    names = list(curves)
-    columns = min(5, max(1, len(names)))
-    rows = max(1, -(-len(names) // columns))
-    header = 30 if title else 0
-    canvas = Image.new("RGB", (columns * panel_size, rows * panel_size + header), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    font = _font(13)
-    if title:
-        draw.text((8, 6), title, fill=(0, 0, 0), font=font)
-    margin = 28
-    colors = class_colors(len(names) + 1)
-    for index, name in enumerate(names):
-        x0 = (index % columns) * panel_size + margin
-        y0 = (index // columns) * panel_size + header + 18
-        side = panel_size - margin - 10
-        draw.rectangle([x0, y0, x0 + side, y0 + side], outline=(120, 120, 120))
-        for t in (0.25, 0.5, 0.75):
-            draw.line([x0 + t * side, y0, x0 + t * side, y0 + side], fill=(225, 225, 225))
-            draw.line([x0, y0 + side - t * side, x0 + side, y0 + side - t * side], fill=(225, 225, 225))
-        recall, precision = (np.asarray(v, dtype=float) for v in curves[name])
-        if recall.size:
-            points = [(x0 + r * side, y0 + side - p * side) for r, p in zip(recall, precision)]
-            if len(points) == 1:
-                points = points * 2
-            draw.line(points, fill=colors[index + 1], width=2)
-        ap = aps.get(name)
-        ap_text = "n/a" if ap is None else f"{100 * ap:.1f}"
-        draw.text((x0, y0 - 16), f"{name}  AP {ap_text}", fill=(0, 0, 0), font=font)
-        draw.text((x0 + side - 34, y0 + side + 2), "recall", fill=(90, 90, 90), font=font)
-        draw.text((x0 - margin + 2, y0), "prec", fill=(90, 90, 90), font=font)
-    return canvas
+    """`precision_recall_figure` rendered (matplotlib's Agg backend) to an RGB image.
+
+    panel_size scales the resolution: 220 renders at 100 dots per inch (the plot is 640 pixels
+    high), 440 at 200.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure = precision_recall_figure(curves, aps, title, dpi=100.0 * panel_size / 220)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")

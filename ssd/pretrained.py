@@ -1,7 +1,9 @@
 """Initializes SSD's VGG16 backbone from ImageNet-trained VGG16 weights.
 
 Sources:
-* "imagenet": Keras' own VGG16 ImageNet weights (Keras downloads and caches them on first use);
+* "imagenet": Keras' own VGG16 ImageNet weights. Keras downloads them once into its cache,
+  `keras_cache_file()`; a file already there is read without any network access, so an offline
+  machine works once the file has been copied there from another machine;
 * a Keras weights file (.weights.h5, legacy .h5/.hdf5, .keras) of
   `keras.applications.VGG16(include_top=True)`;
 * a TF-slim `vgg_16` checkpoint (path, prefix or directory), fc6/fc7 either full or reduced;
@@ -23,8 +25,12 @@ Input channel order. The network consumes BGR, mean-subtracted images.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from pathlib import Path
+
+from absl import logging
 
 import keras
 import numpy as np
@@ -42,6 +48,13 @@ UNIT_STRIDE = 4  # keep every 4th fc unit: 4096 -> 1024
 TAP_STRIDE = 3  # keep fc6 taps 0, 3, 6 of 7
 
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
+# Keras' VGG16 ImageNet file (keras/src/applications/vgg16.py, include_top=True): its name in
+# the cache, where Keras downloads it from, and the md5 Keras checks it against.
+KERAS_VGG16_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
+KERAS_VGG16_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
+                   + KERAS_VGG16_FILE)
+KERAS_VGG16_MD5 = "64373286793e3c8b2b4e3219cbf3544b"
+
 _SLIM_SCOPE = "vgg_16/"
 _TF2_CHECKPOINT_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
@@ -92,6 +105,67 @@ def _load_keras_vgg16(weights: str) -> keras.Model:
         raise PretrainedError("Keras VGG16 weights are read in channels_last layout; "
                               f"the Keras image_data_format is {keras.backend.image_data_format()}")
     return keras.applications.VGG16(weights=weights, include_top=True)
+
+
+def keras_cache_file() -> Path:
+    """Where `keras.utils.get_file` keeps Keras' VGG16 ImageNet file: <keras home>/models/<file>.
+
+    The Keras home is $KERAS_HOME, else ~/.keras (Keras reads KERAS_HOME once, when it is
+    imported); like get_file, /tmp/.keras is used instead when that directory is not writable.
+    """
+    try:
+        from keras.src.backend.config import keras_home
+        home = keras_home()
+    except ImportError:  # a Keras without that private module: its documented default
+        home = os.environ.get("KERAS_HOME", os.path.join("~", ".keras"))
+    base = os.path.expanduser(home)
+    if not os.access(base, os.W_OK):
+        base = os.path.join("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(), ".keras")
+    return Path(base) / "models" / KERAS_VGG16_FILE
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download_failed(cached: Path, error: Exception) -> PretrainedError:
+    reason = " ".join(str(error).split()) or type(error).__name__
+    return PretrainedError(
+        f"pretrained source 'imagenet': could not download Keras' VGG16 ImageNet weights "
+        f"{KERAS_VGG16_FILE} from {KERAS_VGG16_URL} ({reason}). Keras reads that file from its "
+        f"cache, {cached} ($KERAS_HOME/models/, else ~/.keras/models/): on a machine without "
+        f"internet, copy it there (from another machine's cache or the URL above) and run the "
+        f"same command again. Alternatives: --pretrained=PATH to a Keras VGG16 weights file "
+        f"(include_top=True; .h5, .weights.h5, .keras) or a TF-slim vgg_16 checkpoint, or "
+        f"--pretrained=none to train the backbone from its random initialization.")
+
+
+def _imagenet_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Keras' ImageNet VGG16: from the cache when the file is there, else downloaded by Keras."""
+    cached = keras_cache_file()
+    if cached.is_file():
+        # Read directly: Keras would try to download again a file whose md5 differs, which
+        # fails offline; a foreign or truncated file still fails below with its path named.
+        if _md5(cached) != KERAS_VGG16_MD5:
+            logging.warning("%s: md5 differs from Keras' published %s (%s); loading it anyway",
+                            cached, KERAS_VGG16_FILE, KERAS_VGG16_MD5)
+        try:
+            return _keras_file_arrays(cached)
+        except PretrainedError as e:
+            raise PretrainedError(f"{e}. That file is Keras' cache of the ImageNet weights: replace "
+                                  f"it with a complete copy of {KERAS_VGG16_URL}, or delete it so "
+                                  f"that Keras downloads it again") from None
+    try:
+        vgg = _load_keras_vgg16(weights="imagenet")
+    except PretrainedError:
+        raise
+    except Exception as e:  # get_file raises a bare Exception for URL failures, ValueError for md5
+        raise _download_failed(cached, e) from None
+    return _keras_vgg16_arrays(vgg, "imagenet")
 
 
 def _keras_file_arrays(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -237,8 +311,7 @@ def initialize_backbone(model: keras.Model, source: str) -> dict:
                 "input_channels_flipped": [],
                 "left_initialized": [la.name for la in model.layers if la.weights]}
     if source == "imagenet":
-        arrays = _keras_vgg16_arrays(_load_keras_vgg16(weights="imagenet"), "imagenet")
-        return _assign(model, arrays, source, "keras", flip_input_channels=False)
+        return _assign(model, _imagenet_arrays(), source, "keras", flip_input_channels=False)
     if source.endswith(KERAS_SUFFIXES):
         path = Path(source)
         if not path.is_file():

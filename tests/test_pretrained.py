@@ -1,11 +1,28 @@
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import keras
+import keras.src.applications.vgg16 as keras_vgg16
+import keras.src.backend.config as keras_config
+import keras.src.utils.file_utils as keras_file_utils
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
+from ssd import pretrained
 from ssd.config import load_config
 from ssd.model import build_model
 from ssd.pretrained import PretrainedError, initialize_backbone
+from ssd.records import make_example
+
+ROOT = Path(__file__).resolve().parent.parent
+UNREACHABLE = "http://127.0.0.1:9/vgg16_weights_tf_dim_ordering_tf_kernels.h5"  # discard port
 
 CONVS = ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
          "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3"]
@@ -91,7 +108,32 @@ def test_legacy_keras_h5_file(model, vgg, tmp_path):
     check_keras_copy(model, vgg)
 
 
-def test_imagenet_goes_through_keras_applications(model, vgg, monkeypatch):
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch):
+    """An empty Keras home (what $KERAS_HOME sets when Keras is imported) for this test only."""
+    home = tmp_path / "keras_home"
+    home.mkdir()
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(home))
+    return home
+
+
+@pytest.fixture(scope="module")
+def imagenet_stand_in(vgg, tmp_path_factory):
+    """A file in the format of Keras' ImageNet download (legacy HDF5), with `vgg`'s weights."""
+    path = tmp_path_factory.mktemp("imagenet") / "vgg16_legacy.h5"
+    vgg.save(str(path))
+    return path
+
+
+def test_cache_location_and_file_are_the_ones_keras_uses(keras_home):
+    assert pretrained.keras_cache_file() == keras_home / "models" / pretrained.KERAS_VGG16_FILE
+    assert pretrained.KERAS_VGG16_URL == keras_vgg16.WEIGHTS_PATH
+    source = Path(keras_vgg16.__file__).read_text()
+    assert f'"{pretrained.KERAS_VGG16_FILE}"' in source
+    assert f'file_hash="{pretrained.KERAS_VGG16_MD5}"' in source
+
+
+def test_imagenet_goes_through_keras_applications(model, vgg, monkeypatch, keras_home):
     calls = []
 
     def fake_vgg16(**kwargs):
@@ -276,3 +318,91 @@ def test_none_leaves_model_alone(model):
     report = initialize_backbone(model, "none")
     check_untouched(model, before)
     assert report["copied"] == [] and report["subsampled"] == []
+
+
+def test_imagenet_offline_names_url_cache_and_alternatives(model, monkeypatch, keras_home):
+    monkeypatch.setattr(keras_vgg16, "WEIGHTS_PATH", UNREACHABLE)
+    before = weights_of(model, ["conv1_1", "fc6"])
+    with pytest.raises(PretrainedError) as raised:
+        initialize_backbone(model, "imagenet")
+    message = str(raised.value)
+    cached = keras_home / "models" / pretrained.KERAS_VGG16_FILE
+    assert str(cached) in message
+    assert pretrained.KERAS_VGG16_URL in message and "127.0.0.1:9" in message  # URL and reason
+    assert "--pretrained=PATH" in message and "TF-slim vgg_16" in message
+    assert "--pretrained=none" in message
+    assert not cached.exists()  # no partial download left to be mistaken for the file
+    check_untouched(model, before)
+
+
+def test_imagenet_reads_the_cached_file_without_network(model, vgg, imagenet_stand_in, monkeypatch,
+                                                        keras_home, caplog):
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(keras_vgg16, "WEIGHTS_PATH", UNREACHABLE)
+    monkeypatch.setattr(keras_file_utils, "get_file", no_network)
+    monkeypatch.setattr(keras_file_utils, "urlretrieve", no_network)
+    (keras_home / "models").mkdir()
+    (keras_home / "models" / pretrained.KERAS_VGG16_FILE).symlink_to(imagenet_stand_in)
+    with caplog.at_level(logging.WARNING):
+        report = initialize_backbone(model, "imagenet")
+    check_keras_copy(model, vgg)
+    assert report["source"] == "imagenet" and report["subsampled"] == ["fc6", "fc7"]
+    assert "md5 differs" in caplog.text  # the stand-in is not Keras' published file
+
+
+def test_broken_cached_file_names_it_and_the_remedy(model, keras_home):
+    cached = keras_home / "models" / pretrained.KERAS_VGG16_FILE
+    cached.parent.mkdir()
+    cached.write_bytes(b"truncated download")
+    with pytest.raises(PretrainedError, match="delete it") as raised:
+        initialize_backbone(model, "imagenet")
+    assert str(cached) in str(raised.value)
+
+
+def write_one_record(directory: Path) -> None:
+    directory.mkdir()
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 40), (90, 30, 30)).save(buffer, format="JPEG")
+    example = make_example(encoded=buffer.getvalue(), image_format="jpeg", height=40, width=48,
+                           filename="a.jpg", source_id="a", boxes=[[0.2, 0.2, 0.7, 0.8]],
+                           labels=[1], texts=["thing"], difficult=[0], truncated=[0])
+    with tf.io.TFRecordWriter(str(directory / "train-00000-of-00001")) as writer:
+        writer.write(example.SerializeToString())
+
+
+def test_train_app_offline_prints_the_remedy_then_runs_from_the_cache(imagenet_stand_in, tmp_path):
+    write_one_record(tmp_path / "records")
+    home = tmp_path / "keras_home"
+    home.mkdir()
+    env = dict(os.environ, KERAS_HOME=str(home), TF_CPP_MIN_LOG_LEVEL="2",
+               # every download goes through a proxy that refuses connections
+               http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
+               HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9",
+               no_proxy="", NO_PROXY="")
+    command = [sys.executable, str(ROOT / "train.py"), f"--model_dir={tmp_path / 'model'}",
+               f"--data_dir={tmp_path / 'records'}", "--pretrained=imagenet",
+               "--set", "model.width_multiplier=0.125", "--set", "model.num_classes=2",
+               "--set", f"data.class_names={json.dumps(['thing'])}",
+               "--set", "train.batch_size=1", "--set", "train.max_steps=1"]
+
+    offline = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=600)
+    cached = home / "models" / pretrained.KERAS_VGG16_FILE
+    assert offline.returncode != 0
+    assert "Traceback" not in offline.stderr
+    assert "train.py: error: pretrained source 'imagenet': could not download" in offline.stderr
+    assert str(cached) in offline.stderr
+    assert "--pretrained=PATH" in offline.stderr and "--pretrained=none" in offline.stderr
+
+    # Once the file is in the cache the same command gets past the download: it now stops at
+    # the next check, the narrow test network that cannot take full-width VGG16 weights.
+    cached.parent.mkdir(exist_ok=True)
+    cached.symlink_to(imagenet_stand_in)
+    cached_run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=600)
+    assert cached_run.returncode != 0 and "Traceback" not in cached_run.stderr
+    assert "could not download" not in cached_run.stderr
+    assert "train.py: error: pretrained VGG16 weights need the full-width network" in \
+        cached_run.stderr
