@@ -3,7 +3,8 @@
 `Estimator(model_fn, model_config, run_config)` trains a model function under any tf.distribute
 strategy (ssd.training) and evaluates, predicts with and exports its checkpoints through the one
 inference path, `ssd.detector.Detector` (ssd.evaluation, ssd.export): what eval.py, visualize.py
-and the SavedModel compute is what the Estimator computes.
+and the SavedModel compute is what the Estimator computes. Inference reads checkpoints into a
+float32 network without XLA, as eval.py does by default, whatever precision training runs in.
 
 The model function
 ------------------
@@ -285,7 +286,7 @@ class Estimator:
     def _inference(self) -> Detector:
         if self._detector is None:
             model = build_inference_model(self.model_config)
-            self._detector = Detector(model, self.model_config, self.config.jit_compile)
+            self._detector = Detector(model, self.model_config)  # as eval.py by default
         return self._detector
 
     def _restored_detector(self, checkpoint_path: str | None) -> tuple[Detector, int]:
