@@ -367,3 +367,38 @@ def test_evaluate_without_checkpoint_is_an_error(tmp_path):
     estimator = Estimator(SSDModelFn, _ssd_config(), RunConfig(model_dir=str(tmp_path / "untrained")))
     with pytest.raises(FileNotFoundError, match="no checkpoint in .*untrained"):
         estimator.evaluate(lambda input_context: pytest.fail("the data must not be read"))
+
+
+def test_training_session_runs_any_step_function_with_the_collaborators_it_is_given(tmp_path):
+    from ssd.checkpoints import Checkpointer
+    from ssd.training import Cadence, StepResult, TrainingSession
+    weight = tf.Variable(0.0)
+    losses = iter([0.5, 0.4, 0.3, float("nan")])
+
+    def step_fn(iterator):
+        loss = next(losses)  # StopIteration once the losses run out: the input is exhausted
+        if np.isfinite(loss):
+            weight.assign_add(1.0)
+        return StepResult({"loss": tf.constant(loss)}, tf.constant(bool(np.isfinite(loss))),
+                          tf.constant(2, tf.int64), {})
+
+    saved, seen = [], []
+    session = TrainingSession(step_fn, Checkpointer({"w": weight}, str(tmp_path), max_to_keep=5),
+                              tf.summary.create_noop_writer(),
+                              Cadence(save_checkpoints_steps=2, save_summary_steps=0, log_step_count_steps=0),
+                              start_step=0, on_save=saved.append,
+                              hooks=[lambda step, scalars: seen.append((step, float(scalars["loss"])))])
+    assert session.run(iterator=None, max_steps=3)
+    assert saved == [str(tmp_path / "ckpt-2"), str(tmp_path / "ckpt-3")]  # by steps, and at the end
+    assert seen == [(1, 0.5), (2, pytest.approx(0.4)), (3, pytest.approx(0.3))]
+    with pytest.raises(NonFiniteLossError, match="at step 4") as error:
+        session.run(iterator=None, max_steps=6)
+    assert error.value.latest_checkpoint == str(tmp_path / "ckpt-3")
+    assert session.step == 3 and float(weight.numpy()) == 3.0
+    assert not session.run(iterator=None, max_steps=6)  # exhausted: stops, nothing new to save
+    assert saved[-1] == str(tmp_path / "ckpt-3")
+
+    weight.assign(float("nan"))
+    with pytest.raises(FloatingPointError, match="not finite at step 4"):
+        Checkpointer({"w": weight}, str(tmp_path), max_to_keep=5).save(4)
+    assert not (tmp_path / "ckpt-4.index").exists()
