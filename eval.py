@@ -55,7 +55,7 @@ def main(argv) -> None:
         if not FLAGS[name].value:
             raise app.UsageError(f"--{name} is required")
 
-    from ssd import evaluation
+    from ssd import checkpoints, evaluation
 
     try:
         config = config_lib.load_saved_config(FLAGS.model_dir)
@@ -68,8 +68,8 @@ def main(argv) -> None:
             metric=FLAGS.metric, output_dir=FLAGS.output_dir, watch=FLAGS.watch,
             watch_timeout_secs=timeout, watch_interval_secs=FLAGS.watch_interval_secs,
             precision=FLAGS.precision, jit_compile=FLAGS.jit_compile)
-    except (config_lib.ConfigError, evaluation.NoCheckpointError, evaluation.CheckpointMismatchError,
-            evaluation.CheckpointRemovedError, evaluation.DataError, ValueError) as e:
+    except (config_lib.ConfigError, checkpoints.NoCheckpointError, checkpoints.CheckpointMismatchError,
+            checkpoints.CheckpointRemovedError, evaluation.DataError, ValueError) as e:
         sys.exit(f"eval.py: error: {e}")
     for summary in summaries:
         if "output_dir" in summary:

@@ -42,16 +42,18 @@ def main(argv) -> None:
         if not FLAGS[name].value:
             raise app.UsageError(f"--{name} is required")
 
-    from ssd import evaluation
+    from ssd import checkpoints
+    from ssd.detector import build_inference_model
     from ssd.export import export_saved_model
 
     try:
         config = config_lib.load_saved_config(FLAGS.model_dir)
-        checkpoint = evaluation.find_checkpoint(FLAGS.model_dir, FLAGS.checkpoint_path)
-        model, step = evaluation.load_model(config, checkpoint, FLAGS.precision)
+        checkpoint = checkpoints.find_checkpoint(FLAGS.model_dir, FLAGS.checkpoint_path)
+        model = build_inference_model(config, FLAGS.precision)
+        step = checkpoints.restore_checkpoint(model, checkpoint, config)
         path = export_saved_model(model, config, FLAGS.export_dir, overwrite=FLAGS.overwrite)
-    except (config_lib.ConfigError, evaluation.NoCheckpointError, evaluation.CheckpointMismatchError,
-            FileExistsError) as e:
+    except (config_lib.ConfigError, checkpoints.NoCheckpointError, checkpoints.CheckpointMismatchError,
+            checkpoints.CheckpointRemovedError, FileExistsError) as e:
         sys.exit(f"export.py: error: {e}")
     print(f"exported {checkpoint} (step {step}) to {path}")
 

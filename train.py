@@ -181,7 +181,8 @@ def run(model_dir: str) -> None:
         path = config_lib.save_config(config, model_dir)
         logging.info("config written to %s", path)
 
-    estimator = Estimator(SSDModelFn, config, run_config_for(config, model_dir, strategy))
+    estimator = Estimator(SSDModelFn, model_config=config,
+                          run_config=run_config_for(config, model_dir, strategy))
     latest = estimator.latest_checkpoint()
     if latest is None:
         try:

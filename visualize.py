@@ -87,33 +87,24 @@ def output_name(path: Path, used: set[str]) -> str:
 
 
 class CheckpointDetector:
-    """model_dir's config and a checkpoint: batched inference in one tf.function."""
+    """model_dir's config and a checkpoint, through ssd.detector.Detector: batched inference."""
 
     def __init__(self, model_dir: str, checkpoint_path: str | None, batch_size: int | None,
                  precision: str = "float32"):
-        from ssd import evaluation
+        from ssd import checkpoints
+        from ssd.detector import Detector, build_inference_model
 
         self.config = config_lib.load_saved_config(model_dir)
-        checkpoint = evaluation.find_checkpoint(model_dir, checkpoint_path)
-        model, step = evaluation.load_model(self.config, checkpoint, precision)
+        checkpoint = checkpoints.find_checkpoint(model_dir, checkpoint_path)
+        model = build_inference_model(self.config, precision)
+        step = checkpoints.restore_checkpoint(model, checkpoint, self.config)
         logging.info("detector: %s (step %d)", checkpoint, step)
-        self._detect = evaluation.make_detector(model, self.config)
-        self.class_names = list(self.config.data.class_names)
+        self._detector = Detector(model, self.config)
+        self.class_names = self._detector.class_names
         self.batch_size = batch_size or self.config.eval.batch_size
 
     def __call__(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        import tensorflow as tf
-
-        from ssd.data import preprocess_image
-        from ssd.postprocess import to_pixels
-
-        inputs = tf.stack([preprocess_image(image, self.config) for image in images])
-        shapes = tf.constant([image.shape[:2] for image in images], tf.int32)
-        detections = self._detect(inputs)
-        pixel_boxes = to_pixels(detections["boxes"], shapes).numpy()
-        return [{"pixel_boxes": pixel_boxes[i], "scores": detections["scores"][i].numpy(),
-                 "classes": detections["classes"][i].numpy(),
-                 "num_detections": int(detections["num_detections"][i])} for i in range(len(images))]
+        return self._detector.detect_arrays(images)
 
 
 class SavedModelDetector:
@@ -231,7 +222,7 @@ def main(argv) -> None:
     if FLAGS.checkpoint_path and not FLAGS.model_dir:
         raise app.UsageError("--checkpoint_path goes with --model_dir")
 
-    from ssd import evaluation
+    from ssd import checkpoints
 
     try:
         paths = collect_images(FLAGS.images)
@@ -244,8 +235,8 @@ def main(argv) -> None:
             detector = CheckpointDetector(FLAGS.model_dir, FLAGS.checkpoint_path, FLAGS.batch_size,
                                           FLAGS.precision)
         counts = run(paths, detector, Path(FLAGS.output_dir), FLAGS.score_threshold, annotations_dir)
-    except (UsageError, config_lib.ConfigError, evaluation.NoCheckpointError,
-            evaluation.CheckpointMismatchError, OSError) as e:
+    except (UsageError, config_lib.ConfigError, checkpoints.NoCheckpointError,
+            checkpoints.CheckpointMismatchError, OSError) as e:
         sys.exit(f"visualize.py: error: {e}")
     print(f"wrote {counts['written']} images ({counts['boxes']} boxes >= {FLAGS.score_threshold}) to "
           f"{FLAGS.output_dir}; skipped {counts['skipped']} unreadable"

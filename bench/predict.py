@@ -40,8 +40,7 @@ from PIL import Image  # noqa: E402
 
 from ssd.anchors import generate_anchors  # noqa: E402
 from ssd.config import load_config  # noqa: E402
-from ssd.evaluation import build_inference_model, make_detector  # noqa: E402
-from ssd.export import preprocess_encoded  # noqa: E402
+from ssd.detector import Detector, build_inference_model  # noqa: E402
 from ssd.postprocess import postprocess  # noqa: E402
 
 flags.DEFINE_integer("batch_size", 8, "Images per call.")
@@ -145,14 +144,12 @@ def main(argv) -> None:
             report(f"network {precision}{', XLA' if jit else ''}",
                    measure(network, images, iterations, repeats), batch)
         # XLA's CPU convolutions do not use oneDNN: end to end runs the plain network
-        detector = make_detector(model, config, jit_compile=False)
+        detector = Detector(model, config, jit_compile=False)
+        shapes = tf.fill([batch, 2], size)
         report(f"end to end {precision}, preprocessed input",
-               measure(detector, images, iterations, repeats), batch)
+               measure(lambda x: detector(x, shapes), images, iterations, repeats), batch)
         if encoded is not None:
-            @tf.function
-            def from_jpeg(data):
-                inputs, _ = preprocess_encoded(data, config)
-                return detector(inputs)
+            from_jpeg = tf.function(detector.detect_encoded)
 
             report(f"end to end {precision}, JPEG bytes (~500x375)",
                    measure(from_jpeg, encoded, iterations, repeats), batch)

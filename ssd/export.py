@@ -1,28 +1,16 @@
 """SavedModel export for serving: images in, post-processed detections out.
 
-`export_saved_model(model, config, export_dir)` writes a SavedModel with three signatures:
+`export_saved_model(model, config, export_dir)` writes a SavedModel with three signatures, thin
+wrappers over `ssd.detector.Detector` (its module docstring lists the outputs):
 
-  serving_default   images: string [B], encoded JPEG/PNG of any sizes (grayscale and alpha are
-                    converted to RGB);
-  serving_images    images: uint8 [B, H, W, 3] RGB, one size per batch;
+  serving_default   images: string [B], encoded JPEG/PNG of any sizes (Detector.detect_encoded);
+  serving_images    images: uint8 [B, H, W, 3] RGB, one size per batch (Detector.detect_uint8);
   class_names       no input -> class_names: string [C-1], the names of labels 1..C-1.
 
-Decoding, resizing to the input size, RGB -> BGR and mean subtraction run inside the graph
-(ssd.data.decode_image / preprocess_image), then the network and ssd.postprocess.postprocess with
-the config's eval thresholds. Both detection signatures return, K = eval.max_detections rows per
-image sorted by score (rows past num_detections are padding: score 0, class 0, empty name):
-
-  pixel_boxes     float32 [B, K, 4]  ymin, xmin, ymax, xmax in ORIGINAL-image pixels, continuous
-                                     edges (a box over the whole image is 0, 0, H, W)
-  boxes           float32 [B, K, 4]  the same, normalized to [0, 1]
-  scores          float32 [B, K]
-  classes         int32   [B, K]     1-based labels
-  class_names     string  [B, K]     the label's name
-  num_detections  int32   [B]
-  original_shape  int32   [B, 2]     height, width of each input image
-
-The class names also travel as the asset `assets/class_names.txt` (one per line, label order) and
-the resolved config as `assets/config.json`.
+Both detection signatures return pixel_boxes, boxes, scores, classes, class_names,
+num_detections and original_shape, with the config's eval thresholds. The class names also
+travel as the asset `assets/class_names.txt` (one per line, label order) and the resolved config
+as `assets/config.json`.
 """
 
 from __future__ import annotations
@@ -35,10 +23,8 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from ssd.anchors import generate_anchors
 from ssd.config import Config, to_json
-from ssd.data import decode_image, preprocess_image
-from ssd.postprocess import postprocess, to_pixels
+from ssd.detector import Detector
 
 SIGNATURE_ENCODED = "serving_default"
 SIGNATURE_IMAGES = "serving_images"
@@ -47,54 +33,24 @@ CLASS_NAMES_ASSET = "class_names.txt"
 CONFIG_ASSET = "config.json"
 
 
-def preprocess_encoded(encoded: tf.Tensor, config: Config) -> tuple[tf.Tensor, tf.Tensor]:
-    """string [B] encoded images of any sizes -> (model inputs [B, S, S, 3], original_shape [B, 2])."""
-    size = config.model.input_size
-
-    def one(data):
-        image = decode_image(data)
-        return preprocess_image(image, config), tf.shape(image)[:2]
-
-    return tf.map_fn(one, encoded, fn_output_signature=(
-        tf.TensorSpec([size, size, 3], tf.float32), tf.TensorSpec([2], tf.int32)))
-
-
-def preprocess_uint8(images: tf.Tensor, config: Config) -> tuple[tf.Tensor, tf.Tensor]:
-    """uint8 [B, H, W, 3] RGB -> (model inputs [B, S, S, 3], original_shape [B, 2])."""
-    shape = tf.shape(images)
-    original_shape = tf.tile(shape[tf.newaxis, 1:3], [shape[0], 1])
-    return preprocess_image(images, config), original_shape
-
-
 class DetectionModule(tf.Module):
-    """The network, its default boxes and the serving functions (module docstring)."""
+    """The network, the serving functions over its Detector, and the assets (module docstring)."""
 
     def __init__(self, model: keras.Model, config: Config, assets_dir: str):
         super().__init__(name="ssd")
-        self.model = model
-        self._config = config
-        self._anchors = tf.constant(generate_anchors(config), tf.float32)
-        names = list(config.data.class_names)
-        self._names = tf.constant([""] + names)  # index 0: background / padding rows
-        self._object_names = tf.constant(names)
+        self.model = model  # tracked: the variables the signatures read
+        self._detector = Detector(model, config)  # not a tf.Module: nothing of it is saved twice
+        self._object_names = tf.constant(list(config.data.class_names))
         self.class_names_file = tf.saved_model.Asset(os.path.join(assets_dir, CLASS_NAMES_ASSET))
         self.config_file = tf.saved_model.Asset(os.path.join(assets_dir, CONFIG_ASSET))
 
-    def detect(self, inputs: tf.Tensor, original_shape: tf.Tensor) -> dict[str, tf.Tensor]:
-        cls_logits, box_encodings = self.model(inputs, training=False)
-        detections = postprocess(cls_logits, box_encodings, self._anchors, self._config)
-        detections["pixel_boxes"] = to_pixels(detections["boxes"], original_shape)
-        detections["class_names"] = tf.gather(self._names, detections["classes"])
-        detections["original_shape"] = original_shape
-        return detections
-
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve_encoded(self, images):
-        return self.detect(*preprocess_encoded(images, self._config))
+        return self._detector.detect_encoded(images)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     def serve_images(self, images):
-        return self.detect(*preprocess_uint8(images, self._config))
+        return self._detector.detect_uint8(images)
 
     @tf.function(input_signature=[])
     def class_names(self):

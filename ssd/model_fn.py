@@ -1,21 +1,18 @@
-"""The SSD model function for `ssd.estimator.Estimator`: loss, learning rate, optimizer, outputs.
+"""The SSD model function for `ssd.estimator.Estimator`: loss, learning rate, optimizer, summaries.
 
 `SSDModelFn(config, context)` is created once per Estimator inside the strategy scope and holds
-the Keras network, the default boxes and the optimizer; calling it with
-`(features, labels, mode, config)` gives the mode's `EstimatorSpec`:
+the config, the Keras network, the default boxes and the optimizer. Calling it with
+`(features, labels, ModeKeys.TRAIN)` gives the training `EstimatorSpec`: total loss = cls_loss +
+loc_loss + l2_loss (SSD_FACTS "Loss"). The confidence and box losses are sums over the global
+batch divided by N, the number of positive default boxes in the GLOBAL batch: each replica
+divides its own sums by N all-reduced across replicas. Keras 3 optimizers SUM gradients across
+replicas, so the replicas' shares add up to the loss (and gradient) of one replica on the whole
+batch; the weight decay term is added once, as 1/num_replicas of it on every replica. Logged
+alongside: each component, `accuracy` (argmax = target over the anchors the loss sees: positives
+and mined negatives) and `num_positives` (global N).
 
-TRAIN    total loss = cls_loss + loc_loss + l2_loss (SSD_FACTS "Loss"). The confidence and box
-         losses are sums over the global batch divided by N, the number of positive default boxes
-         in the GLOBAL batch: each replica divides its own sums by N all-reduced across replicas.
-         Keras 3 optimizers SUM gradients across replicas, so the replicas' shares add up to the
-         loss (and gradient) of one replica on the whole batch; the weight decay term is added
-         once, as 1/num_replicas of it on every replica. Logged alongside: each component,
-         `accuracy` (argmax = target over the anchors the loss sees: positives and mined
-         negatives) and `num_positives` (global N).
-EVAL     detections (`ssd.postprocess.postprocess`) and the padded ground truth, handed to a
-         `VOCEvaluator` by the evaluator from `create_evaluator`: {"mAP", "classes": {name: AP},
-         "num_images", "metric"}.
-PREDICT  detections in normalized and pixel coordinates, with image_id when the features have it.
+Inference (evaluation, prediction, export) is not a mode of the model function: it is
+`ssd.detector.Detector` over the trained network.
 """
 
 from __future__ import annotations
@@ -31,8 +28,6 @@ from ssd.estimator import EstimatorSpec, ModelContext, ModelFunction
 from ssd.losses import classification_accuracy, detection_losses, weight_decay_loss
 from ssd.model import build_model
 from ssd.modes import ModeKeys
-from ssd.postprocess import postprocess, to_pixels
-from ssd.voc_eval import VOCEvaluator
 
 SUMMARY_IMAGES = 3  # training images drawn with their ground truth for TensorBoard
 
@@ -64,26 +59,8 @@ def make_optimizer(train_config: TrainConfig, global_step: tf.Variable) -> keras
     raise ValueError(f"train.optimizer: unknown optimizer {train_config.optimizer!r}")
 
 
-class SSDEvaluator:
-    """Feeds EVAL outputs (numpy) to the VOC metric."""
-
-    def __init__(self, config: Config):
-        self._voc = VOCEvaluator(config.data.class_names, config.eval.metric)
-
-    def update(self, outputs) -> None:
-        self._voc.add_batch(
-            outputs["image_id"], outputs["original_shape"],
-            (outputs["boxes"], outputs["scores"], outputs["classes"], outputs["num_detections"]),
-            (outputs["gt_boxes"], outputs["gt_labels"], outputs["gt_difficult"], outputs["gt_num_boxes"]))
-
-    def result(self) -> dict:
-        result = self._voc.result()
-        return {"mAP": result["mAP"], "classes": result["classes"],
-                "num_images": result["num_images"], "metric": result["metric"]}
-
-
 class SSDModelFn(ModelFunction):
-    """Holds the SSD network, default boxes and optimizer; called per mode (module docstring)."""
+    """Holds the config, SSD network, default boxes and optimizer; called in TRAIN mode."""
 
     def __init__(self, config: Config, context: ModelContext):
         self.config = config
@@ -92,26 +69,14 @@ class SSDModelFn(ModelFunction):
         self.anchors = tf.constant(generate_anchors(config), tf.float32)
         self._network = context.compile(self.model)
 
-    def __call__(self, features, labels, mode: str, params: Config) -> EstimatorSpec:
-        cls_logits, box_encodings = self._network(features["image"], training=mode == ModeKeys.TRAIN)
-        if mode == ModeKeys.TRAIN:
-            return self._train_spec(features, labels, cls_logits, box_encodings, params)
-        detections = postprocess(cls_logits, box_encodings, self.anchors, params)
-        if mode == ModeKeys.EVAL:
-            outputs = dict(detections, image_id=features["image_id"],
-                           original_shape=features["original_shape"],
-                           gt_boxes=labels["boxes"], gt_labels=labels["labels"],
-                           gt_difficult=labels["difficult"], gt_num_boxes=labels["num_boxes"])
-            return EstimatorSpec(mode, eval_outputs=outputs)
-        predictions = dict(detections)
-        for name in ("image_id", "original_shape"):
-            if name in features:
-                predictions[name] = features[name]
-        if "original_shape" in features:
-            predictions["pixel_boxes"] = to_pixels(detections["boxes"], features["original_shape"])
-        return EstimatorSpec(mode, predictions=predictions)
+    def __call__(self, features, labels, mode: str) -> EstimatorSpec:
+        if mode != ModeKeys.TRAIN:
+            raise ValueError(f"SSDModelFn serves training only, got mode {mode!r}; inference is "
+                             f"ssd.detector.Detector")
+        cls_logits, box_encodings = self._network(features["image"], training=True)
+        return self._train_spec(features, labels, cls_logits, box_encodings)
 
-    def _train_spec(self, features, labels, cls_logits, box_encodings, params: Config) -> EstimatorSpec:
+    def _train_spec(self, features, labels, cls_logits, box_encodings) -> EstimatorSpec:
         cls_targets = labels["cls_targets"]
         replica = tf.distribute.get_replica_context()
         positive = cls_targets > 0
@@ -120,11 +85,11 @@ class SSDModelFn(ModelFunction):
         global_positives = tf.stop_gradient(replica.all_reduce(
             tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.cast(positive, tf.float32))))
         losses = detection_losses(cls_logits, box_encodings, cls_targets, labels["loc_targets"],
-                                  params.loss, normalizer=global_positives)
+                                  self.config.loss, normalizer=global_positives)
         seen = losses["seen"]
         local_seen = tf.reduce_sum(tf.cast(seen, tf.float32))
         global_seen = tf.stop_gradient(replica.all_reduce(tf.distribute.ReduceOp.SUM, local_seen))
-        l2_loss = weight_decay_loss(self.model, params.loss) / replica.num_replicas_in_sync
+        l2_loss = weight_decay_loss(self.model, self.config.loss) / replica.num_replicas_in_sync
         loss = losses["cls_loss"] + losses["loc_loss"] + l2_loss
         accuracy = classification_accuracy(cls_logits, cls_targets, mask=seen)
         correct_share = accuracy * local_seen / tf.maximum(global_seen, 1.0)
@@ -134,9 +99,6 @@ class SSDModelFn(ModelFunction):
                    "cls_targets": cls_targets[:SUMMARY_IMAGES],
                    "loc_targets": labels["loc_targets"][:SUMMARY_IMAGES]}
         return EstimatorSpec(ModeKeys.TRAIN, loss=loss, scalars=scalars, summary_tensors=summary)
-
-    def create_evaluator(self) -> SSDEvaluator:
-        return SSDEvaluator(self.config)
 
     def summary_images(self, tensors) -> dict[str, tf.Tensor]:
         """Training images (un-preprocessed, RGB) with the ground truth of their positive boxes."""

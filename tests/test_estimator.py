@@ -1,6 +1,8 @@
-"""The Estimator layer with a toy linear model, checked against a numpy SGD-momentum reference."""
+"""The Estimator: training with a toy linear model, checked against a numpy SGD-momentum reference;
+evaluation, prediction and export of a tiny SSD through the one inference path."""
 
 import glob
+import io
 import os
 
 import keras
@@ -8,9 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ssd import estimator as estimator_lib
-from ssd.estimator import (Estimator, EstimatorSpec, ModelFunction, NonFiniteLossError, RunConfig,
-                           ServingInputReceiver)
+from ssd.estimator import Estimator, EstimatorSpec, ModelFunction, NonFiniteLossError, RunConfig
 from ssd.modes import ModeKeys
 
 DIM = 3
@@ -32,39 +32,20 @@ def _input_fn(input_context=None):
     return tf.data.Dataset.from_tensor_slices(({"x": x}, {"y": y})).batch(BATCH)
 
 
-class _MeanSquaredError:
-    def __init__(self):
-        self.total, self.count = 0.0, 0
-
-    def update(self, outputs):
-        self.total += float(np.sum(outputs["squared_error"]))
-        self.count += len(outputs["squared_error"])
-
-    def result(self):
-        return {"mse": self.total / self.count}
-
-
 class _LinearModelFn(ModelFunction):
-    def __init__(self, params, context):
-        self.params = params
+    def __init__(self, model_config, context):
         self.model = keras.Sequential([keras.Input((DIM,)), keras.layers.Dense(1, kernel_initializer="zeros")])
-        self.optimizer = keras.optimizers.SGD(params["lr"], momentum=MOMENTUM)
+        self.optimizer = keras.optimizers.SGD(model_config["lr"], momentum=MOMENTUM)
         self._network = context.compile(self.model)
 
-    def __call__(self, features, labels, mode, params):
-        prediction = self._network(features["x"], training=mode == ModeKeys.TRAIN)
-        if mode == ModeKeys.PREDICT:
-            return EstimatorSpec(mode, predictions={"y": prediction[:, 0]})
+    def __call__(self, features, labels, mode):
+        assert mode == ModeKeys.TRAIN
+        prediction = self._network(features["x"], training=True)
         squared_error = tf.reduce_sum(tf.square(prediction - labels["y"]), axis=1)
-        if mode == ModeKeys.EVAL:
-            return EstimatorSpec(mode, eval_outputs={"squared_error": squared_error})
         replica = tf.distribute.get_replica_context()
         count = replica.all_reduce("sum", tf.cast(tf.shape(squared_error)[0], tf.float32))
         loss = tf.reduce_sum(squared_error) / count
         return EstimatorSpec(mode, loss=loss, scalars={"mse": loss})
-
-    def create_evaluator(self):
-        return _MeanSquaredError()
 
 
 def _reference(step_batches):
@@ -103,7 +84,14 @@ def _weights(estimator):
     return kernel, bias
 
 
-def test_train_checkpoints_resume_evaluate_predict(tmp_path):
+def _checkpoint_weights(path):
+    """The linear model's kernel and bias as saved in a checkpoint."""
+    model = keras.Sequential([keras.Input((DIM,)), keras.layers.Dense(1)])
+    tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
+    return model.get_weights()
+
+
+def test_train_checkpoints_resume(tmp_path):
     estimator = _estimator(tmp_path)
     seen = []
     estimator.train(_input_fn, max_steps=6, hooks=[lambda step, scalars: seen.append((step, scalars))])
@@ -135,15 +123,11 @@ def test_train_checkpoints_resume_evaluate_predict(tmp_path):
     resumed.train(_input_fn, max_steps=9)
     assert resumed.global_step == 9
 
-    # Evaluate and predict from an older checkpoint.
-    x, y = _data()
+    # The checkpoint of step 4 holds the weights after four updates.
     w4, b4 = _reference(range(4))
-    metrics = _estimator(tmp_path).evaluate(_input_fn, checkpoint_path=str(tmp_path / "ckpt-4"))
-    assert metrics["global_step"] == 4
-    np.testing.assert_allclose(metrics["mse"], np.mean((x @ w4 + b4 - y) ** 2), rtol=1e-4)
-    predictions = list(_estimator(tmp_path).predict(_input_fn, checkpoint_path=str(tmp_path / "ckpt-4")))
-    assert len(predictions) == len(x)
-    np.testing.assert_allclose([p["y"] for p in predictions], (x @ w4 + b4)[:, 0], rtol=1e-4, atol=1e-5)
+    kernel, bias = _checkpoint_weights(str(tmp_path / "ckpt-4"))
+    np.testing.assert_allclose(kernel, w4, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bias, b4, rtol=1e-4, atol=1e-5)
 
 
 def test_input_exhaustion_stops_and_saves(tmp_path):
@@ -186,43 +170,235 @@ def test_exploding_learning_rate_is_reported_with_its_step(tmp_path):
                 assert np.all(np.isfinite(value)), name
 
 
-def test_train_and_evaluate_and_export(tmp_path, monkeypatch):
-    estimator = _estimator(tmp_path, jit_compile=True)
-    logged = []
-    monkeypatch.setattr(estimator_lib.logging, "info", lambda fmt, *args: logged.append(fmt % args))
-    metrics = estimator.train_and_evaluate(_input_fn, _input_fn, max_steps=5, eval_every_steps=2)
-    # progress and ETA count towards max_steps, not towards the next evaluation
-    assert [line.split(":")[0] for line in logged if line.startswith("step ")] == ["step 2/5", "step 4/5"]
-    assert metrics["global_step"] == 5
-    x, y = _data()
-    w, b = _reference(range(5))
-    np.testing.assert_allclose(metrics["mse"], np.mean((x @ w + b - y) ** 2), rtol=1e-4)
-    assert glob.glob(str(tmp_path / "eval" / "events.out.tfevents.*"))
-
-    def serving_input_receiver_fn():
-        return ServingInputReceiver({"x": tf.TensorSpec([None, DIM], tf.float32)},
-                                    lambda received: {"x": received["x"]})
-
-    export_dir = estimator.export_saved_model(str(tmp_path / "export"), serving_input_receiver_fn)
-    loaded = tf.saved_model.load(export_dir)
-    out = loaded.signatures["serving_default"](x=tf.constant(x[:2]))
-    np.testing.assert_allclose(out["y"].numpy(), (x[:2] @ w + b)[:, 0], rtol=1e-4, atol=1e-5)
-
-
-def test_evaluate_without_checkpoint_is_an_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        _estimator(tmp_path).evaluate(_input_fn)
-
-
 def test_run_config_checks_mixed_precision(tmp_path):
     with pytest.raises(ValueError, match="mixed_precision"):
         RunConfig(model_dir=str(tmp_path), mixed_precision="fp8")
 
 
-def test_checkpoints_by_seconds_and_kept_count(tmp_path):
+def test_checkpoints_by_seconds_and_kept_count_with_xla(tmp_path):
     estimator = _estimator(tmp_path, save_checkpoints_steps=None, save_checkpoints_secs=1e-9,
-                           keep_checkpoint_max=2)
+                           keep_checkpoint_max=2, jit_compile=True)
     estimator.train(_input_fn, max_steps=5)
     indexes = sorted(p.name for p in tmp_path.glob("ckpt-*.index"))
     assert indexes == ["ckpt-4.index", "ckpt-5.index"]  # one per step, the last two kept
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-5")
+    w, b = _reference(range(5))
+    np.testing.assert_allclose(estimator.model.get_weights()[0], w, rtol=1e-4, atol=1e-5)
+
+
+# --- a tiny SSD: evaluation, prediction and export go through the Detector -------------------
+
+CLASS_NAMES = ["circle", "square", "triangle"]
+SSD_IMAGES = 6
+
+
+def _ssd_config(**overrides):
+    from ssd.config import load_config
+    values = {"model.width_multiplier": 0.125, "model.num_classes": 4, "data.class_names": CLASS_NAMES,
+              "data.shuffle_buffer": 8, "data.seed": 1, "train.batch_size": 2, "train.max_steps": 3,
+              "train.learning_rate": 0.01, "train.lr_boundaries": [], "train.lr_factors": [1.0],
+              "eval.batch_size": 4}
+    values.update(overrides)
+    return load_config("ssd300_voc0712", values)
+
+
+def _write_shape_records(path):
+    """Small JPEGs, each with one or two bright rectangles of known class on a dark background."""
+    import io
+
+    from PIL import Image
+
+    from ssd.records import make_example
+    rng = np.random.default_rng(4)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for index in range(SSD_IMAGES):
+            height, width = int(rng.integers(40, 80)), int(rng.integers(40, 80))
+            pixels = rng.integers(0, 50, size=(height, width, 3), dtype=np.uint8)
+            boxes, labels = [], []
+            for _ in range(1 + index % 2):
+                y0, x0 = rng.uniform(0, 0.5, size=2)
+                y1, x1 = y0 + rng.uniform(0.3, 0.5), x0 + rng.uniform(0.3, 0.5)
+                label = 1 + len(labels) + index % 2  # every class has ground truth
+                pixels[int(y0 * height):int(y1 * height), int(x0 * width):int(x1 * width)] = 80 * label
+                boxes.append([y0, x0, y1, x1])
+                labels.append(label)
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+            writer.write(make_example(
+                encoded=buffer.getvalue(), image_format="jpeg", height=height, width=width,
+                filename=f"{index}.jpg", source_id=f"{index:02d}", boxes=boxes, labels=labels,
+                texts=[CLASS_NAMES[l - 1] for l in labels], difficult=[0] * len(labels),
+                truncated=[0] * len(labels)).SerializeToString())
+
+
+def _event_scalars(directory):
+    """{(tag, step): value} of the TensorBoard scalars in `directory`'s event files."""
+    scalars = {}
+    for path in sorted(glob.glob(os.path.join(str(directory), "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                scalars[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
+    return scalars
+
+
+@pytest.fixture(scope="module")
+def ssd_run(tmp_path_factory):
+    """Three training steps with an evaluation every two (at steps 2 and 3), progress logged."""
+    from absl import logging
+
+    from ssd.data import make_input_fn
+    from ssd.model_fn import SSDModelFn
+    root = tmp_path_factory.mktemp("ssd")
+    data = root / "shapes-00000-of-00001"
+    _write_shape_records(data)
+    config = _ssd_config()
+    model_dir = root / "model"
+    run_config = RunConfig(model_dir=str(model_dir), save_checkpoints_steps=None, save_summary_steps=1,
+                           log_step_count_steps=1, tf_random_seed=2)
+    estimator = Estimator(SSDModelFn, model_config=config, run_config=run_config)
+    logged = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(logging, "info", lambda fmt, *args: logged.append(fmt % args))
+        metrics = estimator.train_and_evaluate(make_input_fn(str(data), config, ModeKeys.TRAIN),
+                                               make_input_fn(str(data), config, ModeKeys.EVAL),
+                                               max_steps=3, eval_every_steps=2)
+    return {"root": root, "data": str(data), "config": config, "model_dir": model_dir,
+            "estimator": estimator, "metrics": metrics, "logged": logged}
+
+
+def test_train_and_evaluate_logs_towards_max_steps_and_evaluates_each_saved_checkpoint(ssd_run):
+    # progress and ETA count towards max_steps, not towards the next evaluation
+    progress = [line.split(":")[0] for line in ssd_run["logged"] if line.startswith("step ")]
+    assert progress == ["step 1/3", "step 2/3", "step 3/3"]
+    model_dir = ssd_run["model_dir"]
+    assert sorted(p.name for p in model_dir.glob("ckpt-*.index")) == ["ckpt-2.index", "ckpt-3.index"]
+    metrics = ssd_run["metrics"]
+    assert metrics["global_step"] == 3 and metrics["num_images"] == SSD_IMAGES
+    assert metrics["checkpoint"] == str(model_dir / "ckpt-3")
+    tags = {tag for tag, _ in _event_scalars(model_dir / "eval")}
+    assert tags == {"mAP"} | {f"classes/{name}" for name in CLASS_NAMES}
+    assert {step for _, step in _event_scalars(model_dir / "eval")} == {2, 3}
+
+
+def test_evaluation_during_training_equals_eval_py_on_the_same_checkpoints(ssd_run, tmp_path):
+    """train_and_evaluate and eval.py's run_evaluation: the same TensorBoard scalars and mAP."""
+    import shutil
+
+    from ssd.evaluation import run_evaluation
+    during_training = _event_scalars(ssd_run["model_dir"] / "eval")
+    model_dir = tmp_path / "model"
+    shutil.copytree(ssd_run["model_dir"], model_dir, ignore=shutil.ignore_patterns("eval"))
+    summaries = {}
+    for step in (2, 3):
+        (summary,) = run_evaluation(ssd_run["config"], str(model_dir), ssd_run["data"],
+                                    checkpoint_path=str(model_dir / f"ckpt-{step}"),
+                                    output_dir=str(tmp_path / f"report_{step}"), print_table=None,
+                                    progress_stream=io.StringIO())
+        summaries[step] = summary
+    by_eval_py = _event_scalars(model_dir / "eval")
+    assert set(by_eval_py) == set(during_training) and len(by_eval_py) == 2 * (1 + len(CLASS_NAMES))
+    for key, value in by_eval_py.items():
+        assert during_training[key] == value, key
+    metrics = ssd_run["metrics"]
+    assert metrics["mAP"] == summaries[3]["mAP"] and metrics["classes"] == summaries[3]["classes"]
+    assert during_training[("mAP", 2)] == pytest.approx(summaries[2]["mAP"])
+    # the numbers are those of the checkpoints: the report's APs are their TensorBoard scalars
+    for name in CLASS_NAMES:
+        assert during_training[(f"classes/{name}", 3)] == pytest.approx(summaries[3]["classes"][name])
+
+
+def test_predict_is_the_network_and_postprocessing_of_the_checkpoint(ssd_run):
+    from ssd.anchors import generate_anchors
+    from ssd.data import make_input_fn
+    from ssd.model import build_model
+    from ssd.postprocess import postprocess
+    config, estimator = ssd_run["config"], ssd_run["estimator"]
+    checkpoint = str(ssd_run["model_dir"] / "ckpt-2")
+    predictions = list(estimator.predict(make_input_fn(ssd_run["data"], config, ModeKeys.PREDICT),
+                                         checkpoint_path=checkpoint))
+    assert [p["image_id"].decode() for p in predictions] == [f"{i:02d}" for i in range(SSD_IMAGES)]
+
+    # the same computed here: weights of ckpt-2, JPEG decoded, resized, BGR minus the mean
+    model = build_model(config)
+    tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
+    anchors = tf.constant(generate_anchors(config), tf.float32)
+    for record, prediction in zip(tf.data.TFRecordDataset(ssd_run["data"]), predictions):
+        example = tf.train.Example.FromString(record.numpy())
+        encoded = example.features.feature["image/encoded"].bytes_list.value[0]
+        image = tf.io.decode_jpeg(encoded, channels=3)
+        height, width = image.shape[:2]
+        inputs = tf.image.resize(tf.cast(image, tf.float32), [300, 300])
+        inputs = (inputs - tf.constant(config.data.mean_rgb))[..., ::-1][tf.newaxis]
+        cls_logits, box_encodings = model(inputs, training=False)
+        expected = {k: v[0].numpy() for k, v in postprocess(cls_logits, box_encodings, anchors, config).items()}
+        n = int(expected["num_detections"])
+        assert n > 0 and prediction["num_detections"] == n
+        np.testing.assert_allclose(prediction["scores"], expected["scores"], atol=1e-5)
+        np.testing.assert_array_equal(prediction["classes"], expected["classes"])
+        np.testing.assert_allclose(prediction["boxes"], expected["boxes"], atol=1e-5)
+        np.testing.assert_array_equal(prediction["original_shape"], [height, width])
+        np.testing.assert_allclose(prediction["pixel_boxes"],
+                                   expected["boxes"] * [height, width, height, width], atol=1e-3)
+        names = [s.decode() for s in prediction["class_names"][:n]]
+        assert names == [CLASS_NAMES[c - 1] for c in expected["classes"][:n]]
+
+
+def test_export_serves_the_predictions(ssd_run, tmp_path):
+    from ssd.data import make_input_fn
+    config, estimator = ssd_run["config"], ssd_run["estimator"]
+    checkpoint = str(ssd_run["model_dir"] / "ckpt-2")
+    export_dir = estimator.export_saved_model(str(tmp_path / "export"), checkpoint_path=checkpoint)
+    assert os.path.dirname(export_dir) == str(tmp_path / "export")
+    serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+    predictions = list(estimator.predict(make_input_fn(ssd_run["data"], config, ModeKeys.PREDICT),
+                                         checkpoint_path=checkpoint))
+    encoded = [tf.train.Example.FromString(r.numpy()).features.feature["image/encoded"].bytes_list.value[0]
+               for r in tf.data.TFRecordDataset(ssd_run["data"])]
+    out = serve(images=tf.constant(encoded))
+    for i, prediction in enumerate(predictions):
+        for name in ("boxes", "pixel_boxes", "scores"):
+            np.testing.assert_allclose(out[name][i].numpy(), prediction[name], atol=1e-4, err_msg=name)
+        np.testing.assert_array_equal(out["classes"][i].numpy(), prediction["classes"])
+        np.testing.assert_array_equal(out["original_shape"][i].numpy(), prediction["original_shape"])
+
+
+def test_evaluate_without_checkpoint_is_an_error(tmp_path):
+    from ssd.model_fn import SSDModelFn
+    estimator = Estimator(SSDModelFn, _ssd_config(), RunConfig(model_dir=str(tmp_path / "untrained")))
+    with pytest.raises(FileNotFoundError, match="no checkpoint in .*untrained"):
+        estimator.evaluate(lambda input_context: pytest.fail("the data must not be read"))
+
+
+def test_training_session_runs_any_step_function_with_the_collaborators_it_is_given(tmp_path):
+    from ssd.checkpoints import Checkpointer
+    from ssd.training import Cadence, StepResult, TrainingSession
+    weight = tf.Variable(0.0)
+    losses = iter([0.5, 0.4, 0.3, float("nan")])
+
+    def step_fn(iterator):
+        loss = next(losses)  # StopIteration once the losses run out: the input is exhausted
+        if np.isfinite(loss):
+            weight.assign_add(1.0)
+        return StepResult({"loss": tf.constant(loss)}, tf.constant(bool(np.isfinite(loss))),
+                          tf.constant(2, tf.int64), {})
+
+    saved, seen = [], []
+    session = TrainingSession(step_fn, Checkpointer({"w": weight}, str(tmp_path), max_to_keep=5),
+                              tf.summary.create_noop_writer(),
+                              Cadence(save_checkpoints_steps=2, save_summary_steps=0, log_step_count_steps=0),
+                              start_step=0, on_save=saved.append,
+                              hooks=[lambda step, scalars: seen.append((step, float(scalars["loss"])))])
+    assert session.run(iterator=None, max_steps=3)
+    assert saved == [str(tmp_path / "ckpt-2"), str(tmp_path / "ckpt-3")]  # by steps, and at the end
+    assert seen == [(1, 0.5), (2, pytest.approx(0.4)), (3, pytest.approx(0.3))]
+    with pytest.raises(NonFiniteLossError, match="at step 4") as error:
+        session.run(iterator=None, max_steps=6)
+    assert error.value.latest_checkpoint == str(tmp_path / "ckpt-3")
+    assert session.step == 3 and float(weight.numpy()) == 3.0
+    assert not session.run(iterator=None, max_steps=6)  # exhausted: stops, nothing new to save
+    assert saved[-1] == str(tmp_path / "ckpt-3")
+
+    weight.assign(float("nan"))
+    with pytest.raises(FloatingPointError, match="not finite at step 4"):
+        Checkpointer({"w": weight}, str(tmp_path), max_to_keep=5).save(4)
+    assert not (tmp_path / "ckpt-4.index").exists()

@@ -12,12 +12,15 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from ssd import evaluation
+from ssd import checkpoints, evaluation
+from ssd.anchors import generate_anchors
 from ssd.config import load_config, save_config
 from ssd.data import make_input_fn
+from ssd.detector import build_inference_model
 from ssd.estimator import ModelContext
 from ssd.model_fn import SSDModelFn
 from ssd.modes import ModeKeys
+from ssd.postprocess import postprocess
 from ssd.records import make_example
 from ssd.voc_eval import VOCEvaluator, evaluate_files, read_result_file
 
@@ -47,9 +50,8 @@ def save_trainer_checkpoint(config, model_dir, step, seed):
     global_step = tf.Variable(step, dtype=tf.int64, trainable=False, name="global_step")
     holder = SSDModelFn(config, ModelContext(global_step, 1))
     holder.optimizer.build(holder.model.trainable_variables)
-    checkpoint = tf.train.Checkpoint(model=holder.model, global_step=global_step, optimizer=holder.optimizer)
-    manager = tf.train.CheckpointManager(checkpoint, str(model_dir), max_to_keep=5)
-    return manager.save(checkpoint_number=step), holder.model
+    items = checkpoints.training_items(holder.model, global_step, holder.optimizer)
+    return checkpoints.Checkpointer(items, str(model_dir), max_to_keep=5).save(step), holder.model
 
 
 def _normalized(voc_box, height, width):
@@ -112,7 +114,7 @@ class _ScriptedDetector:
     def __init__(self, batches):
         self.batches = list(batches)
 
-    def __call__(self, images):
+    def __call__(self, images, original_shape):
         boxes, scores, classes = self.batches.pop(0)
         k = max(len(s) for s in scores)
         out = {"boxes": np.zeros((len(scores), k, 4), np.float32), "scores": np.zeros((len(scores), k), np.float32),
@@ -122,7 +124,7 @@ class _ScriptedDetector:
             out["scores"][i, :len(s)] = s
             out["classes"][i, :len(s)] = c
             out["num_detections"][i] = len(s)
-        assert images.shape[0] == len(scores)
+        assert images.shape[0] == len(scores) == original_shape.shape[0]
         return {k: tf.constant(v) for k, v in out.items()}
 
 
@@ -200,7 +202,8 @@ def test_run_evaluation_reports_model_detections_in_voc_pixels(setup):
     height, width, _ = IMAGES[1]
     inputs = tf.image.resize(tf.constant(_pixels(1), tf.float32), [300, 300])
     inputs = (inputs - tf.constant(config.data.mean_rgb))[..., ::-1][tf.newaxis]
-    detections = evaluation.make_detector(setup["model"], config)(inputs)
+    cls_logits, box_encodings = setup["model"](inputs, training=False)
+    detections = postprocess(cls_logits, box_encodings, tf.constant(generate_anchors(config)), config)
     n = int(detections["num_detections"][0])
     assert n > 0
     expected = []
@@ -251,17 +254,17 @@ def test_eval_app_runs_with_its_flags(setup, tmp_path):
 def test_no_checkpoint_is_a_clear_error(setup, tmp_path):
     empty = tmp_path / "untrained"
     save_config(setup["config"], empty)
-    with pytest.raises(evaluation.NoCheckpointError, match="no checkpoint in .*untrained"):
+    with pytest.raises(checkpoints.NoCheckpointError, match="no checkpoint in .*untrained"):
         evaluation.run_evaluation(setup["config"], str(empty), setup["data"])
-    with pytest.raises(evaluation.NoCheckpointError, match="ckpt-999 not found"):
-        evaluation.find_checkpoint(setup["model_dir"], os.path.join(setup["model_dir"], "ckpt-999"))
+    with pytest.raises(checkpoints.NoCheckpointError, match="ckpt-999 not found"):
+        checkpoints.find_checkpoint(setup["model_dir"], os.path.join(setup["model_dir"], "ckpt-999"))
 
 
 def test_checkpoint_of_another_model_names_the_mismatch(setup):
     other = tiny_config(**{"model.num_classes": 5, "data.class_names": CLASS_NAMES + ["star"]})
-    model = evaluation.build_inference_model(other)
-    with pytest.raises(evaluation.CheckpointMismatchError) as error:
-        evaluation.restore_checkpoint(model, setup["checkpoint"], other)
+    model = build_inference_model(other)
+    with pytest.raises(checkpoints.CheckpointMismatchError) as error:
+        checkpoints.restore_checkpoint(model, setup["checkpoint"], other)
     message = str(error.value)
     assert "cls_0" in message  # the first head whose shape differs
     assert "model.num_classes=5" in message and "must match" in message
@@ -313,7 +316,7 @@ def test_watch_yields_new_checkpoints_newest_first_and_times_out(tmp_path):
             manager.save(checkpoint_number=5)
 
     fake = _FakeTime(train_more)
-    watcher = evaluation.watch_checkpoints(str(tmp_path), timeout_secs=100, interval_secs=30,
+    watcher = checkpoints.watch_checkpoints(str(tmp_path), timeout_secs=100, interval_secs=30,
                                            sleep=fake.sleep, clock=fake.clock)
     assert next(watcher) == str(tmp_path / "ckpt-1")
     assert next(watcher) == str(tmp_path / "ckpt-5")  # ckpt-3 is skipped: already superseded
@@ -329,10 +332,10 @@ def test_checkpoint_removed_by_rotation_is_reported_and_not_listed(setup, tmp_pa
     for name in os.listdir(tmp_path):
         if name.startswith("ckpt-4"):
             os.remove(tmp_path / name)
-    assert evaluation.listed_checkpoints(str(tmp_path)) == []
-    model = evaluation.build_inference_model(config)
-    with pytest.raises(evaluation.CheckpointRemovedError, match="ckpt-4 was removed"):
-        evaluation.restore_checkpoint(model, path, config)
+    assert checkpoints.listed_checkpoints(str(tmp_path)) == []
+    model = build_inference_model(config)
+    with pytest.raises(checkpoints.CheckpointRemovedError, match="ckpt-4 was removed"):
+        checkpoints.restore_checkpoint(model, path, config)
 
 
 def test_watch_stops_after_the_checkpoint_at_max_steps(setup, tmp_path):

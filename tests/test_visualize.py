@@ -11,8 +11,9 @@ from PIL import Image
 
 from ssd.config import load_config, save_config
 from ssd.draw import class_colors
+from ssd import checkpoints
+from ssd.detector import build_inference_model
 from ssd.estimator import ModelContext
-from ssd.evaluation import find_checkpoint, load_model
 from ssd.export import export_saved_model
 from ssd.model_fn import SSDModelFn
 
@@ -29,8 +30,8 @@ def _save_checkpoint(config, model_dir):
     global_step = tf.Variable(3, dtype=tf.int64, trainable=False, name="global_step")
     holder = SSDModelFn(config, ModelContext(global_step, 1))
     holder.optimizer.build(holder.model.trainable_variables)
-    checkpoint = tf.train.Checkpoint(model=holder.model, global_step=global_step, optimizer=holder.optimizer)
-    tf.train.CheckpointManager(checkpoint, str(model_dir), max_to_keep=1).save(checkpoint_number=3)
+    items = checkpoints.training_items(holder.model, global_step, holder.optimizer)
+    checkpoints.Checkpointer(items, str(model_dir), max_to_keep=1).save(3)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +120,8 @@ def test_checkpoint_detections_drawn_with_ground_truth_beside(setup, drawn_by_ch
 
 def test_saved_model_detections_equal_checkpoint_ones(setup, drawn_by_checkpoint):
     config, model_dir = setup["config"], setup["model_dir"]
-    model, _ = load_model(config, find_checkpoint(str(model_dir)))
+    model = build_inference_model(config)
+    checkpoints.restore_checkpoint(model, checkpoints.find_checkpoint(str(model_dir)), config)
     saved_model = setup["root"] / "saved_model"
     export_saved_model(model, config, str(saved_model))
     out = setup["root"] / "drawn_saved"
