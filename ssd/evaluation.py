@@ -33,7 +33,7 @@ from ssd.draw import draw_precision_recall
 from ssd.modes import ModeKeys
 from ssd.progress import Progress
 from ssd.summaries import write_scalar
-from ssd.voc_eval import METRICS, VOCEvaluator, format_table
+from ssd.voc_metric import METRICS, VOCEvaluator, format_table, summary_of
 
 SUMMARY_FILENAME = "summary.json"
 CURVES_FILENAME = "precision_recall.png"
@@ -92,7 +92,7 @@ def evaluate(detector: Detector, dataset: tf.data.Dataset, evaluator: VOCEvaluat
         detections = detector(features["image"], features["original_shape"])
         batch = int(features["image"].shape[0])
         evaluator.add_batch(
-            [_text(i) for i in features["image_id"].numpy()], features["original_shape"].numpy(),
+            features["image_id"].numpy(), features["original_shape"].numpy(),
             tuple(detections[k].numpy() for k in ("boxes", "scores", "classes", "num_detections")),
             tuple(labels[k].numpy() for k in ("boxes", "labels", "difficult", "num_boxes")))
         images += batch
@@ -104,24 +104,18 @@ def evaluate(detector: Detector, dataset: tf.data.Dataset, evaluator: VOCEvaluat
     return {"num_images": images, "seconds": seconds, "images_per_second": images / seconds}
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 def write_report(result: dict[str, Any], evaluator: VOCEvaluator, output_dir: str | os.PathLike,
                  step: int, checkpoint_path: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Writes VOC result files (output_dir/results), summary.json and precision_recall.png.
 
-    Returns the JSON summary: metric, classes (AP per class, None when undefined), mAP, step,
-    checkpoint, num_images, num_positives, plus `extra`.
+    Returns the JSON summary: the result without its curves (metric, classes: AP per class, None
+    when undefined, status per class, mAP, num_images, num_positives, ...), step, checkpoint, plus
+    `extra`.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     evaluator.write_results(output_dir / RESULTS_SUBDIR)
-    summary = {"metric": result["metric"], "classes": result["classes"], "mAP": result["mAP"],
-               "step": int(step), "checkpoint": checkpoint_path, "num_images": result["num_images"],
-               "num_positives": result.get("num_positives", {})}
-    summary.update(extra or {})
+    summary = {**summary_of(result), "step": int(step), "checkpoint": checkpoint_path, **(extra or {})}
     tmp = output_dir / (SUMMARY_FILENAME + ".tmp")
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp, output_dir / SUMMARY_FILENAME)
@@ -169,8 +163,7 @@ def evaluate_checkpoint(detector: Detector, checkpoint_path: str, input_fn: Call
     result = evaluator.result()
     if print_table is not None:
         print_table(format_table(result))
-    summary = {"metric": result["metric"], "classes": result["classes"], "mAP": result["mAP"],
-               "step": step, "checkpoint": checkpoint_path, "num_images": result["num_images"]}
+    summary = {**summary_of(result), "step": step, "checkpoint": checkpoint_path}
     if output_dir is not None:
         directory = str(output_dir).replace("{step}", str(step))
         summary = write_report(result, evaluator, directory, step, checkpoint_path,
