@@ -43,10 +43,6 @@ class Architecture:
     def num_sources(self) -> int:
         return 2 + sum(extra.is_source for extra in self.extra_layers)
 
-    @property
-    def feature_map_sizes(self) -> list[int]:
-        return feature_map_sizes(self.name, self.input_size)
-
 
 _EXTRAS_300 = (
     ExtraLayer("conv8_1", 1, 256, 1, 0, False),
