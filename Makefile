@@ -20,7 +20,7 @@ test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 demo: install
-	$(PY) -m ssd.demo
+	$(PY) demo.py
 
 bench: install
 	$(PY) bench/input_pipeline.py

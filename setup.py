@@ -5,6 +5,9 @@ already installed, that one is required (at >= 2.16) instead of `tensorflow`, so
 machine keeps its small `tensorflow-cpu` wheel. `make test` / `make demo` install `tensorflow-cpu`
 first on machines without `nvidia-smi` and `tensorflow[and-cuda]` on machines with it; the extras
 `cpu` and `gpu` do the same for a manual `pip install`.
+
+The recipes are written in the top-level `configs/` directory and installed as the package data
+`ssd/configs/*.json`, so that `ssd.config.load_config("ssd300_voc0712")` works from any install.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -30,7 +33,9 @@ setup(
     name="ssd-tf2",
     version="0.1.0",
     description="SSD300/SSD512-VGG16 object detection in TensorFlow 2, Estimator style",
-    packages=find_packages(include=["ssd", "ssd.*"]),
+    packages=find_packages(include=["ssd", "ssd.*"]) + ["ssd.configs"],
+    package_dir={"ssd.configs": "configs"},
+    package_data={"ssd.configs": ["*.json"]},
     python_requires=">=3.10",
     install_requires=[
         tensorflow_requirement(), "numpy", "pillow", "absl-py",

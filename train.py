@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # run as `python train.py` from anywhere: make `s
 from absl import app, flags, logging
 
 from ssd import config as config_lib
+from ssd import resume
 
 FLAGS = flags.FLAGS
 
@@ -87,48 +88,6 @@ def explicit_overrides() -> dict:
     return overrides
 
 
-def _flatten(values, prefix=""):
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def config_changes(old: config_lib.Config, new: config_lib.Config) -> dict:
-    """{field: (old value, new value)} for every field that differs."""
-    before, after = _flatten(config_lib.to_dict(old)), _flatten(config_lib.to_dict(new))
-    return {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
-            if before.get(k) != after.get(k)}
-
-
-def resolve_config(model_dir: str, recipe: str, recipe_given: bool, overrides: dict
-                   ) -> tuple[config_lib.Config, dict]:
-    """The run's config and the changes against the config saved in model_dir (empty if none).
-
-    Raises ConfigError when a resumed run would change a field that fixes variable shapes.
-    """
-    saved_path = Path(model_dir) / config_lib.CONFIG_FILENAME
-    saved = config_lib.load_saved_config(model_dir) if saved_path.exists() else None
-    if saved is not None and not recipe_given:
-        values = config_lib.apply_overrides(config_lib.to_dict(saved), overrides)
-        config = config_lib.from_dict(values)
-    else:
-        config = config_lib.load_config(recipe, overrides)
-    if saved is None:
-        return config, {}
-    old_shapes, new_shapes = config_lib.shape_fields(saved), config_lib.shape_fields(config)
-    for field, old_value in old_shapes.items():
-        if new_shapes[field] != old_value:
-            raise config_lib.ConfigError(
-                f"{field}: {model_dir} holds a model trained with {field}={old_value!r}; this run "
-                f"asks for {new_shapes[field]!r}, which changes the model's variable shapes. Keep "
-                f"{field} unchanged to resume, or use a new --model_dir.")
-    return config, config_changes(saved, config)
-
-
 def run_config_for(config: config_lib.Config, model_dir: str, strategy):
     from ssd.estimator import RunConfig
     train = config.train
@@ -148,7 +107,7 @@ def run_config_for(config: config_lib.Config, model_dir: str, strategy):
 
 def run(model_dir: str) -> None:
     recipe_given = FLAGS["config"].present
-    config, changes = resolve_config(model_dir, FLAGS.config, recipe_given, explicit_overrides())
+    config, changes = resume.resolve_config(model_dir, FLAGS.config, recipe_given, explicit_overrides())
 
     # TensorFlow's runtime starts here: the multi-worker strategy must come first.
     from ssd.distribute import DistributionError, check_batch_divisible, is_chief, make_strategy

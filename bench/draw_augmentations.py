@@ -51,7 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", help="PNG file to write")
     parser.add_argument("--records", help="TFRecords (glob/dir); default: a synthetic image")
-    parser.add_argument("--augmentation", default="paper", choices=["paper", "seed", "none"])
+    parser.add_argument("--augmentation", default="paper", choices=["paper", "tf1", "none"])
     parser.add_argument("--count", type=int, default=23)
     parser.add_argument("--columns", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)

@@ -6,7 +6,7 @@ then the box index at the location. Cell (i, j) of a layer with step `s` pixels 
 ((i + offset) * s / input_size, (j + offset) * s / input_size).
 
 Per-location boxes, for the two presets of `AnchorConfig`:
-  seed:  the extra square of side extra_scales[l], then one box per ratio r in aspect_ratios[l]
+  tf1:   the extra square of side extra_scales[l], then one box per ratio r in aspect_ratios[l]
          with h = scales[l] / sqrt(r), w = scales[l] * sqrt(r);
   caffe: the square of side min_size, the square of side sqrt(min_size * max_size), then one box per
          remaining ratio r in aspect_ratios[l][1:] with h = min_size / sqrt(r), w = min_size * sqrt(r);
@@ -19,14 +19,14 @@ import math
 
 import numpy as np
 
-from ssd.config import Config
+from ssd.config import TF1, Config
 
 
 def location_box_sizes(config: Config, layer: int) -> np.ndarray:
     """[K, 2] (height, width) of the boxes at one location of `layer`, normalized, in box order."""
     anchors = config.anchors
     ratios = np.asarray(anchors.aspect_ratios[layer], dtype=np.float64)
-    if anchors.preset == "seed":
+    if anchors.preset == TF1:
         extra = anchors.extra_scales[layer]
         square = [(extra, extra)]
         scale = anchors.scales[layer]
@@ -38,7 +38,7 @@ def location_box_sizes(config: Config, layer: int) -> np.ndarray:
         scale = min_size
         ratios = ratios[1:]  # the ratio-1 box is the min_size square above
     else:
-        raise ValueError(f"anchors.preset: must be 'seed' or 'caffe', got {anchors.preset!r}")
+        raise ValueError(f"anchors.preset: must be {TF1!r} or 'caffe', got {anchors.preset!r}")
     root = np.sqrt(ratios)
     ratio_boxes = np.stack([scale / root, scale * root], axis=-1)
     return np.concatenate([np.asarray(square, dtype=np.float64), ratio_boxes], axis=0)

@@ -15,17 +15,18 @@ kernel and stride 1, where 'same' already pads symmetrically, so they use it.
 
 Outputs are `(cls_logits [B, A, num_classes], box_encodings [B, A, 4])` with the default boxes
 ordered source map by source map, then row-major over (y, x), then box index at the location,
-the order of `ssd.anchors.generate_anchors`.
+the order of `ssd.anchors.generate_anchors`. The extra layers, input size and source maps of
+each architecture are in `ssd.architectures`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import keras
 from keras import layers, ops
 
+from ssd.architectures import POOLINGS_BEFORE_CONV4_3, feature_map_sizes, get_architecture
 from ssd.config import Config
 
 MIN_CHANNELS = 8
@@ -44,50 +45,6 @@ FC7_CHANNELS = 1024
 FC6_DILATION = 6
 
 
-@dataclass(frozen=True)
-class ExtraLayer:
-    """One extra-feature convolution; `padding` pixels are added on every side (Caffe style)."""
-
-    name: str
-    kernel: int
-    channels: int
-    stride: int
-    padding: int
-    is_source: bool  # its output feeds a head
-
-
-_EXTRAS_300 = (
-    ExtraLayer("conv8_1", 1, 256, 1, 0, False),
-    ExtraLayer("conv8_2", 3, 512, 2, 1, True),
-    ExtraLayer("conv9_1", 1, 128, 1, 0, False),
-    ExtraLayer("conv9_2", 3, 256, 2, 1, True),
-    ExtraLayer("conv10_1", 1, 128, 1, 0, False),
-    ExtraLayer("conv10_2", 3, 256, 1, 0, True),
-    ExtraLayer("conv11_1", 1, 128, 1, 0, False),
-    ExtraLayer("conv11_2", 3, 256, 1, 0, True),
-)
-_EXTRAS_512 = (
-    ExtraLayer("conv8_1", 1, 256, 1, 0, False),
-    ExtraLayer("conv8_2", 3, 512, 2, 1, True),
-    ExtraLayer("conv9_1", 1, 128, 1, 0, False),
-    ExtraLayer("conv9_2", 3, 256, 2, 1, True),
-    ExtraLayer("conv10_1", 1, 128, 1, 0, False),
-    ExtraLayer("conv10_2", 3, 256, 2, 1, True),
-    ExtraLayer("conv11_1", 1, 128, 1, 0, False),
-    ExtraLayer("conv11_2", 3, 256, 2, 1, True),
-    ExtraLayer("conv12_1", 1, 128, 1, 0, False),
-    ExtraLayer("conv12_2", 4, 256, 1, 1, True),
-)
-EXTRA_LAYERS = {"ssd300": _EXTRAS_300, "ssd512": _EXTRAS_512}
-
-
-def extra_layers(architecture: str) -> tuple[ExtraLayer, ...]:
-    if architecture not in EXTRA_LAYERS:
-        raise ValueError(f"model.architecture: unknown architecture {architecture!r}; "
-                         f"known: {', '.join(sorted(EXTRA_LAYERS))}")
-    return EXTRA_LAYERS[architecture]
-
-
 def scaled_channels(channels: int, width_multiplier: float) -> int:
     """Channels of a backbone / extra layer at a width multiplier.
 
@@ -95,39 +52,6 @@ def scaled_channels(channels: int, width_multiplier: float) -> int:
     (8), so that tiny demo models keep every layer usable. At 1.0 the widths are exactly VGG's.
     """
     return max(MIN_CHANNELS, int(math.floor(channels * width_multiplier + 0.5)))
-
-
-def _ceil_pool_size(size: int) -> int:
-    return -(-size // 2)
-
-
-def _conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-def source_layer_names(architecture: str) -> list[str]:
-    return ["conv4_3", "fc7"] + [e.name for e in extra_layers(architecture) if e.is_source]
-
-
-def feature_map_sizes(architecture: str, input_size: int) -> list[int]:
-    """Side lengths of the source feature maps the network produces for a square input.
-
-    ssd300 at 300 gives [38, 19, 10, 5, 3, 1]; ssd512 at 512 gives [64, 32, 16, 8, 4, 2, 1].
-    """
-    size = input_size
-    for _ in range(3):  # pool1..pool3 (ceil mode)
-        size = _ceil_pool_size(size)
-    sizes = [size]  # conv4_3
-    size = _ceil_pool_size(size)  # pool4; pool5, fc6 and fc7 keep the size
-    sizes.append(size)
-    for extra in extra_layers(architecture):
-        size = _conv_output_size(size, extra.kernel, extra.stride, extra.padding)
-        if size < 1:
-            raise ValueError(f"input size {input_size} is too small for {architecture}: "
-                             f"{extra.name} would have no output pixels")
-        if extra.is_source:
-            sizes.append(size)
-    return sizes
 
 
 @keras.saving.register_keras_serializable(package="ssd")
@@ -191,7 +115,7 @@ def _backbone(images, width_multiplier, scale_init):
     for block_index, block in enumerate(_VGG_BLOCKS, start=1):
         for name, channels in block:
             x = _conv(scaled_channels(channels, width_multiplier), 3, name)(x)
-        if block_index == 4:
+        if block_index == POOLINGS_BEFORE_CONV4_3 + 1:
             conv4_3 = x
         if block_index < 5:
             x = _ceil_max_pool(x, f"pool{block_index}")
@@ -206,7 +130,7 @@ def _backbone(images, width_multiplier, scale_init):
 
 def _extras(x, architecture, width_multiplier, batch_norm):
     sources = []
-    for extra in extra_layers(architecture):
+    for extra in get_architecture(architecture).extra_layers:
         if extra.padding:
             x = layers.ZeroPadding2D(extra.padding, name=f"{extra.name}_pad")(x)
         channels = scaled_channels(extra.channels, width_multiplier)
@@ -239,9 +163,9 @@ def check_feature_map_sizes(config: Config, produced: list[int]) -> None:
         raise ValueError(
             f"anchors.feature_map_sizes is {expected} but {config.model.architecture} at input "
             f"size {config.model.input_size} produces source maps {list(produced)}")
-    if len(config.anchors.boxes_per_location) != len(produced):
+    if len(config.anchors.aspect_ratios) != len(produced):
         raise ValueError(
-            f"anchors.boxes_per_location has {len(config.anchors.boxes_per_location)} values "
+            f"anchors.aspect_ratios has {len(config.anchors.aspect_ratios)} lists "
             f"but {config.model.architecture} has {len(produced)} source maps")
 
 

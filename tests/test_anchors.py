@@ -7,7 +7,7 @@ from ssd.anchors import generate_anchors, num_anchors_per_layer
 from ssd.config import load_config
 
 
-def _config(architecture="ssd300", preset="seed", **overrides):
+def _config(architecture="ssd300", preset="tf1", **overrides):
     values = {"model.architecture": architecture,
               "model.input_size": 300 if architecture == "ssd300" else 512,
               "anchors.preset": preset}
@@ -28,7 +28,7 @@ SSD300_MAPS, SSD300_K = [38, 19, 10, 5, 3, 1], [4, 6, 6, 6, 4, 4]
 SSD512_MAPS, SSD512_K = [64, 32, 16, 8, 4, 2, 1], [4, 6, 6, 6, 6, 4, 4]
 
 
-@pytest.mark.parametrize("preset", ["seed", "caffe"])
+@pytest.mark.parametrize("preset", ["tf1", "caffe"])
 @pytest.mark.parametrize("architecture, expected", [("ssd300", 8732), ("ssd512", 24564)])
 def test_counts(architecture, expected, preset):
     anchors = generate_anchors(_config(architecture, preset))
@@ -37,7 +37,7 @@ def test_counts(architecture, expected, preset):
     assert sum(num_anchors_per_layer(_config(architecture, preset))) == expected
 
 
-def test_ssd300_seed_layer0_first_cell():
+def test_ssd300_tf1_layer0_first_cell():
     anchors = generate_anchors(_config())
     c = 0.5 * 8 / 300
     expected = [
@@ -49,7 +49,7 @@ def test_ssd300_seed_layer0_first_cell():
     np.testing.assert_allclose(anchors[0:4], expected, atol=1e-6)
 
 
-def test_ssd300_seed_layer1_cell():
+def test_ssd300_tf1_layer1_cell():
     anchors = generate_anchors(_config())
     y, x = 3, 7
     start = 38 * 38 * 4 + (y * 19 + x) * 6
@@ -66,7 +66,7 @@ def test_ssd300_seed_layer1_cell():
     np.testing.assert_allclose(anchors[start:start + 6], expected, atol=1e-6)
 
 
-def test_ssd300_seed_last_layer_single_location():
+def test_ssd300_tf1_last_layer_single_location():
     anchors = generate_anchors(_config())
     c = 0.5 * 300 / 300
     expected = [
@@ -105,8 +105,8 @@ def test_ssd300_caffe_layer4_step_100():
     np.testing.assert_allclose(anchors[index], _box(cy, cx, side, side), atol=1e-6)
 
 
-def test_ssd512_seed_sizes_from_caffe_table():
-    anchors = generate_anchors(_config("ssd512", "seed"))
+def test_ssd512_tf1_sizes_from_caffe_table():
+    anchors = generate_anchors(_config("ssd512", "tf1"))
     index = _flat_index(SSD512_MAPS, SSD512_K, 6, 0, 0, 0)
     side = math.sqrt(460.8 * 537.6) / 512
     np.testing.assert_allclose(anchors[index], _box(0.5, 0.5, side, side), atol=1e-6)
@@ -133,13 +133,13 @@ def test_flat_index_layout(architecture, maps, per_location):
         centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
         np.testing.assert_allclose(centre, ((y + 0.5) * steps[layer] / size,
                                             (x + 0.5) * steps[layer] / size), atol=1e-6)
-        # the first box at each location is the seed's extra square
+        # the first box at each location is the tf1 preset's extra square
         if k == 0:
             side = config.anchors.extra_scales[layer]
             np.testing.assert_allclose([box[2] - box[0], box[3] - box[1]], [side, side], atol=1e-6)
 
 
-@pytest.mark.parametrize("preset", ["seed", "caffe"])
+@pytest.mark.parametrize("preset", ["tf1", "caffe"])
 def test_symmetry(preset):
     config = _config(preset=preset)
     anchors = generate_anchors(config).astype(np.float64)

@@ -5,10 +5,10 @@ import pytest
 from ssd import config as cfg
 
 
-def test_seed_recipe_resolves_seed_anchor_preset():
+def test_reference_recipe_resolves_tf1_anchor_preset():
     config = cfg.load_config("ssd300_voc0712")
     a = config.anchors
-    assert a.preset == "seed"
+    assert a.preset == "tf1"
     assert a.feature_map_sizes == [38, 19, 10, 5, 3, 1]
     assert a.boxes_per_location == [4, 6, 6, 6, 4, 4]
     assert a.scales == [0.1, 0.2, 0.375, 0.55, 0.725, 0.9]
@@ -64,6 +64,10 @@ def test_overrides_apply_dotted_fields():
     ({"train.lr_factors": [0.1, 1.0]}, "train.lr_factors"),
     ({"model.input_size": 512}, "model.input_size"),
     ({"data.augmentation": "fancy"}, "data.augmentation"),
+    ({"anchors.preset": "paper"}, "anchors.preset"),
+    ({"model.architecture": "ssd400"}, "model.architecture"),
+    ({"anchors.boxes_per_location": [4, 6, 6, 6, 4]}, "anchors.boxes_per_location"),
+    ({"anchors.boxes_per_location": "many"}, "anchors.boxes_per_location"),
 ])
 def test_bad_values_name_the_field(overrides, field):
     with pytest.raises(cfg.ConfigError) as info:
@@ -82,7 +86,7 @@ def test_recipe_file_path_and_cli_override(tmp_path):
     key, value = cfg.parse_override("train.batch_size=16")
     config = cfg.load_config(path, {key: value})
     assert config.model.num_classes == 3 and config.train.batch_size == 16
-    assert cfg.parse_override("data.augmentation=seed") == ("data.augmentation", "seed")
+    assert cfg.parse_override("data.augmentation=tf1") == ("data.augmentation", "tf1")
 
 
 def test_shape_fields_detect_architecture_changes():
@@ -91,3 +95,93 @@ def test_shape_fields_detect_architecture_changes():
     c = cfg.load_config("ssd300_voc0712", {"model.width_multiplier": 0.5})
     assert cfg.shape_fields(a) == cfg.shape_fields(b)
     assert cfg.shape_fields(a) != cfg.shape_fields(c)
+
+
+def test_shape_fields_cover_the_derived_boxes_per_location():
+    a = cfg.load_config("ssd300_voc0712")
+    fewer = [[1.0, 2.0, 0.5]] * 6
+    b = cfg.load_config("ssd300_voc0712", {"anchors.aspect_ratios": fewer})
+    assert cfg.shape_fields(a)["anchors.boxes_per_location"] == [4, 6, 6, 6, 4, 4]
+    assert cfg.shape_fields(b)["anchors.boxes_per_location"] == [4] * 6
+
+
+def test_boxes_per_location_is_derived_from_the_aspect_ratios():
+    a = cfg.load_config("ssd300_voc0712", {"anchors.aspect_ratios": [[1.0]] * 3 + [[1.0, 2.0]] * 3}).anchors
+    assert a.boxes_per_location == [2, 2, 2, 3, 3, 3]
+    a.aspect_ratios[0] = [1.0, 2.0, 3.0, 0.5]
+    assert a.boxes_per_location[0] == 5  # follows the ratios, cannot disagree with them
+    assert "boxes_per_location" not in cfg.to_dict(cfg.load_config("ssd300_voc0712"))["anchors"]
+
+
+def _old_saved_config(config, **anchor_values):
+    """A config.json as earlier versions wrote it: boxes_per_location stored, "seed" values."""
+    values = cfg.to_dict(config)
+    values["anchors"].update(anchor_values)
+    return values
+
+
+def test_old_saved_config_with_consistent_boxes_per_location_loads(tmp_path):
+    config = cfg.load_config("ssd300_voc0712", {"train.seed": 5})
+    old = _old_saved_config(config, boxes_per_location=[4, 6, 6, 6, 4, 4])
+    (tmp_path / cfg.CONFIG_FILENAME).write_text(json.dumps(old))
+    assert cfg.load_saved_config(tmp_path) == config
+
+
+def test_old_saved_config_with_inconsistent_boxes_per_location_is_refused(tmp_path):
+    config = cfg.load_config("ssd300_voc0712")
+    old = _old_saved_config(config, boxes_per_location=[4, 6, 6, 6, 6, 4])
+    (tmp_path / cfg.CONFIG_FILENAME).write_text(json.dumps(old))
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.load_saved_config(tmp_path)
+    message = str(info.value)
+    assert "anchors.boxes_per_location[4]" in message and str(tmp_path) in message
+    assert "gives 4 boxes" in message
+
+
+@pytest.fixture
+def deprecation_warnings(monkeypatch):
+    """The absl warnings logged by config loading (each deprecation is logged once per process:
+    the record of what was already logged starts empty here)."""
+    from absl import logging as absl_logging
+    monkeypatch.setattr(cfg, "_warned_renames", set())
+    messages = []
+    monkeypatch.setattr(absl_logging, "warning", lambda fmt, *args: messages.append(fmt % args))
+    return messages
+
+
+@pytest.mark.parametrize("field", ["anchors.preset", "data.augmentation"])
+def test_old_seed_value_reads_as_tf1_with_one_warning(deprecation_warnings, tmp_path, field):
+    section, name = field.split(".")
+    config = cfg.load_config("ssd300_voc0712", {field: "seed"})
+    assert getattr(getattr(config, section), name) == "tf1"
+    assert config == cfg.load_config("ssd300_voc0712", {field: "tf1"})
+    recipe = tmp_path / "old_recipe.json"
+    recipe.write_text(json.dumps({section: {name: "seed"}}))
+    assert getattr(getattr(cfg.load_config(recipe), section), name) == "tf1"
+    assert len(deprecation_warnings) == 1, deprecation_warnings
+    assert field in deprecation_warnings[0] and "'tf1'" in deprecation_warnings[0]
+
+
+def test_old_saved_config_with_seed_values_resumes_as_tf1(deprecation_warnings, tmp_path):
+    config = cfg.load_config("ssd300_voc0712", {"data.augmentation": "tf1"})
+    old = _old_saved_config(config, preset="seed", boxes_per_location=[4, 6, 6, 6, 4, 4])
+    old["data"]["augmentation"] = "seed"
+    (tmp_path / cfg.CONFIG_FILENAME).write_text(json.dumps(old))
+    assert cfg.load_saved_config(tmp_path) == config
+    assert sorted(m.split(":")[0] for m in deprecation_warnings) == ["anchors.preset", "data.augmentation"]
+
+
+def test_recipes_are_listed_and_every_one_loads():
+    names = cfg.recipe_names()
+    assert names == sorted(p.stem for p in (cfg.recipe_dir()).glob("*.json"))
+    assert {"ssd300_voc0712", "ssd512_voc0712", "ssd300_shapes_cpu"} <= set(names)
+    for name in names:
+        config = cfg.load_config(name)
+        assert config.anchors.preset in ("tf1", "caffe")
+
+
+def test_recipe_that_is_not_an_object_is_refused(tmp_path):
+    path = tmp_path / "list.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(cfg.ConfigError, match="list.json: expected a JSON object"):
+        cfg.load_config(path)

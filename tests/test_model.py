@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from ssd.architectures import ARCHITECTURES, feature_map_sizes
 from ssd.config import load_config
-from ssd.model import L2Normalization, build_model, feature_map_sizes, scaled_channels
+from ssd.model import L2Normalization, build_model, scaled_channels
 
 TINY = {"model.width_multiplier": 0.125, "model.num_classes": 4,
         "data.class_names": ["circle", "square", "triangle"]}
@@ -74,7 +75,26 @@ def test_ssd300_parameter_count(ssd300):
 
 
 def test_ssd512_parameter_count(ssd512):
-    assert ssd512.count_params() == hand_count("ssd512", 21)
+    assert hand_count("ssd512", 21) == 27_188_676
+    assert ssd512.count_params() == 27_188_676
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_architecture_table_gives_one_value_per_source_map(name):
+    architecture = ARCHITECTURES[name]
+    maps = feature_map_sizes(name, architecture.input_size)
+    assert architecture.num_sources == len(maps) == len(architecture.steps)
+    assert len(architecture.ratio_3_layers) == len(maps)
+    # the anchors of each map tile the whole image: step x map side is about the input side
+    for step, side in zip(architecture.steps, maps):
+        assert abs(step * side - architecture.input_size) <= 0.07 * architecture.input_size
+
+
+def test_too_small_input_names_the_layer_without_output():
+    # 64 -> pools 32, 16, 8 (conv4_3), 4 (fc7); conv8_2 (4+2-3)//2+1 = 2, conv9_2 1, and
+    # conv10_2 (3x3, no padding) cannot slide over a 1x1 map
+    with pytest.raises(ValueError, match="input size 64 is too small for ssd300: conv10_2"):
+        feature_map_sizes("ssd300", 64)
 
 
 def test_ssd300_full_forward_shapes(ssd300):

@@ -154,15 +154,15 @@ def test_missing_data_files(tmp_path):
 
 
 def test_resolve_config_keeps_saved_config_as_base_and_lists_changes(tmp_path):
-    import train
+    from ssd.config import ConfigError
+    from ssd.resume import resolve_config
     saved = tiny_config(**{"train.learning_rate": 0.002})
     save_config(saved, tmp_path)
-    config, changes = train.resolve_config(str(tmp_path), "ssd300_voc0712", False,
-                                           {"train.max_steps": 77})
+    config, changes = resolve_config(str(tmp_path), "ssd300_voc0712", False, {"train.max_steps": 77})
     assert config.train.learning_rate == 0.002 and config.train.max_steps == 77
     assert changes == {"train.max_steps": (120000, 77)}
-    with pytest.raises(Exception, match="model.num_classes"):
-        train.resolve_config(str(tmp_path), "ssd300_voc0712", True, {})  # the recipe has 21 classes
+    with pytest.raises(ConfigError, match="model.num_classes"):
+        resolve_config(str(tmp_path), "ssd300_voc0712", True, {})  # the recipe has 21 classes
 
 
 @pytest.mark.parametrize("mixed_precision, jit_compile", [

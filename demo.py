@@ -1,6 +1,6 @@
 r"""The newcomer's path (`make demo`): data, conversion, training, evaluation and pictures.
 
-  python -m ssd.demo [--output_dir=demo_output] [--seed=0] [--max_steps=N] [--quick]
+  python demo.py [--output_dir=demo_output] [--seed=0] [--max_steps=N] [--quick]
 
 Runs the documented command lines one after the other, each as a subprocess of this Python:
 
@@ -42,7 +42,12 @@ import time
 from pathlib import Path
 from typing import Sequence, TextIO
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):  # run as `python demo.py` from anywhere: make `ssd` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ssd.progress import format_duration
+
+REPO_ROOT = Path(__file__).resolve().parent
 RECIPE = "ssd300_shapes_cpu"
 DEFAULT_OUTPUT_DIR = REPO_ROOT / "demo_output"
 OWNED_ENTRIES = ("shapes", "tfrecords", "model", "eval", "pictures", "logs", "demo_summary.json")
@@ -306,13 +311,8 @@ def run_stage(stage: Stage, log_path: Path, cwd: Path = REPO_ROOT,
     seconds = time.monotonic() - start
     if returncode != 0:
         raise StageError(stage, command, returncode, log_path, _tail(log_path))
-    print(f"--- {stage.name}: done in {_duration(seconds)}", file=stream, flush=True)
+    print(f"--- {stage.name}: done in {format_duration(seconds)}", file=stream, flush=True)
     return StageResult(stage.name, command, seconds, log_path)
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
 
 
 def clear_outputs(paths: DemoPaths) -> None:
@@ -406,15 +406,15 @@ def format_summary(summary: dict, cwd: Path = REPO_ROOT) -> str:
              "",
              "Stages and their commands (run them again by hand from the repository root):"]
     for stage in summary["stages"]:
-        lines.append(f"  {stage['name']:<{width}}  {_duration(stage['seconds']):>7}  $ {stage['command']}")
-    lines.append(f"  {'total':<{width}}  {_duration(summary['total_seconds']):>7}")
+        lines.append(f"  {stage['name']:<{width}}  {format_duration(stage['seconds']):>7}  $ {stage['command']}")
+    lines.append(f"  {'total':<{width}}  {format_duration(summary['total_seconds']):>7}")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m ssd.demo", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python demo.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default=str(DEFAULT_OUTPUT_DIR),
                         help="where everything goes (default: demo_output/ in the repository)")
