@@ -417,28 +417,36 @@ def convert_coco(annotations_files: Sequence[str | Path], image_dirs: Sequence[s
 # ----------------------------------------------------------------------------- command line
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("annotations_file", [], "COCO instances JSON file(s), e.g. "
-                                          "annotations/instances_train2017.json.")
-flags.DEFINE_list("image_dir", [], "Image directory of each annotation file (file_name is relative to it).")
-flags.DEFINE_string("image_ids_file", None, "Text file of COCO image ids, one per line: convert only "
-                                            "these, in this order (e.g. the 2014 trainval35k / minival).")
-flags.DEFINE_string("output_directory", None, "Where shards, category map and summary are written.")
-flags.DEFINE_string("name", None, "Output name; default coco_<annotation file stem without "
-                                  "'instances_'>, e.g. coco_train2017.")
-flags.DEFINE_integer("num_shards", 0, f"Number of shards; 0: one per {IMAGES_PER_SHARD} images.")
-flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Worker processes for image decoding.")
-flags.DEFINE_bool("skip_empty", False, "Skip images without objects other than crowd regions (for "
-                                       "training sets); evaluation sets need them.")
-flags.DEFINE_alias("drop_empty", "skip_empty")
-flags.DEFINE_bool("skip_missing", False, "Leave out images whose file is missing (listed in the summary) "
-                                         "instead of failing.")
-flags.DEFINE_enum("exif", "auto", list(EXIF_POLICIES),
-                  "Photos with an EXIF orientation tag whose JSON size cannot tell which pixel grid the "
-                  "boxes refer to: auto keeps the stored grid and warns, apply turns them upright, "
-                  "ignore keeps the stored grid. A JSON size that matches one grid only always decides.")
-flags.DEFINE_bool("shuffle", True, "Shuffle the images (seeded, deterministic) before sharding; "
-                                   "--noshuffle keeps the files' (or the id list's) order.")
-flags.DEFINE_integer("shuffle_seed", DEFAULT_SHUFFLE_SEED, "Seed of the shuffled order.")
+
+
+def define_flags() -> None:
+    """The command line's flags: defined only when run as a script, since several converters share
+    flag names (--output_directory, --name, ...) and tests import them into one process."""
+    flags.DEFINE_list("annotations_file", [],
+                      "COCO instances JSON file(s), e.g. annotations/instances_train2017.json.")
+    flags.DEFINE_list("image_dir", [],
+                      "Image directory of each annotation file (file_name is relative to it).")
+    flags.DEFINE_string("image_ids_file", None,
+                        "Text file of COCO image ids, one per line: convert only these, in this order "
+                        "(e.g. the 2014 trainval35k / minival).")
+    flags.DEFINE_string("output_directory", None, "Where shards, category map and summary are written.")
+    flags.DEFINE_string("name", None, "Output name; default coco_<annotation file stem without "
+                                      "'instances_'>, e.g. coco_train2017.")
+    flags.DEFINE_integer("num_shards", 0, f"Number of shards; 0: one per {IMAGES_PER_SHARD} images.")
+    flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Worker processes for image decoding.")
+    flags.DEFINE_bool("skip_empty", False, "Skip images without objects other than crowd regions (for "
+                                           "training sets); evaluation sets need them.")
+    flags.DEFINE_alias("drop_empty", "skip_empty")  # convert_voc.py's name
+    flags.DEFINE_bool("skip_missing", False, "Leave out images whose file is missing (listed in the "
+                                             "summary) instead of failing.")
+    flags.DEFINE_enum("exif", "auto", list(EXIF_POLICIES),
+                      "Photos with an EXIF orientation tag whose JSON size cannot tell which pixel grid "
+                      "the boxes refer to: auto keeps the stored grid and warns, apply turns them "
+                      "upright, ignore keeps the stored grid. A JSON size that matches one grid only "
+                      "always decides.")
+    flags.DEFINE_bool("shuffle", True, "Shuffle the images (seeded, deterministic) before sharding; "
+                                       "--noshuffle keeps the files' (or the id list's) order.")
+    flags.DEFINE_integer("shuffle_seed", DEFAULT_SHUFFLE_SEED, "Seed of the shuffled order.")
 
 
 def default_name(annotations_files: Sequence[str]) -> str:
@@ -471,6 +479,7 @@ def main(argv: Sequence[str]) -> None:
 HELP_ARGUMENTS = ("--help", "-h", "--helpshort", "-?")
 
 if __name__ == "__main__":
+    define_flags()
     if any(argument in HELP_ARGUMENTS for argument in sys.argv[1:]):
         app.usage(shorthelp=True, writeto_stdout=True)  # absl's own --help exits with status 1
         sys.exit(0)
