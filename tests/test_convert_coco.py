@@ -385,3 +385,27 @@ def test_command_line(mixed, tmp_path):
                             capture_output=True, text=True, env=env, timeout=120)
     assert failed.returncode != 0 and "Traceback" not in failed.stderr
     assert "convert_coco.py: error: 9 image files are missing" in failed.stderr
+
+
+@pytest.mark.parametrize("policy", ["auto", "apply", "ignore"])
+def test_exif_rule_decides_the_pixel_grid(tmp_path, policy):
+    images = [(1, "stored.jpg", exif_jpeg(6, H, W), (W, H)),    # the JSON gives the stored 80x60
+              (2, "upright.jpg", exif_jpeg(8, H, W), (H, W)),   # the JSON gives the upright 60x80
+              (3, "flipped.jpg", exif_jpeg(3, H, W), (W, H)),   # 180 degrees: the size cannot tell
+              (4, "swapped.jpg", jpeg(1), (H, W))]              # no tag, 60x80 in the JSON: refused
+    box = [6, 8, 30, 40]
+    path, image_dir = write_set(tmp_path, images, [ann(i, 1, box) for i in (1, 2, 3, 4)])
+    summary = convert(path, image_dir, tmp_path / "out", exif_policy=policy)
+    written = records_by_id(tmp_path / "out", "mixed")
+    sizes = {image_id: (int(r["height"]), int(r["width"])) for image_id, r in written.items()}
+    assert sizes == {"1": (H, W), "2": (W, H), "3": (H, W)}
+    np.testing.assert_allclose(written["1"]["boxes"], [[8 / H, 6 / W, 48 / H, 36 / W]], atol=1e-6)
+    np.testing.assert_allclose(written["2"]["boxes"], [[8 / W, 6 / H, 48 / W, 36 / H]], atol=1e-6)
+    exif = summary["exif_orientation"]
+    assert exif["turned_upright_by"] == {"size": 1, **({"policy": 1} if policy == "apply" else {})}
+    assert exif["kept_as_stored_by"] == {"size": 1, **({} if policy == "apply" else {"policy": 1})}
+    assert summary["warnings"] == ({"exif_undecided": 1} if policy == "auto" else {})
+    assert [s["image_id"] for s in summary["skipped"]] == ["4"]
+    assert "the JSON says 60x80 but the image is 80x60" in summary["skipped"][0]["reason"]
+    with pytest.raises(ConversionError, match="unknown EXIF policy 'sideways'"):
+        convert(path, image_dir, tmp_path / "bad", exif_policy="sideways")

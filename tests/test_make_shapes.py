@@ -1,5 +1,6 @@
 import io
 import json
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -261,3 +262,13 @@ def test_coco_tree_refuses_strangers_and_is_replaced_with_overwrite(tmp_path):
         make_shapes_dataset(root, 1, 1, seed=0, output_format="coco", overwrite=True, **SMALL)
     with pytest.raises(ValueError, match="unknown format 'yolo'"):
         make_shapes_dataset(tmp_path / "y", 1, 1, seed=0, output_format="yolo")
+
+
+def test_command_line_writes_the_coco_format(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "dataset" / "make_shapes.py"),
+                             f"--output_dir={tmp_path / 'c'}", "--format=coco", "--num_trainval=1",
+                             "--num_test=1"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert set(tree_files(tmp_path / "c")) == {"annotations/instances_trainval.json",
+                                                "annotations/instances_test.json",
+                                                "images/000001.jpg", "images/000002.jpg"}
