@@ -174,7 +174,9 @@ def _objects_by_image(annotations: Sequence[dict], labels: dict[int, Category], 
     grouped: dict[int, list[CocoObject]] = collections.defaultdict(list)
     unknown_categories: collections.Counter = collections.Counter()
     unknown_images: collections.Counter = collections.Counter()
-    for annotation in annotations:
+    for index, annotation in enumerate(annotations):
+        if not isinstance(annotation, dict):
+            raise ConversionError(f"{source}: annotations[{index}] is not an object")
         category = labels.get(annotation.get("category_id"))
         image_id = annotation.get("image_id")
         if category is None:

@@ -320,6 +320,9 @@ def test_input_errors_name_what_to_fix(tmp_path):
                                 categories=CATEGORIES + [{"id": 1, "name": "x"}])
     with pytest.raises(ConversionError, match="category id 1 is listed twice"):
         convert(path, image_dir, tmp_path / "out")
+    path, image_dir = write_set(tmp_path / "notobject", images, [ann(1, 18, [1, 1, 5, 5]), [1, 2]])
+    with pytest.raises(ConversionError, match=r"instances.json: annotations\[1\] is not an object"):
+        convert(path, image_dir, tmp_path / "out")
     (tmp_path / "broken.json").write_text('{"images": []')
     with pytest.raises(ConversionError, match="cannot read .*broken.json"):
         convert(tmp_path / "broken.json", image_dir, tmp_path / "out")
