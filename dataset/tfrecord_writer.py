@@ -11,8 +11,8 @@ that turns a task into an `Outcome` (a record's fields, or a skip reason, plus w
   * atomicity: shards are written into a hidden directory and moved into place only when all are
     complete; the summary JSON is written last, so its presence marks a finished conversion, and
     shards of an earlier run with another shard count are removed;
-  * the summary: images, objects and difficult objects per class, re-encoded images, EXIF
-    orientation decisions, every skipped image and why, warning counts with a few examples each.
+  * the summary: images, objects and difficult objects per class, crowd regions, re-encoded images,
+    EXIF orientation decisions, every skipped image and why, warning counts with a few examples each.
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ class ConvertedImage:
     exif_orientation: int = 1         # the source's EXIF orientation tag
     exif_upright: bool = False        # the record holds the upright (transposed) pixels
     exif_decided_by: str = "tag"      # "tag", "size" or "policy" (ssd.orientation)
+    is_crowd: tuple[int, ...] | None = None  # None: all 0
+    area: tuple[float, ...] | None = None    # annotated areas in pixels; None: not written
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +148,8 @@ def serialize(image: ConvertedImage) -> bytes:
     example = records.make_example(
         encoded=image.encoded, image_format="jpeg", height=image.height, width=image.width,
         filename=image.filename, source_id=image.image_id, boxes=image.boxes, labels=image.labels,
-        texts=image.texts, difficult=image.difficult, truncated=image.truncated)
+        texts=image.texts, difficult=image.difficult, truncated=image.truncated,
+        is_crowd=image.is_crowd, area=image.area)
     return example.SerializeToString(deterministic=True)
 
 
@@ -166,7 +169,7 @@ class _Counts:
         self.upright = collections.Counter()       # decided_by -> images turned upright
         self.kept_stored = collections.Counter()   # decided_by -> images with a tag kept as stored
         self.images_per_shard = [0] * num_shards
-        self.truncated = self.empty = self.written = 0
+        self.truncated = self.empty = self.written = self.crowd = 0
 
     def add(self, image: ConvertedImage, shard: int) -> None:
         self.images_per_shard[shard] += 1
@@ -174,6 +177,7 @@ class _Counts:
         self.objects_per_class.update(image.texts)
         self.difficult_per_class.update(t for t, d in zip(image.texts, image.difficult) if d)
         self.truncated += sum(image.truncated)
+        self.crowd += sum(image.is_crowd or ())
         self.empty += not image.labels
         if image.reencoded:
             self.reencoded[image.reencoded] += 1
@@ -188,6 +192,7 @@ class _Counts:
             "num_objects": sum(self.objects_per_class.values()),
             "num_difficult": sum(self.difficult_per_class.values()),
             "num_truncated": self.truncated,
+            "num_crowd": self.crowd,
             "num_empty_images": self.empty,
             "objects_per_class": {n: self.objects_per_class[n] for n in class_names},
             "difficult_per_class": {n: self.difficult_per_class[n] for n in class_names},

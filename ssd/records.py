@@ -3,6 +3,11 @@
 Boxes are stored normalized per the Object Detection API (separate xmin/ymin/xmax/ymax lists in
 [0, 1]); `parse_example` returns them in the library's `[ymin, xmin, ymax, xmax]` order.
 Labels are 1-based class indices (0 is background and never stored).
+Per object, `is_crowd` marks COCO crowd regions (a box around many instances: the COCO metric
+ignores detections matched to them and training must not use them as targets) and `area` is the
+annotation's area in pixels of the annotated image (COCO's segmentation area, which decides its
+small/medium/large split). Records without these keys parse as is_crowd 0 and area -1 ("unknown":
+a pixel area cannot be derived from normalized boxes without the annotated size).
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ LABEL = "image/object/class/label"
 TEXT = "image/object/class/text"
 DIFFICULT = "image/object/difficult"
 TRUNCATED = "image/object/truncated"
+IS_CROWD = "image/object/is_crowd"
+AREA = "image/object/area"
+UNKNOWN_AREA = -1.0
 
 
 def _bytes(values: Sequence[bytes]) -> tf.train.Feature:
@@ -42,12 +50,18 @@ def _ints(values: Sequence[int]) -> tf.train.Feature:
 def make_example(*, encoded: bytes, image_format: str, height: int, width: int, filename: str,
                  source_id: str, boxes: Sequence[Sequence[float]], labels: Sequence[int],
                  texts: Sequence[str], difficult: Sequence[int],
-                 truncated: Sequence[int]) -> tf.train.Example:
-    """Builds one record. `boxes` are normalized `[ymin, xmin, ymax, xmax]` rows."""
+                 truncated: Sequence[int], is_crowd: Sequence[int] | None = None,
+                 area: Sequence[float] | None = None) -> tf.train.Example:
+    """Builds one record. `boxes` are normalized `[ymin, xmin, ymax, xmax]` rows.
+
+    `is_crowd` defaults to zeros; `area` (pixels) is only written when given.
+    """
     n = len(boxes)
+    is_crowd = [0] * n if is_crowd is None else is_crowd
     for name, values in (("labels", labels), ("texts", texts), ("difficult", difficult),
-                         ("truncated", truncated)):
-        if len(values) != n:
+                         ("truncated", truncated), ("is_crowd", is_crowd),
+                         ("area", [] if area is None else area)):
+        if len(values) != n and not (name == "area" and area is None):
             raise ValueError(f"{filename}: {len(values)} {name} for {n} boxes")
     feature = {
         ENCODED: _bytes([encoded]),
@@ -64,7 +78,10 @@ def make_example(*, encoded: bytes, image_format: str, height: int, width: int, 
         TEXT: _bytes([t.encode() for t in texts]),
         DIFFICULT: _ints(difficult),
         TRUNCATED: _ints(truncated),
+        IS_CROWD: _ints(is_crowd),
     }
+    if area is not None:
+        feature[AREA] = _floats(area)
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
@@ -82,6 +99,8 @@ _FEATURES = {
     LABEL: tf.io.VarLenFeature(tf.int64),
     DIFFICULT: tf.io.VarLenFeature(tf.int64),
     TRUNCATED: tf.io.VarLenFeature(tf.int64),
+    IS_CROWD: tf.io.VarLenFeature(tf.int64),
+    AREA: tf.io.VarLenFeature(tf.float32),
 }
 
 
@@ -90,10 +109,11 @@ def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
 
     Returns: encoded (string), height/width (int32), filename/source_id (string),
     boxes [N, 4] float32 normalized [ymin, xmin, ymax, xmax], labels [N] int32,
-    difficult [N] bool, truncated [N] bool.
+    difficult [N] bool, truncated [N] bool, is_crowd [N] bool, area [N] float32 (pixels, -1 unknown).
     """
     parsed = tf.io.parse_single_example(serialized, _FEATURES)
-    dense = {k: tf.sparse.to_dense(parsed[k]) for k in (XMIN, YMIN, XMAX, YMAX, LABEL, DIFFICULT, TRUNCATED)}
+    dense = {k: tf.sparse.to_dense(parsed[k])
+             for k in (XMIN, YMIN, XMAX, YMAX, LABEL, DIFFICULT, TRUNCATED, IS_CROWD, AREA)}
     boxes = tf.stack([dense[YMIN], dense[XMIN], dense[YMAX], dense[XMAX]], axis=-1)
     num_boxes = tf.shape(boxes)[0]
     difficult = dense[DIFFICULT]
@@ -103,6 +123,12 @@ def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
                         lambda: tf.zeros([num_boxes], tf.int64))
     truncated = tf.cond(tf.size(truncated) == num_boxes, lambda: truncated,
                         lambda: tf.zeros([num_boxes], tf.int64))
+    is_crowd = dense[IS_CROWD]
+    is_crowd = tf.cond(tf.size(is_crowd) == num_boxes, lambda: is_crowd,
+                       lambda: tf.zeros([num_boxes], tf.int64))
+    area = dense[AREA]
+    area = tf.cond(tf.size(area) == num_boxes, lambda: area,
+                   lambda: tf.fill([num_boxes], tf.constant(UNKNOWN_AREA, tf.float32)))
     return {
         "encoded": parsed[ENCODED],
         "height": tf.cast(parsed[HEIGHT], tf.int32),
@@ -113,4 +139,6 @@ def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         "labels": tf.cast(dense[LABEL], tf.int32),
         "difficult": difficult > 0,
         "truncated": truncated > 0,
+        "is_crowd": is_crowd > 0,
+        "area": tf.reshape(area, [-1]),
     }

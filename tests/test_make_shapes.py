@@ -1,18 +1,23 @@
 import io
+import json
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # dataset/ holds scripts, not an installed package
     sys.path.insert(0, str(REPO))
 
-from dataset import convert_voc  # noqa: E402
-from dataset.make_shapes import SHAPE_CLASSES, make_shapes_dataset, render_scene  # noqa: E402
+from dataset import convert_coco, convert_voc, tfrecord_writer  # noqa: E402
+from dataset.make_shapes import (COCO_CATEGORY_IDS, SHAPE_CLASSES, coco_bbox,  # noqa: E402
+                                 make_shapes_dataset, render_scene)
+from ssd import records  # noqa: E402
 
 SMALL = dict(image_size=(96, 128))
 
@@ -161,3 +166,109 @@ def test_refuses_to_write_into_a_non_empty_directory(tmp_path):
     make_shapes_dataset(root, 3, 1, seed=0, **SMALL)
     make_shapes_dataset(root, 1, 1, seed=0, overwrite=True, **SMALL)
     assert len(list((root / "JPEGImages").iterdir())) == 2
+
+
+# ----------------------------------------------------------------------------- COCO format
+
+@pytest.fixture(scope="module")
+def coco_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes_coco") / "SHAPES"
+    make_shapes_dataset(root, num_trainval=8, num_test=4, seed=3, output_format="coco", **SMALL)
+    return root
+
+
+def test_coco_bbox_is_the_continuous_pixel_range_of_the_voc_box():
+    assert coco_bbox((1, 1, 10, 20)) == [0.0, 0.0, 10.0, 20.0]   # pixels 1..10 span [0, 10]
+    assert coco_bbox((5, 7, 5, 7)) == [4.0, 6.0, 1.0, 1.0]       # a single pixel
+
+
+def test_visible_pixels_are_the_objects_mask():
+    scene = render_scene(np.random.default_rng(2), 150, 200, objects_per_image=(4, 6))
+    assert len(scene.objects) >= 2
+    for index, obj in enumerate(scene.objects):
+        xmin, ymin, xmax, ymax = obj.box
+        assert obj.visible_pixels == np.sum(scene.owner == index) <= (xmax - xmin + 1) * (ymax - ymin + 1)
+
+
+def test_coco_tree_has_the_voc_images_and_boxes(shapes_root, coco_root):
+    files = tree_files(coco_root)
+    ids = [f"{i:06d}" for i in range(1, 13)]
+    assert set(files) == {"annotations/instances_trainval.json", "annotations/instances_test.json"} | \
+        {f"images/{i}.jpg" for i in ids}
+    voc_files = tree_files(shapes_root)
+    assert all(files[f"images/{i}.jpg"] == voc_files[f"JPEGImages/{i}.jpg"] for i in ids)
+    sizes = set()
+    for split, split_ids in (("trainval", ids[:8]), ("test", ids[8:])):
+        data = json.loads(files[f"annotations/instances_{split}.json"])
+        assert [c["id"] for c in data["categories"]] == [11, 3, 20, 7]  # sparse, out of id order
+        assert [c["name"] for c in data["categories"]] == list(SHAPE_CLASSES)
+        assert [image["id"] for image in data["images"]] == [int(i) for i in split_ids]
+        by_image = {}
+        for annotation in data["annotations"]:
+            by_image.setdefault(annotation["image_id"], []).append(annotation)
+        for image in data["images"]:
+            xml_name = image["file_name"].replace(".jpg", ".xml")
+            width, height, objects = read_xml(shapes_root / "Annotations" / xml_name)
+            assert (image["width"], image["height"]) == (width, height)
+            sizes.add((width, height))
+            annotations = by_image[image["id"]]
+            assert len(annotations) == len(objects)
+            for annotation, (name, _, _, (xmin, ymin, xmax, ymax)) in zip(annotations, objects):
+                assert annotation["category_id"] == COCO_CATEGORY_IDS[name] and annotation["iscrowd"] == 0
+                assert annotation["bbox"] == [xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]
+                assert 0 < annotation["area"] <= annotation["bbox"][2] * annotation["bbox"][3]
+    assert len(sizes) > 3  # the images differ in size, so a pixel-scale mix-up shows
+
+
+def read_all(directory, name):
+    result = {}
+    shards = [str(p) for p in tfrecord_writer.finished_shards(directory, name)]
+    for serialized in tf.data.TFRecordDataset(shards):
+        parsed = {k: v.numpy() for k, v in records.parse_example(serialized).items()}
+        result[parsed["source_id"].decode()] = parsed
+    return result
+
+
+def test_both_formats_convert_to_the_same_records(shapes_root, coco_root, tmp_path):
+    convert_voc.convert_voc([shapes_root], tmp_path, "voc", SHAPE_CLASSES, splits=["trainval", "test"],
+                            progress_stream=io.StringIO())
+    annotations = [coco_root / "annotations" / f"instances_{s}.json" for s in ("trainval", "test")]
+    summary = convert_coco.convert_coco(annotations, [coco_root / "images"] * 2, tmp_path, "coco",
+                                        progress_stream=io.StringIO())
+    assert summary["warnings"] == {} and summary["num_skipped"] == 0 and summary["reencoded_images"] == {}
+    voc, coco = read_all(tmp_path, "voc"), read_all(tmp_path, "coco")
+    assert sorted(coco, key=int) == [str(int(i)) for i in sorted(voc)]
+    for voc_id, voc_record in voc.items():
+        coco_record = coco[str(int(voc_id))]
+        assert coco_record["encoded"] == voc_record["encoded"]
+        assert (coco_record["height"], coco_record["width"]) == (voc_record["height"], voc_record["width"])
+        np.testing.assert_array_equal(coco_record["labels"], voc_record["labels"])
+        np.testing.assert_allclose(coco_record["boxes"], voc_record["boxes"], atol=1e-6)
+        assert not coco_record["is_crowd"].any() and (coco_record["area"] > 0).all()
+        assert (voc_record["area"] == -1).all()  # VOC records carry no area
+    voc_summary = json.loads((tmp_path / "voc_summary.json").read_text())
+    assert summary["objects_per_class"] == voc_summary["objects_per_class"]
+
+
+def test_coco_tree_refuses_strangers_and_is_replaced_with_overwrite(tmp_path):
+    root = tmp_path / "coco"
+    make_shapes_dataset(root, 2, 1, seed=0, output_format="coco", **SMALL)
+    with pytest.raises(FileExistsError, match="not empty"):
+        make_shapes_dataset(root, 1, 1, seed=0, output_format="coco", **SMALL)
+    make_shapes_dataset(root, 1, 1, seed=0, output_format="coco", overwrite=True, **SMALL)
+    assert len(list((root / "images").iterdir())) == 2
+    (root / "Annotations").mkdir()
+    with pytest.raises(FileExistsError, match="not a COCO tree: Annotations"):
+        make_shapes_dataset(root, 1, 1, seed=0, output_format="coco", overwrite=True, **SMALL)
+    with pytest.raises(ValueError, match="unknown format 'yolo'"):
+        make_shapes_dataset(tmp_path / "y", 1, 1, seed=0, output_format="yolo")
+
+
+def test_command_line_writes_the_coco_format(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "dataset" / "make_shapes.py"),
+                             f"--output_dir={tmp_path / 'c'}", "--format=coco", "--num_trainval=1",
+                             "--num_test=1"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert set(tree_files(tmp_path / "c")) == {"annotations/instances_trainval.json",
+                                                "annotations/instances_test.json",
+                                                "images/000001.jpg", "images/000002.jpg"}

@@ -1,0 +1,488 @@
+r"""Converts COCO-format object detection data into sharded TFRecords (the schema of ssd/records.py).
+
+Examples:
+  # COCO 2017: train2017 for training, val2017 (= the 2014 minival) for evaluation
+  python dataset/convert_coco.py --annotations_file=annotations/instances_train2017.json \
+      --image_dir=train2017 --output_directory=tfrecords --name=coco_train2017 --skip_empty
+  python dataset/convert_coco.py --annotations_file=annotations/instances_val2017.json \
+      --image_dir=val2017 --output_directory=tfrecords --name=coco_val2017
+  # the paper's 2014 splits: several annotation files (each with its image directory, paired in
+  # order), and a list of COCO image ids (one per line) choosing the images
+  python dataset/convert_coco.py \
+      --annotations_file=annotations/instances_train2014.json,annotations/instances_val2014.json \
+      --image_dir=train2014,val2014 --image_ids_file=trainval35k.txt \
+      --output_directory=tfrecords --name=coco_trainval35k --skip_empty
+
+Writes `<name>-00000-of-000NN` ..., `<name>_categories.json` and `<name>_summary.json`
+(sharded, atomic, seeded shuffle and summary as dataset/tfrecord_writer.py describes).
+
+Categories: COCO's ids are sparse (1..90 for 80 categories); label i (1..K) is the i-th category
+in the order the annotation file lists them. `<name>_categories.json` records the map,
+{"categories": [{"label": 1, "coco_id": 1, "name": "person"}, ...]}; evaluation reads it with
+`ssd.coco_categories.read_category_map` to write detections with COCO ids. Several annotation
+files must list the same categories.
+
+Each record: image/source_id = the COCO image id (as text), image/filename = the JSON file_name,
+class/text = the category name, boxes converted by ssd/coco_coords.py from the JSON's
+[x, y, width, height] pixels (normalized by the JSON width and height), image/object/is_crowd =
+iscrowd, image/object/area = the annotation's area (pixels of the JSON size), difficult and
+truncated 0 (COCO has neither).
+
+What happens with irregular input:
+  * crowd annotations (iscrowd 1): kept, flagged is_crowd (the COCO metric ignores detections
+    on them; training must not use them as targets);
+  * images without annotations: kept (evaluation needs them); --skip_empty leaves out images
+    without an annotation other than crowd regions (listed in the summary);
+  * boxes with a zero or negative width or height: dropped; malformed boxes (not four finite
+    numbers): dropped; boxes reaching outside the image: clipped; boxes entirely outside:
+    dropped (each counted as a warning);
+  * annotations without an area: the box area (warning); without iscrowd: 0 (warning);
+  * the JSON width/height and the image file: the EXIF rule of ssd/orientation.py chooses the
+    stored or the upright pixels first (--exif as in convert_voc.py). If the size still differs,
+    an image of exactly the same aspect ratio (a resized copy) is kept, boxes normalized by the
+    JSON size (warning "size_scaled"); any other size is skipped with its reason in the summary,
+    since the boxes cannot be placed on it reliably. Images without a JSON size use the file's;
+  * grayscale, CMYK, PNG and other non-RGB-JPEG images: re-encoded as RGB JPEG (dataset/voc_image.py);
+    undecodable images: skipped and listed;
+  * missing image files: an error listing them, or with --skip_missing skipped and listed;
+  * category ids of annotations missing from `categories`, annotations of unknown images,
+    duplicate image ids, duplicate category ids or names, and --image_ids_file ids absent from
+    the annotation files: errors naming them.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Sequence, TextIO
+
+if __package__ in (None, ""):  # run as `python dataset/convert_coco.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+from absl import app, flags, logging
+
+from dataset import voc_image
+from dataset.tfrecord_writer import (DEFAULT_SHUFFLE_SEED, IMAGES_PER_SHARD, ConversionError, ConvertedImage,
+                                     Note, Outcome, WarningTally, check_name, write_records)
+from ssd.coco_categories import (Category, CategoryError, category_map, category_map_path,
+                                 write_category_map)
+from ssd.coco_coords import coco_to_normalized
+from ssd.orientation import EXIF_POLICIES, UPRIGHT, check_policy
+
+JPEG_QUALITY = 95
+MAX_LISTED = 10  # ids quoted in an error message
+
+Box = tuple[float, float, float, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class CocoObject:
+    label: int
+    name: str
+    bbox: Box | None      # [x, y, width, height] as in the JSON; None when malformed
+    area: float | None    # None when the JSON gives none
+    is_crowd: int
+    iscrowd_given: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class CocoImage:
+    """One image to convert."""
+    image_id: int
+    file_name: str
+    path: str
+    size: tuple[int, int] | None  # (width, height) of the JSON; None when missing or invalid
+    objects: tuple[CocoObject, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageOptions:
+    annotations_file: str
+    drop_empty: bool = False
+    jpeg_quality: int = JPEG_QUALITY
+    exif_policy: str = "auto"
+
+
+# ----------------------------------------------------------------------------- reading the JSON
+
+def load_json(path: str | Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ConversionError(f"cannot read {path}: {error}") from error
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("categories"), list):
+        raise ConversionError(f"{path}: not a COCO annotation file (needs 'images' and 'categories' lists)")
+    if not isinstance(data.get("annotations", []), list):
+        raise ConversionError(f"{path}: 'annotations' is not a list")
+    return data
+
+
+def read_image_ids(path: str | Path) -> tuple[list[int], int]:
+    """(the COCO image ids of a text file, one per line, in file order, each once; repeats)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as error:
+        raise ConversionError(f"cannot read {path}: {error}") from error
+    ids = []
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                ids.append(int(line.strip()))
+            except ValueError:
+                raise ConversionError(f"{path}:{number}: {line.strip()!r} is not a COCO image id") from None
+    unique = list(dict.fromkeys(ids))
+    return unique, len(ids) - len(unique)
+
+
+def _listing(items: Sequence, total: int | None = None) -> str:
+    total = len(items) if total is None else total
+    shown = "\n".join(f"  {item}" for item in list(items)[:MAX_LISTED])
+    return shown + (f"\n  ... and {total - MAX_LISTED} more" if total > MAX_LISTED else "")
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _bbox(value) -> Box | None:
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        return None
+    numbers = tuple(_number(v) for v in value)
+    return None if None in numbers else numbers
+
+
+def _size(entry: dict) -> tuple[int, int] | None:
+    width, height = entry.get("width"), entry.get("height")
+    valid = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height))
+    return (width, height) if valid else None
+
+
+def _objects_by_image(annotations: Sequence[dict], labels: dict[int, Category], known_images: set[int],
+                      source: str) -> dict[int, list[CocoObject]]:
+    """Annotations grouped by image id, in file order. Raises ConversionError for category ids not
+    in `categories` and for image ids not in `images`."""
+    grouped: dict[int, list[CocoObject]] = collections.defaultdict(list)
+    unknown_categories: collections.Counter = collections.Counter()
+    unknown_images: collections.Counter = collections.Counter()
+    for index, annotation in enumerate(annotations):
+        if not isinstance(annotation, dict):
+            raise ConversionError(f"{source}: annotations[{index}] is not an object")
+        category = labels.get(annotation.get("category_id"))
+        image_id = annotation.get("image_id")
+        if category is None:
+            unknown_categories[repr(annotation.get("category_id"))] += 1
+        if image_id not in known_images:
+            unknown_images[repr(image_id)] += 1
+        if category is None or image_id not in known_images:
+            continue
+        iscrowd = annotation.get("iscrowd")
+        grouped[image_id].append(CocoObject(
+            label=category.label, name=category.name, bbox=_bbox(annotation.get("bbox")),
+            area=_number(annotation.get("area")), is_crowd=int(bool(iscrowd)),
+            iscrowd_given=iscrowd is not None))
+    if unknown_categories:
+        found = [f"category_id {k}: {n} annotations" for k, n in sorted(unknown_categories.items())]
+        raise ConversionError(f"{source}: {len(unknown_categories)} category ids of annotations are not in "
+                              f"'categories':\n{_listing(found)}")
+    if unknown_images:
+        found = [f"image_id {k}: {n} annotations" for k, n in sorted(unknown_images.items())]
+        raise ConversionError(f"{source}: annotations refer to {len(unknown_images)} image ids that are "
+                              f"not in 'images':\n{_listing(found)}")
+    return grouped
+
+
+def find_images(annotations_files: Sequence[str | Path], image_dirs: Sequence[str | Path],
+                image_ids: Sequence[int] | None = None
+                ) -> tuple[list[CocoImage], list[Category], list[dict]]:
+    """(images in file order, or in `image_ids` order; the category map; one description per file).
+
+    Raises ConversionError for malformed files, categories differing between files, duplicate
+    image ids and `image_ids` absent from every file.
+    """
+    if len(annotations_files) != len(image_dirs) or not annotations_files:
+        raise ConversionError(f"give one image directory per annotation file ({len(annotations_files)} "
+                              f"annotation files, {len(image_dirs)} image directories)")
+    images: dict[int, CocoImage] = {}
+    categories: list[Category] | None = None
+    sources, duplicates, malformed = [], [], []
+    for annotations_file, image_dir in zip(map(str, annotations_files), map(str, image_dirs)):
+        data = load_json(annotations_file)
+        try:
+            these = category_map(data["categories"], source=f"{annotations_file}: categories")
+        except CategoryError as error:
+            raise ConversionError(str(error)) from error
+        if categories is None:
+            categories = these
+        elif these != categories:
+            raise ConversionError(f"{annotations_file} lists other categories (or another order) than "
+                                  f"{annotations_files[0]}; labels would differ")
+        labels = {c.coco_id: c for c in categories}
+        listed: set[int] = set()
+        for index, entry in enumerate(data["images"]):
+            image_id = entry.get("id") if isinstance(entry, dict) else None
+            file_name = entry.get("file_name") if isinstance(entry, dict) else None
+            if isinstance(image_id, bool) or not isinstance(image_id, int) or not isinstance(file_name, str):
+                malformed.append(f"{annotations_file}: images[{index}] needs an integer 'id' and a "
+                                 f"'file_name'")
+            elif image_id in images or image_id in listed:
+                duplicates.append(f"image id {image_id} ({file_name}) in {annotations_file}")
+            else:
+                listed.add(image_id)
+        if malformed or duplicates:
+            continue
+        grouped = _objects_by_image(data.get("annotations", []), labels, listed, annotations_file)
+        for entry in data["images"]:
+            image_id = entry["id"]
+            images[image_id] = CocoImage(image_id=image_id, file_name=entry["file_name"],
+                                         path=os.path.join(image_dir, entry["file_name"]), size=_size(entry),
+                                         objects=tuple(grouped.get(image_id, ())))
+        sources.append({"annotations_file": annotations_file, "image_dir": image_dir,
+                        "num_images": len(listed), "num_annotations": len(data.get("annotations", []))})
+    if malformed:
+        raise ConversionError(f"{len(malformed)} malformed image entries:\n{_listing(malformed)}")
+    if duplicates:
+        raise ConversionError(f"{len(duplicates)} image ids are listed more than once (ids must be unique; "
+                              f"they are the records' source_id):\n{_listing(duplicates)}")
+    if image_ids is None:
+        return list(images.values()), categories, sources
+    absent = [image_id for image_id in image_ids if image_id not in images]
+    if absent:
+        raise ConversionError(f"{len(absent)} ids of the image id list are in no annotation file:\n"
+                              f"{_listing(absent)}")
+    return [images[image_id] for image_id in image_ids], categories, sources
+
+
+def split_missing(images: Sequence[CocoImage], skip_missing: bool) -> tuple[list[CocoImage], list[dict]]:
+    """(images whose file exists, summary items of the others). Raises ConversionError for missing
+    files unless `skip_missing`."""
+    present, missing = [], []
+    for image in images:
+        if os.path.isfile(image.path):
+            present.append(image)
+        else:
+            missing.append({"image_id": str(image.image_id), "file": image.path,
+                            "reason": f"missing file: no {image.path}"})
+    if missing and not skip_missing:
+        raise ConversionError(f"{len(missing)} image files are missing (pass --skip_missing to leave "
+                              f"them out):\n{_listing([m['file'] for m in missing])}")
+    for item in missing:
+        logging.warning("%s: image %s: skipped: %s", item["file"], item["image_id"], item["reason"])
+    return present, missing
+
+
+# ----------------------------------------------------------------------------- per-image work
+
+def clip_coco_box(box: Box, height: float, width: float) -> tuple[Box | None, str | None]:
+    """(box clipped to the image, in COCO pixels, warning kind) or (None, kind) if unusable."""
+    x, y, w, h = box
+    if w <= 0 or h <= 0:
+        return None, "box_empty"
+    x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))
+    if x1 <= x0 or y1 <= y0:
+        return None, "box_outside"
+    if (x0, y0, x1, y1) == (x, y, x + w, y + h):
+        return box, None
+    return (x0, y0, x1 - x0, y1 - y0), "box_clipped"
+
+
+def _exif_note(image: voc_image.EncodedImage, policy: str) -> Note | None:
+    if policy != "auto" or image.orientation == UPRIGHT or image.choice.decided_by != "policy":
+        return None
+    return ("exif_undecided", f"EXIF orientation {image.orientation} and the JSON size cannot tell whether "
+                              f"the boxes refer to the stored or the upright picture; kept the stored "
+                              f"{image.width}x{image.height} grid (--exif=apply for upright)")
+
+
+def convert_image(task: CocoImage, options: ImageOptions) -> Outcome:
+    """Decodes (re-encoding if needed) one image and turns its annotations into record fields.
+
+    Bad data never raises: it becomes a skip reason or a note.
+    """
+    notes: list[Note] = []
+    where = f"image {task.image_id} ({task.file_name})"
+
+    def outcome(image: ConvertedImage | None, skip_reason: str | None = None) -> Outcome:
+        return Outcome(image_id=str(task.image_id), annotation_file=options.annotations_file,
+                       image_file=task.path, image=image, skip_reason=skip_reason, notes=tuple(notes))
+
+    try:
+        image = voc_image.load_rgb_jpeg(Path(task.path).read_bytes(), quality=options.jpeg_quality,
+                                        annotated_size=task.size, exif_policy=options.exif_policy)
+    except (OSError, voc_image.CorruptImageError) as error:
+        return outcome(None, f"corrupt image: {error}")
+    note = _exif_note(image, options.exif_policy)
+    if note:
+        notes.append((note[0], f"{where}: {note[1]}"))
+    width, height = task.size or (image.width, image.height)
+    if task.size is None:
+        notes.append(("size_missing", f"{where}: no valid width/height; using the image's"))
+    elif (image.width, image.height) != (width, height):
+        if image.width * height != image.height * width:
+            return outcome(None, f"size mismatch: the JSON says {width}x{height} but the image is "
+                                 f"{image.width}x{image.height} (another aspect ratio)")
+        notes.append(("size_scaled", f"{where}: the JSON says {width}x{height} but the image is "
+                                     f"{image.width}x{image.height} (same aspect ratio); boxes "
+                                     f"normalized by the JSON size"))
+    kept = []
+    for obj in task.objects:
+        if obj.bbox is None:
+            notes.append(("box_invalid", f"{where}: {obj.name} box is not four finite numbers; dropped"))
+            continue
+        box, kind = clip_coco_box(obj.bbox, height, width)
+        if kind:
+            action = "dropped" if box is None else f"clipped to {list(box)}"
+            notes.append((kind, f"{where}: {obj.name} box {list(obj.bbox)} in a {width}x{height} image "
+                                f"{action}"))
+        if box is None:
+            continue
+        area = obj.area
+        if area is None:
+            area = obj.bbox[2] * obj.bbox[3]
+            notes.append(("area_missing", f"{where}: {obj.name} annotation has no area; using the box's"))
+        if not obj.iscrowd_given:
+            notes.append(("iscrowd_missing", f"{where}: {obj.name} annotation has no iscrowd; using 0"))
+        kept.append((obj, box, area))
+    if options.drop_empty and not any(not obj.is_crowd for obj, _, _ in kept):
+        return outcome(None, "no objects other than crowd regions (--skip_empty)")
+    normalized = coco_to_normalized(np.array([box for _, box, _ in kept], np.float64).reshape(-1, 4),
+                                    height, width)
+    converted = ConvertedImage(
+        image_id=str(task.image_id), filename=task.file_name, encoded=image.encoded,
+        height=image.height, width=image.width, boxes=tuple(tuple(map(float, row)) for row in normalized),
+        labels=tuple(obj.label for obj, _, _ in kept), texts=tuple(obj.name for obj, _, _ in kept),
+        difficult=(0,) * len(kept), truncated=(0,) * len(kept), reencoded=image.reencoded,
+        exif_orientation=image.orientation, exif_upright=image.choice.upright,
+        exif_decided_by=image.choice.decided_by, is_crowd=tuple(obj.is_crowd for obj, _, _ in kept),
+        area=tuple(float(area) for _, _, area in kept))
+    return outcome(converted)
+
+
+# ----------------------------------------------------------------------------- conversion
+
+def _image_key(task: CocoImage) -> str:
+    return str(task.image_id)
+
+
+def convert_coco(annotations_files: Sequence[str | Path], image_dirs: Sequence[str | Path],
+                 output_directory: str | Path, name: str, *, image_ids_file: str | Path | None = None,
+                 num_shards: int | None = None, num_workers: int = 1, drop_empty: bool = False,
+                 skip_missing: bool = False, exif_policy: str = "auto",
+                 shuffle_seed: int | None = DEFAULT_SHUFFLE_SEED, jpeg_quality: int = JPEG_QUALITY,
+                 progress_stream: TextIO | None = None) -> dict:
+    """Converts the images of the COCO annotation files (paired with their image directories),
+    or those named by `image_ids_file`, into TFRecords and writes the category map beside them.
+
+    `shuffle_seed` None keeps the files' (or the id list's) order. Returns the summary that is also
+    written to `<output_directory>/<name>_summary.json`. Raises ConversionError for input that
+    needs fixing.
+    """
+    check_name(name)
+    try:
+        check_policy(exif_policy)
+    except ValueError as error:
+        raise ConversionError(str(error)) from error
+    tally = WarningTally()
+    image_ids = None
+    if image_ids_file is not None:
+        image_ids, repeated = read_image_ids(image_ids_file)
+        if repeated:
+            tally.add("duplicate_id", str(image_ids_file), f"{repeated} ids listed more than once; each "
+                                                           f"converted once")
+    images, categories, sources = find_images(annotations_files, image_dirs, image_ids)
+    tasks, missing = split_missing(images, skip_missing)
+    if not tasks:
+        raise ConversionError(f"nothing to convert: {len(images)} images, {len(missing)} with missing files")
+    map_path = category_map_path(output_directory, name)
+    Path(output_directory).mkdir(parents=True, exist_ok=True)
+    write_category_map(map_path, categories)
+    options = ImageOptions(annotations_file=", ".join(map(str, annotations_files)), drop_empty=drop_empty,
+                           jpeg_quality=jpeg_quality, exif_policy=exif_policy)
+    header = {"sources": sources, "image_ids_file": None if image_ids_file is None else str(image_ids_file),
+              "category_map": map_path.name, "exif_policy": exif_policy, "num_missing": len(missing)}
+    return write_records(tasks, functools.partial(convert_image, options=options), key=_image_key,
+                         output_directory=output_directory, name=name,
+                         class_names=[c.name for c in categories], header=header, skipped=missing,
+                         tally=tally, num_shards=num_shards, num_workers=num_workers,
+                         shuffle_seed=shuffle_seed, progress_stream=progress_stream)
+
+
+# ----------------------------------------------------------------------------- command line
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command line's flags: defined only when run as a script, since several converters share
+    flag names (--output_directory, --name, ...) and tests import them into one process."""
+    flags.DEFINE_list("annotations_file", [],
+                      "COCO instances JSON file(s), e.g. annotations/instances_train2017.json.")
+    flags.DEFINE_list("image_dir", [],
+                      "Image directory of each annotation file (file_name is relative to it).")
+    flags.DEFINE_string("image_ids_file", None,
+                        "Text file of COCO image ids, one per line: convert only these, in this order "
+                        "(e.g. the 2014 trainval35k / minival).")
+    flags.DEFINE_string("output_directory", None, "Where shards, category map and summary are written.")
+    flags.DEFINE_string("name", None, "Output name; default coco_<annotation file stem without "
+                                      "'instances_'>, e.g. coco_train2017.")
+    flags.DEFINE_integer("num_shards", 0, f"Number of shards; 0: one per {IMAGES_PER_SHARD} images.")
+    flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Worker processes for image decoding.")
+    flags.DEFINE_bool("skip_empty", False, "Skip images without objects other than crowd regions (for "
+                                           "training sets); evaluation sets need them.")
+    flags.DEFINE_alias("drop_empty", "skip_empty")  # convert_voc.py's name
+    flags.DEFINE_bool("skip_missing", False, "Leave out images whose file is missing (listed in the "
+                                             "summary) instead of failing.")
+    flags.DEFINE_enum("exif", "auto", list(EXIF_POLICIES),
+                      "Photos with an EXIF orientation tag whose JSON size cannot tell which pixel grid "
+                      "the boxes refer to: auto keeps the stored grid and warns, apply turns them "
+                      "upright, ignore keeps the stored grid. A JSON size that matches one grid only "
+                      "always decides.")
+    flags.DEFINE_bool("shuffle", True, "Shuffle the images (seeded, deterministic) before sharding; "
+                                       "--noshuffle keeps the files' (or the id list's) order.")
+    flags.DEFINE_integer("shuffle_seed", DEFAULT_SHUFFLE_SEED, "Seed of the shuffled order.")
+
+
+def default_name(annotations_files: Sequence[str]) -> str:
+    stems = [Path(f).stem.removeprefix("instances_") for f in annotations_files]
+    return "coco_" + "+".join(stems)
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.annotations_file or not FLAGS.image_dir:
+        raise app.UsageError("--annotations_file and --image_dir are required")
+    if len(FLAGS.annotations_file) != len(FLAGS.image_dir):
+        raise app.UsageError("give one --image_dir per --annotations_file, in the same order")
+    if not FLAGS.output_directory:
+        raise app.UsageError("--output_directory is required")
+    name = FLAGS.name or default_name(FLAGS.annotations_file)
+    try:
+        summary = convert_coco(FLAGS.annotations_file, FLAGS.image_dir, FLAGS.output_directory, name,
+                               image_ids_file=FLAGS.image_ids_file, num_shards=FLAGS.num_shards or None,
+                               num_workers=FLAGS.num_workers, drop_empty=FLAGS.skip_empty,
+                               skip_missing=FLAGS.skip_missing, exif_policy=FLAGS.exif,
+                               shuffle_seed=FLAGS.shuffle_seed if FLAGS.shuffle else None)
+    except ConversionError as error:
+        sys.exit(f"convert_coco.py: error: {error}")
+    print(f"{name}: {summary['num_images']} images, {summary['num_objects']} objects "
+          f"({summary['num_crowd']} crowd), {summary['num_skipped']} skipped -> {FLAGS.output_directory}")
+
+
+HELP_ARGUMENTS = ("--help", "-h", "--helpshort", "-?")
+
+if __name__ == "__main__":
+    define_flags()
+    if any(argument in HELP_ARGUMENTS for argument in sys.argv[1:]):
+        app.usage(shorthelp=True, writeto_stdout=True)  # absl's own --help exits with status 1
+        sys.exit(0)
+    app.run(main)
