@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=40, help="timed batches per run")
     parser.add_argument("--warmup", type=int, default=8, help="batches before timing")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--augmentation", default="paper", choices=["paper", "seed", "none"])
+    parser.add_argument("--augmentation", default="paper", choices=["paper", "tf1", "none"])
     parser.add_argument("--seed", type=int, default=None, help="data.seed (deterministic order)")
     args = parser.parse_args()
 

@@ -427,8 +427,8 @@ def validate(config: Config) -> None:
              f"(num_classes counts the background too)")
     _require(len(set(d.class_names)) == len(d.class_names), "data.class_names", "has duplicates")
     _require(len(d.mean_rgb) == 3, "data.mean_rgb", "needs 3 values")
-    _require(d.augmentation in ("paper", "seed", "none"), "data.augmentation",
-             f"must be 'paper', 'seed' or 'none', got {d.augmentation!r}")
+    _require(d.augmentation in ("paper", "tf1", "none"), "data.augmentation",
+             f"must be 'paper', 'tf1' or 'none', got {d.augmentation!r}")
     for name in ("expansion_probability", "flip_probability"):
         value = getattr(d, name)
         _require(0 <= value <= 1, f"data.{name}", f"must be a probability, got {value}")

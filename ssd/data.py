@@ -30,6 +30,8 @@ from ssd.anchors import generate_anchors
 from ssd.boxes import encode_targets
 from ssd.config import Config
 from ssd.modes import ModeKeys, check_mode
+# re-exported for ssd/export.py and visualize.py, which still import them from here
+from ssd.preprocessing import decode_image, preprocess_image  # noqa: F401
 from ssd.records import parse_example
 
 SHARD_GLOB = "*-of-*"
@@ -69,21 +71,6 @@ def resolve_files(file_pattern: str | os.PathLike | Sequence[str | os.PathLike])
         raise FileNotFoundError(f"no input files match {file_pattern!r} "
                                 f"(a directory means its {SHARD_GLOB} files)")
     return sorted(files)
-
-
-def decode_image(encoded: tf.Tensor) -> tf.Tensor:
-    """JPEG or PNG bytes -> uint8 RGB [H, W, 3] (grayscale and alpha are converted)."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return image
-
-
-def preprocess_image(image: tf.Tensor, config: Config) -> tf.Tensor:
-    """uint8 (or float) RGB [H, W, 3] or [B, H, W, 3] -> the model input: resized (bilinear) to
-    the input size, mean subtracted, channels reversed to BGR, float32."""
-    size = config.model.input_size
-    image = tf.image.resize(tf.cast(image, tf.float32), [size, size])
-    return tf.reverse(augment.subtract_mean(image, config.data.mean_rgb), [-1])
 
 
 def _image_id(example: dict[str, tf.Tensor]) -> tf.Tensor:
