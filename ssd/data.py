@@ -11,16 +11,18 @@ EVAL yields the same features (resized only) and the ground truths padded per ba
             "num_boxes" [B] int32}.
 PREDICT yields the features only.
 
+Reading (ssd.record_files): the files are checked up front (readable, first record an image
+example); all shards are then read at the same time, one record from each in turn, in a new
+file order on every training pass, before the record-level shuffle buffer; a damaged record
+fails the reading with an error naming its file.
+
 Randomness is stateless: every training example gets the seed (base, index of the example in
 the stream), so with `data.seed` set the batches are the same on every run.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import re
-from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -30,47 +32,11 @@ from ssd.anchors import generate_anchors
 from ssd.boxes import encode_targets
 from ssd.config import Config
 from ssd.modes import ModeKeys, check_mode
-# re-exported for ssd/export.py and visualize.py, which still import them from here
-from ssd.preprocessing import decode_image, preprocess_image  # noqa: F401
+# decode_image is re-exported for ssd/export.py and visualize.py, which import it from here
+from ssd.preprocessing import decode_image, preprocess_image
+from ssd.record_files import (DataError, check_record_files,  # noqa: F401 (the data API)
+                              read_checked, resolve_files)
 from ssd.records import parse_example
-
-SHARD_GLOB = "*-of-*"
-_SHARD_NAME = re.compile(r"^(?P<name>.+)-\d+-of-\d+$")
-MAX_INTERLEAVE = 16  # files read at the same time
-READ_BUFFER_BYTES = 1 << 20
-
-
-def _directory_shards(directory: str) -> list[str]:
-    """The `<name>-NNNNN-of-NNNNN` shards of the one data set in `directory`. A converter's
-    output directory often holds the training and the test set side by side: several names are
-    refused rather than silently mixed."""
-    shards = [f for f in tf.io.gfile.glob(os.path.join(directory, SHARD_GLOB))
-              if not tf.io.gfile.isdir(f)]
-    names = sorted({_SHARD_NAME.sub(r"\g<name>", os.path.basename(f)) for f in shards})
-    if len(names) > 1:
-        raise ValueError(f"directory {directory} holds several data sets ({', '.join(names)}); "
-                         f"pass a file pattern such as {os.path.join(directory, names[0])}-*")
-    return shards
-
-
-def resolve_files(file_pattern: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Files named by a glob, comma-separated globs, a directory (the `*-of-*` shards of its one
-    data set) or a list of any of these; sorted, without duplicates. Raises FileNotFoundError
-    naming the pattern when nothing matches, ValueError for a directory of several data sets."""
-    if isinstance(file_pattern, (str, os.PathLike)):
-        patterns = [p.strip() for p in os.fspath(file_pattern).split(",") if p.strip()]
-    else:
-        patterns = [os.fspath(p) for p in file_pattern]
-    files: set[str] = set()
-    for pattern in patterns:
-        if tf.io.gfile.isdir(pattern):
-            files.update(_directory_shards(pattern))
-        else:
-            files.update(f for f in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(f))
-    if not files:
-        raise FileNotFoundError(f"no input files match {file_pattern!r} "
-                                f"(a directory means its {SHARD_GLOB} files)")
-    return sorted(files)
 
 
 def _image_id(example: dict[str, tf.Tensor]) -> tf.Tensor:
@@ -83,8 +49,8 @@ def _pipeline_position(input_context) -> tuple[int, int]:
     return input_context.num_input_pipelines, input_context.input_pipeline_id
 
 
-def _records(files: list[str], input_context, shuffle_seed: int | None, shuffle_files: bool,
-             deterministic: bool) -> tf.data.Dataset:
+def _records(files: list[str], sizes: list[int], input_context, shuffle_seed: int | None,
+             shuffle_files: bool, deterministic: bool) -> tf.data.Dataset:
     """Serialized records of this input pipeline's share.
 
     Files are sharded between pipelines when there are at least as many files as pipelines;
@@ -93,14 +59,9 @@ def _records(files: list[str], input_context, shuffle_seed: int | None, shuffle_
     num_pipelines, index = _pipeline_position(input_context)
     shard_files = len(files) >= num_pipelines
     if shard_files:
-        files = files[index::num_pipelines]
-    dataset = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle_files and shard_files and len(files) > 1:
-        dataset = dataset.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
-    dataset = dataset.interleave(
-        lambda f: tf.data.TFRecordDataset(f, buffer_size=READ_BUFFER_BYTES),
-        cycle_length=min(len(files), MAX_INTERLEAVE), block_length=1,
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+        files, sizes = files[index::num_pipelines], sizes[index::num_pipelines]
+    dataset = read_checked(files, sizes, shuffle=shuffle_files and shard_files, seed=shuffle_seed,
+                           deterministic=deterministic)
     if not shard_files:
         dataset = dataset.shard(num_pipelines, index)
     return dataset
@@ -118,7 +79,7 @@ def _options(deterministic: bool) -> tf.data.Options:
     return options
 
 
-def _train_dataset(files: list[str], config: Config, anchors: np.ndarray,
+def _train_dataset(files: list[str], sizes: list[int], config: Config, anchors: np.ndarray,
                    input_context) -> tf.data.Dataset:
     data = config.data
     deterministic = data.seed is not None
@@ -150,7 +111,9 @@ def _train_dataset(files: list[str], config: Config, anchors: np.ndarray,
                    "match_iou": match_iou}
         return features, targets
 
-    dataset = _records(files, input_context, data.seed, shuffle_files=True,
+    # every shard is read at the same time (the converter spreads images round-robin over
+    # them), in a new file order on every pass; the record-level shuffle mixes further
+    dataset = _records(files, sizes, input_context, data.seed, shuffle_files=True,
                        deterministic=deterministic)
     dataset = dataset.shuffle(data.shuffle_buffer, seed=data.seed, reshuffle_each_iteration=True)
     dataset = dataset.repeat().enumerate()
@@ -160,7 +123,7 @@ def _train_dataset(files: list[str], config: Config, anchors: np.ndarray,
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(deterministic))
 
 
-def _eval_dataset(files: list[str], config: Config, input_context,
+def _eval_dataset(files: list[str], sizes: list[int], config: Config, input_context,
                   with_labels: bool) -> tf.data.Dataset:
     batch_size = config.eval.batch_size
     if input_context is not None:
@@ -178,7 +141,8 @@ def _eval_dataset(files: list[str], config: Config, input_context,
                   "num_boxes": tf.shape(example["labels"])[0]}
         return features, labels
 
-    dataset = _records(files, input_context, None, shuffle_files=False, deterministic=True)
+    dataset = _records(files, sizes, input_context, None, shuffle_files=False,
+                       deterministic=True)
     dataset = dataset.map(prepare, num_parallel_calls=_parallel_calls(config), deterministic=True)
     if with_labels:
         dataset = dataset.padded_batch(batch_size, drop_remainder=False)
@@ -190,17 +154,22 @@ def _eval_dataset(files: list[str], config: Config, input_context,
 def make_input_fn(file_pattern, config: Config, mode: str):
     """Returns `input_fn(input_context=None) -> tf.data.Dataset` for `mode` (ssd.modes.ModeKeys).
 
-    file_pattern: a glob, comma-separated globs, a directory (its `*-of-*` files) or a list.
+    file_pattern: a glob, comma-separated globs, a directory (its shards) or a list.
     With a `tf.distribute.InputContext`, each input pipeline reads its own share (files, or
     records when there are fewer files than pipelines) in per-replica batches.
+    Raises FileNotFoundError when nothing matches, DataError (a ValueError) naming a file that
+    is not a readable TFRecord file of image examples; a record damaged further into a file
+    fails the reading with an error naming the file.
     """
     mode = check_mode(mode)
     files = resolve_files(file_pattern)
+    sizes = check_record_files(files)
     anchors = generate_anchors(config) if mode == ModeKeys.TRAIN else None
 
     def input_fn(input_context=None) -> tf.data.Dataset:
         if mode == ModeKeys.TRAIN:
-            return _train_dataset(files, config, anchors, input_context)
-        return _eval_dataset(files, config, input_context, with_labels=mode == ModeKeys.EVAL)
+            return _train_dataset(files, sizes, config, anchors, input_context)
+        return _eval_dataset(files, sizes, config, input_context,
+                             with_labels=mode == ModeKeys.EVAL)
 
     return input_fn

@@ -1,12 +1,18 @@
-"""The TFRecord schema (TF Object Detection API keys) written by the converter and read for training.
+"""The TFRecord schema (TF Object Detection API keys) written by the converter and read for
+training, and the names of its files.
 
 Boxes are stored normalized per the Object Detection API (separate xmin/ymin/xmax/ymax lists in
 [0, 1]); `parse_example` returns them in the library's `[ymin, xmin, ymax, xmax]` order.
 Labels are 1-based class indices (0 is background and never stored).
+
+A data set `<name>` is a set of shards `<name>-NNNNN-of-NNNNN` (index from 0, then the count)
+beside `<name>_summary.json`; the converter writes image k of its order to shard k mod count.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Sequence
 
 import tensorflow as tf
@@ -25,6 +31,30 @@ LABEL = "image/object/class/label"
 TEXT = "image/object/class/text"
 DIFFICULT = "image/object/difficult"
 TRUNCATED = "image/object/truncated"
+
+# every file of a directory that may be a shard; parse_shard_name decides
+SHARD_PATTERN = "*-of-*"
+_SHARD_NAME = re.compile(r"^(?P<name>.+)-(?P<index>\d+)-of-(?P<count>\d+)$")
+_SUMMARY_SUFFIX = "_summary.json"
+
+
+def shard_name(name: str, index: int, num_shards: int) -> str:
+    """File name of shard `index` (from 0) of `num_shards` of the data set `name`."""
+    return f"{name}-{index:05d}-of-{num_shards:05d}"
+
+
+def parse_shard_name(path: str | os.PathLike) -> tuple[str, int, int] | None:
+    """(data set name, index, number of shards) of a shard's file name, None for other files.
+    Other tools' digit counts are accepted."""
+    match = _SHARD_NAME.match(os.path.basename(os.fspath(path)))
+    if match is None:
+        return None
+    return match["name"], int(match["index"]), int(match["count"])
+
+
+def summary_name(name: str) -> str:
+    """File name of the converter's summary of the data set `name` (beside its shards)."""
+    return f"{name}{_SUMMARY_SUFFIX}"
 
 
 def _bytes(values: Sequence[bytes]) -> tf.train.Feature:

@@ -9,7 +9,7 @@ from ssd.anchors import generate_anchors
 from ssd.config import load_config
 from ssd.data import make_input_fn, resolve_files
 from ssd.modes import ModeKeys
-from ssd.records import make_example
+from ssd.records import make_example, shard_name
 
 MEAN = np.array([123.68, 116.78, 103.94], np.float32)
 CLASSES = ["circle", "square", "triangle"]
@@ -50,7 +50,7 @@ def make_record(index: int, rng: np.random.Generator, num_boxes: int, difficult=
 def write_shards(directory, num_records: int, num_shards: int, seed=0, **kwargs):
     rng = np.random.default_rng(seed)
     truth = {}
-    writers = [tf.io.TFRecordWriter(str(directory / f"data-{i:05d}-of-{num_shards:05d}"))
+    writers = [tf.io.TFRecordWriter(str(directory / shard_name("data", i, num_shards)))
                for i in range(num_shards)]
     for i in range(num_records):
         example, info = make_record(i, rng, num_boxes=1 + i % 3, **kwargs)
