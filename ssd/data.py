@@ -32,9 +32,10 @@ from ssd.anchors import generate_anchors
 from ssd.boxes import encode_targets
 from ssd.config import Config
 from ssd.modes import ModeKeys, check_mode
-# decode_image is re-exported for ssd/export.py and visualize.py, which import it from here
+# decode_image, preprocess_image, DataError, check_record_files and resolve_files are also
+# imported from here by other modules (their home is ssd.preprocessing / ssd.record_files)
 from ssd.preprocessing import decode_image, preprocess_image
-from ssd.record_files import (DataError, check_record_files,  # noqa: F401 (the data API)
+from ssd.record_files import (DataError, check_record_files,  # noqa: F401
                               read_checked, resolve_files)
 from ssd.records import parse_example
 
