@@ -17,6 +17,7 @@ import re
 from typing import Sequence
 
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 
 from ssd import records
 
@@ -107,7 +108,7 @@ def _check_first_record(path: str) -> int:
     first = first[0]
     try:
         example = tf.train.Example.FromString(first)
-    except Exception:  # protobuf's DecodeError: the record is not an Example
+    except DecodeError:
         example = None
     if example is None or records.ENCODED not in example.features.feature:
         raise DataError(f"{path}: a TFRecord file, but its records are not image examples "
