@@ -12,9 +12,9 @@ EVAL yields the same features (resized only) and the ground truths padded per ba
 PREDICT yields the features only.
 
 Reading (ssd.record_files): the files are checked up front (readable, first record an image
-example); all shards are then read at the same time, one record from each in turn, in a new
-file order on every training pass, before the record-level shuffle buffer; a damaged record
-fails the reading with an error naming its file.
+example); all shards are then read at the same time, one record from each in turn (for
+training: in a new file order on every pass, each shard from a random record on), before the
+record-level shuffle buffer; a damaged record fails the reading with an error naming its file.
 
 Randomness is stateless: every training example gets the seed (base, index of the example in
 the stream), so with `data.seed` set the batches are the same on every run.
@@ -35,7 +35,7 @@ from ssd.modes import ModeKeys, check_mode
 # decode_image, preprocess_image, DataError, check_record_files and resolve_files are also
 # imported from here by other modules (their home is ssd.preprocessing / ssd.record_files)
 from ssd.preprocessing import decode_image, preprocess_image
-from ssd.record_files import (DataError, check_record_files,  # noqa: F401
+from ssd.record_files import (DataError, RecordFile, check_record_files,  # noqa: F401
                               read_checked, resolve_files)
 from ssd.records import parse_example
 
@@ -50,7 +50,7 @@ def _pipeline_position(input_context) -> tuple[int, int]:
     return input_context.num_input_pipelines, input_context.input_pipeline_id
 
 
-def _records(files: list[str], sizes: list[int], input_context, shuffle_seed: int | None,
+def _records(files: list[RecordFile], input_context, shuffle_seed: int | None,
              shuffle_files: bool, deterministic: bool) -> tf.data.Dataset:
     """Serialized records of this input pipeline's share.
 
@@ -60,8 +60,9 @@ def _records(files: list[str], sizes: list[int], input_context, shuffle_seed: in
     num_pipelines, index = _pipeline_position(input_context)
     shard_files = len(files) >= num_pipelines
     if shard_files:
-        files, sizes = files[index::num_pipelines], sizes[index::num_pipelines]
-    dataset = read_checked(files, sizes, shuffle=shuffle_files and shard_files, seed=shuffle_seed,
+        files = files[index::num_pipelines]
+    # every pipeline reads the same records in the same order when it keeps every n-th
+    dataset = read_checked(files, shuffle=shuffle_files and shard_files, seed=shuffle_seed,
                            deterministic=deterministic)
     if not shard_files:
         dataset = dataset.shard(num_pipelines, index)
@@ -80,7 +81,7 @@ def _options(deterministic: bool) -> tf.data.Options:
     return options
 
 
-def _train_dataset(files: list[str], sizes: list[int], config: Config, anchors: np.ndarray,
+def _train_dataset(files: list[RecordFile], config: Config, anchors: np.ndarray,
                    input_context) -> tf.data.Dataset:
     data = config.data
     deterministic = data.seed is not None
@@ -112,9 +113,9 @@ def _train_dataset(files: list[str], sizes: list[int], config: Config, anchors: 
                    "match_iou": match_iou}
         return features, targets
 
-    # every shard is read at the same time (the converter spreads images round-robin over
-    # them), in a new file order on every pass; the record-level shuffle mixes further
-    dataset = _records(files, sizes, input_context, data.seed, shuffle_files=True,
+    # every shard at once, each from a random record, in a new order on every pass (see
+    # ssd.record_files); the record-level shuffle mixes what they give
+    dataset = _records(files, input_context, data.seed, shuffle_files=True,
                        deterministic=deterministic)
     dataset = dataset.shuffle(data.shuffle_buffer, seed=data.seed, reshuffle_each_iteration=True)
     dataset = dataset.repeat().enumerate()
@@ -124,7 +125,7 @@ def _train_dataset(files: list[str], sizes: list[int], config: Config, anchors: 
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(deterministic))
 
 
-def _eval_dataset(files: list[str], sizes: list[int], config: Config, input_context,
+def _eval_dataset(files: list[RecordFile], config: Config, input_context,
                   with_labels: bool) -> tf.data.Dataset:
     batch_size = config.eval.batch_size
     if input_context is not None:
@@ -142,7 +143,7 @@ def _eval_dataset(files: list[str], sizes: list[int], config: Config, input_cont
                   "num_boxes": tf.shape(example["labels"])[0]}
         return features, labels
 
-    dataset = _records(files, sizes, input_context, None, shuffle_files=False,
+    dataset = _records(files, input_context, None, shuffle_files=False,
                        deterministic=True)
     dataset = dataset.map(prepare, num_parallel_calls=_parallel_calls(config), deterministic=True)
     if with_labels:
@@ -163,14 +164,13 @@ def make_input_fn(file_pattern, config: Config, mode: str):
     fails the reading with an error naming the file.
     """
     mode = check_mode(mode)
-    files = resolve_files(file_pattern)
-    sizes = check_record_files(files)
+    files = check_record_files(resolve_files(file_pattern))
     anchors = generate_anchors(config) if mode == ModeKeys.TRAIN else None
 
     def input_fn(input_context=None) -> tf.data.Dataset:
         if mode == ModeKeys.TRAIN:
-            return _train_dataset(files, sizes, config, anchors, input_context)
-        return _eval_dataset(files, sizes, config, input_context,
+            return _train_dataset(files, config, anchors, input_context)
+        return _eval_dataset(files, config, input_context,
                              with_labels=mode == ModeKeys.EVAL)
 
     return input_fn

@@ -40,12 +40,21 @@ def test_shard_names_state_the_converter_format_once():
     assert records.summary_name("voc07_test") == "voc07_test_summary.json"
 
 
-def test_up_front_check_accepts_good_files_and_returns_their_sizes(tmp_path):
+def test_up_front_check_accepts_good_files_and_describes_them(tmp_path):
     write_shards(tmp_path, num_records=5, num_shards=2)
     (tmp_path / records.shard_name("empty", 0, 1)).write_bytes(b"")
     files = sorted(str(p) for p in tmp_path.iterdir())
     assert len(files) == 3
-    assert check_record_files(files) == [os.path.getsize(f) for f in files]
+    checked = check_record_files(files)
+    assert [f.path for f in checked] == files
+    assert [f.size for f in checked] == [os.path.getsize(f) for f in files]
+    for f in checked[:2]:  # data-00000-of-00002 (3 records), data-00001-of-00002 (2)
+        data = open(f.path, "rb").read()
+        offsets = record_offsets(data)
+        assert f.first_record_bytes == offsets[1] - 16
+        expected = round(len(data) / offsets[1])
+        assert f.estimated_records == expected and abs(expected - len(offsets)) <= 1
+    assert checked[2].size == 0 and checked[2].estimated_records == 1  # empty-00000-of-00001
 
 
 def damaged_at_start(tmp_path):
@@ -110,9 +119,11 @@ def test_a_record_damaged_inside_a_shard_fails_naming_the_file(tmp_path, how, mo
     error = data_error_from(raised.value)
     assert isinstance(error, DataError)
     message = str(error)
-    assert message.startswith(f"{shard}: record 4 is damaged")
-    assert "3 readable records before it" in message
-    assert "the last one image 'img7.jpg'" in message and "id007" in truth
+    assert message.startswith(f"{shard}: a record is damaged (truncated or corrupted) after 3 "
+                              f"readable records")
+    # in training each shard starts at a random record: the last one read is one of the three
+    last = "'img7.jpg'" if mode == ModeKeys.EVAL else r"'img[147]\.jpg'"
+    assert re.search(rf"the last one read: image {last}", message) and "id007" in truth
     assert "one image in every 3 of the conversion's order, from image 2 on" in message
     assert str(tmp_path / "data_summary.json") in message
     assert data_error_from(tf.errors.DataLossError(None, None, "corrupted record at 12")) is None
@@ -130,18 +141,30 @@ def test_training_reads_every_shard_at_once_in_a_new_file_order_each_pass(tmp_pa
     config = tiny_config(**{"data.augmentation": "none", "data.seed": 5,
                             "data.shuffle_buffer": 1, "train.batch_size": num_shards})
 
-    def image_ids():
+    def image_numbers():
         batches = make_input_fn(tmp_path, config, ModeKeys.TRAIN)().take(6)  # two passes
-        return [[i for i in features["image_id"].numpy()] for features, _ in batches]
+        return [[int(i.decode()[2:]) for i in features["image_id"].numpy()]
+                for features, _ in batches]
 
-    batches = image_ids()
+    batches = image_numbers()
     for batch in batches:
-        # one record of every shard in each batch, the shards' records in their written order
-        assert sorted(shard_of(i, num_shards) for i in batch) == list(range(num_shards))
-    for pass_start, row in [(0, 0), (3, 0)]:
-        assert all(int(i.decode()[2:]) // num_shards == row for i in batches[pass_start])
-    orders = [[shard_of(i, num_shards) for i in batches[b]] for b in (0, 1, 3)]
+        # one record of every shard in each batch (write_shards: record i in shard i % n)
+        assert sorted(i % num_shards for i in batch) == list(range(num_shards))
+    starts = []
+    for first in (0, 3):
+        one_pass = batches[first:first + 3]
+        assert sorted(sum(one_pass, [])) == list(range(3 * num_shards))  # each record once
+        # every shard's records in their written order, from some record on, wrapping around
+        rows = {i % num_shards: [] for i in one_pass[0]}
+        for batch in one_pass:
+            for i in batch:
+                rows[i % num_shards].append(i // num_shards)
+        assert all(r in ([0, 1, 2], [1, 2, 0], [2, 0, 1]) for r in rows.values())
+        starts.append([rows[shard][0] for shard in range(num_shards)])
+    assert len(set(starts[0])) > 1  # shards start at different records
+    assert starts[0] != starts[1]  # and at others on the next pass
+    orders = [[i % num_shards for i in batches[b]] for b in (0, 1, 3)]
     assert orders[0] == orders[1]  # one file order within a pass
     assert orders[0] != orders[2]  # a new one on the next pass
     assert orders[0] != list(range(num_shards))  # shuffled, not sorted
-    assert image_ids() == batches  # data.seed fixes the order
+    assert image_numbers() == batches  # data.seed fixes the order
