@@ -24,16 +24,16 @@ import tensorflow as tf  # noqa: E402
 from input_pipeline import synthetic_jpeg  # noqa: E402
 from ssd import augment  # noqa: E402
 from ssd.config import load_config  # noqa: E402
-from ssd.data import resolve_files  # noqa: E402
+from ssd.record_files import resolve_files  # noqa: E402
+from ssd.preprocessing import to_display  # noqa: E402
 from ssd.records import parse_example  # noqa: E402
 
 COLOURS = [(255, 255, 255), (255, 64, 64), (64, 255, 64), (64, 160, 255), (255, 220, 0)]
 
 
-def to_rgb_uint8(model_input: np.ndarray, mean_rgb) -> np.ndarray:
-    """Inverse of the model preprocessing: BGR minus mean -> RGB uint8."""
-    rgb = model_input[..., ::-1] + np.asarray(mean_rgb, np.float32)
-    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+def to_rgb_uint8(model_input: tf.Tensor, config) -> np.ndarray:
+    """The model input back to a picture: RGB uint8."""
+    return np.round(to_display(model_input, config).numpy() * 255.0).astype(np.uint8)
 
 
 def draw_cell(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, title: str) -> Image.Image:
@@ -71,17 +71,16 @@ def main() -> None:
         difficult = tf.zeros_like(labels, tf.bool)
 
     size = config.model.input_size
-    mean = config.data.mean_rgb
     plain = augment.augment_for_training(encoded, boxes, labels, difficult, tf.constant([0, 0]),
                                          load_config("ssd300_voc0712",
                                                      {"data.augmentation": "none"}).data, size)
-    cells = [draw_cell(to_rgb_uint8(plain["image"].numpy(), mean), plain["boxes"].numpy(),
+    cells = [draw_cell(to_rgb_uint8(plain["image"], config), plain["boxes"].numpy(),
                        plain["labels"].numpy(), "resized only")]
     run = tf.function(lambda seed: augment.augment_for_training(
         encoded, boxes, labels, difficult, seed, config.data, size))
     for i in range(args.count):
         sample = run(tf.constant([args.seed, i], tf.int64))
-        cells.append(draw_cell(to_rgb_uint8(sample["image"].numpy(), mean),
+        cells.append(draw_cell(to_rgb_uint8(sample["image"], config),
                                sample["boxes"].numpy(), sample["labels"].numpy(),
                                f"#{i} boxes={len(sample['labels'])}"))
 

@@ -27,7 +27,7 @@ import tensorflow as tf  # noqa: E402
 from ssd.config import VOC_CLASSES, load_config  # noqa: E402
 from ssd.data import make_input_fn  # noqa: E402
 from ssd.modes import ModeKeys  # noqa: E402
-from ssd.records import make_example  # noqa: E402
+from ssd.records import SHARD_PATTERN, make_example, shard_name  # noqa: E402
 
 WIDTH, HEIGHT = 500, 375
 
@@ -57,7 +57,7 @@ def write_records(directory: str, num_images: int, num_shards: int = 4) -> float
     """Writes `num_images` examples into `num_shards` files; returns the mean JPEG size (bytes)."""
     rng = np.random.default_rng(0)
     sizes = []
-    writers = [tf.io.TFRecordWriter(os.path.join(directory, f"train-{i:05d}-of-{num_shards:05d}"))
+    writers = [tf.io.TFRecordWriter(os.path.join(directory, shard_name("train", i, num_shards)))
                for i in range(num_shards)]
     for n in range(num_images):
         encoded, boxes, labels = synthetic_jpeg(rng, int(rng.integers(2, 4)))
@@ -92,7 +92,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         data_dir = args.data_dir or scratch
         os.makedirs(data_dir, exist_ok=True)
-        if not tf.io.gfile.glob(os.path.join(data_dir, "*-of-*")):
+        if not tf.io.gfile.glob(os.path.join(data_dir, SHARD_PATTERN)):
             mean_size = write_records(data_dir, args.images)
             print(f"wrote {args.images} JPEGs {WIDTH}x{HEIGHT}, "
                   f"mean size {mean_size / 1024:.1f} KiB")

@@ -33,6 +33,7 @@ import tensorflow as tf
 from absl import logging
 
 from ssd import records
+from ssd.records import SHARD_PATTERN, parse_shard_name, shard_name, summary_name
 from ssd.progress import Progress
 
 IMAGES_PER_SHARD = 1000
@@ -101,16 +102,11 @@ def check_name(name: str) -> None:
         raise ConversionError(f"invalid output name {name!r}")
 
 
-# Switching to the library's shard names is this one definition: `from ssd.records import shard_name`.
-def shard_name(name: str, index: int, num_shards: int) -> str:
-    return f"{name}-{index:05d}-of-{num_shards:05d}"
-
-
 def finished_shards(output_directory: str | Path, name: str) -> list[Path]:
-    """Every `<name>-NNNNN-of-NNNNN` file in the directory, whatever its shard count."""
-    digits = "[0-9]" * 5
-    pattern = os.path.join(glob.escape(str(output_directory)), f"{glob.escape(name)}-{digits}-of-{digits}")
-    return sorted(Path(path) for path in glob.glob(pattern))
+    """Every shard of the data set `name` in the directory, whatever its shard count."""
+    pattern = os.path.join(glob.escape(str(output_directory)), f"{glob.escape(name)}-{SHARD_PATTERN}")
+    return sorted(Path(path) for path in glob.glob(pattern)
+                  if (parsed := parse_shard_name(path)) is not None and parsed[0] == name)
 
 
 def shuffle_key(seed: int, key: str) -> bytes:
@@ -265,7 +261,7 @@ def write_records(tasks: Sequence[Task], convert: Callable[[Task], Outcome], *,
             "shards": shard_names,
             "images_per_shard": counts.images_per_shard,
         }
-        summary_path = output_directory / f"{name}_summary.json"
+        summary_path = output_directory / summary_name(name)
         summary_path.unlink(missing_ok=True)
         for stale in finished_shards(output_directory, name):
             if stale.name not in shard_names:

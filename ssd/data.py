@@ -11,16 +11,18 @@ EVAL yields the same features (resized only) and the ground truths padded per ba
             "num_boxes" [B] int32}.
 PREDICT yields the features only.
 
+Reading (ssd.record_files): the files are checked up front (readable, first record an image
+example); all shards are then read at the same time, one record from each in turn (for
+training: in a new file order on every pass, each shard from a random record on), before the
+record-level shuffle buffer; a damaged record fails the reading with an error naming its file.
+
 Randomness is stateless: every training example gets the seed (base, index of the example in
 the stream), so with `data.seed` set the batches are the same on every run.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import re
-from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -30,60 +32,9 @@ from ssd.anchors import generate_anchors
 from ssd.boxes import encode_targets
 from ssd.config import Config
 from ssd.modes import ModeKeys, check_mode
+from ssd.preprocessing import decode_image, preprocess_image
+from ssd.record_files import RecordFile, check_record_files, read_checked, resolve_files
 from ssd.records import parse_example
-
-SHARD_GLOB = "*-of-*"
-_SHARD_NAME = re.compile(r"^(?P<name>.+)-\d+-of-\d+$")
-MAX_INTERLEAVE = 16  # files read at the same time
-READ_BUFFER_BYTES = 1 << 20
-
-
-def _directory_shards(directory: str) -> list[str]:
-    """The `<name>-NNNNN-of-NNNNN` shards of the one data set in `directory`. A converter's
-    output directory often holds the training and the test set side by side: several names are
-    refused rather than silently mixed."""
-    shards = [f for f in tf.io.gfile.glob(os.path.join(directory, SHARD_GLOB))
-              if not tf.io.gfile.isdir(f)]
-    names = sorted({_SHARD_NAME.sub(r"\g<name>", os.path.basename(f)) for f in shards})
-    if len(names) > 1:
-        raise ValueError(f"directory {directory} holds several data sets ({', '.join(names)}); "
-                         f"pass a file pattern such as {os.path.join(directory, names[0])}-*")
-    return shards
-
-
-def resolve_files(file_pattern: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Files named by a glob, comma-separated globs, a directory (the `*-of-*` shards of its one
-    data set) or a list of any of these; sorted, without duplicates. Raises FileNotFoundError
-    naming the pattern when nothing matches, ValueError for a directory of several data sets."""
-    if isinstance(file_pattern, (str, os.PathLike)):
-        patterns = [p.strip() for p in os.fspath(file_pattern).split(",") if p.strip()]
-    else:
-        patterns = [os.fspath(p) for p in file_pattern]
-    files: set[str] = set()
-    for pattern in patterns:
-        if tf.io.gfile.isdir(pattern):
-            files.update(_directory_shards(pattern))
-        else:
-            files.update(f for f in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(f))
-    if not files:
-        raise FileNotFoundError(f"no input files match {file_pattern!r} "
-                                f"(a directory means its {SHARD_GLOB} files)")
-    return sorted(files)
-
-
-def decode_image(encoded: tf.Tensor) -> tf.Tensor:
-    """JPEG or PNG bytes -> uint8 RGB [H, W, 3] (grayscale and alpha are converted)."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return image
-
-
-def preprocess_image(image: tf.Tensor, config: Config) -> tf.Tensor:
-    """uint8 (or float) RGB [H, W, 3] or [B, H, W, 3] -> the model input: resized (bilinear) to
-    the input size, mean subtracted, channels reversed to BGR, float32."""
-    size = config.model.input_size
-    image = tf.image.resize(tf.cast(image, tf.float32), [size, size])
-    return tf.reverse(augment.subtract_mean(image, config.data.mean_rgb), [-1])
 
 
 def _image_id(example: dict[str, tf.Tensor]) -> tf.Tensor:
@@ -96,8 +47,8 @@ def _pipeline_position(input_context) -> tuple[int, int]:
     return input_context.num_input_pipelines, input_context.input_pipeline_id
 
 
-def _records(files: list[str], input_context, shuffle_seed: int | None, shuffle_files: bool,
-             deterministic: bool) -> tf.data.Dataset:
+def _records(files: list[RecordFile], input_context, shuffle_seed: int | None,
+             shuffle_files: bool, deterministic: bool) -> tf.data.Dataset:
     """Serialized records of this input pipeline's share.
 
     Files are sharded between pipelines when there are at least as many files as pipelines;
@@ -107,13 +58,9 @@ def _records(files: list[str], input_context, shuffle_seed: int | None, shuffle_
     shard_files = len(files) >= num_pipelines
     if shard_files:
         files = files[index::num_pipelines]
-    dataset = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle_files and shard_files and len(files) > 1:
-        dataset = dataset.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
-    dataset = dataset.interleave(
-        lambda f: tf.data.TFRecordDataset(f, buffer_size=READ_BUFFER_BYTES),
-        cycle_length=min(len(files), MAX_INTERLEAVE), block_length=1,
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    # every pipeline reads the same records in the same order when it keeps every n-th
+    dataset = read_checked(files, shuffle=shuffle_files and shard_files, seed=shuffle_seed,
+                           deterministic=deterministic)
     if not shard_files:
         dataset = dataset.shard(num_pipelines, index)
     return dataset
@@ -131,7 +78,7 @@ def _options(deterministic: bool) -> tf.data.Options:
     return options
 
 
-def _train_dataset(files: list[str], config: Config, anchors: np.ndarray,
+def _train_dataset(files: list[RecordFile], config: Config, anchors: np.ndarray,
                    input_context) -> tf.data.Dataset:
     data = config.data
     deterministic = data.seed is not None
@@ -148,10 +95,11 @@ def _train_dataset(files: list[str], config: Config, anchors: np.ndarray,
     def prepare(position, serialized):
         example = parse_example(serialized)
         boxes, labels, difficult = example["boxes"], example["labels"], example["difficult"]
+        # a crowd region boxes many instances: never a target
+        keep = tf.logical_not(example["is_crowd"])
         if not config.matching.use_difficult:
-            keep = tf.logical_not(difficult)
-            boxes, labels, difficult = (tf.boolean_mask(t, keep)
-                                        for t in (boxes, labels, difficult))
+            keep = tf.logical_and(keep, tf.logical_not(difficult))
+        boxes, labels, difficult = (tf.boolean_mask(t, keep) for t in (boxes, labels, difficult))
         seed = tf.stack([tf.constant(stream_seed, tf.int64), position])
         sample = augment.augment_for_training(example["encoded"], boxes, labels, difficult, seed,
                                               data, input_size)
@@ -163,6 +111,8 @@ def _train_dataset(files: list[str], config: Config, anchors: np.ndarray,
                    "match_iou": match_iou}
         return features, targets
 
+    # every shard at once, each from a random record, in a new order on every pass (see
+    # ssd.record_files); the record-level shuffle mixes what they give
     dataset = _records(files, input_context, data.seed, shuffle_files=True,
                        deterministic=deterministic)
     dataset = dataset.shuffle(data.shuffle_buffer, seed=data.seed, reshuffle_each_iteration=True)
@@ -173,7 +123,7 @@ def _train_dataset(files: list[str], config: Config, anchors: np.ndarray,
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(deterministic))
 
 
-def _eval_dataset(files: list[str], config: Config, input_context,
+def _eval_dataset(files: list[RecordFile], config: Config, input_context,
                   with_labels: bool) -> tf.data.Dataset:
     batch_size = config.eval.batch_size
     if input_context is not None:
@@ -187,11 +137,12 @@ def _eval_dataset(files: list[str], config: Config, input_context,
         if not with_labels:
             return features
         labels = {"boxes": example["boxes"], "labels": example["labels"],
-                  "difficult": example["difficult"],
-                  "num_boxes": tf.shape(example["labels"])[0]}
+                  "difficult": example["difficult"], "is_crowd": example["is_crowd"],
+                  "area": example["area"], "num_boxes": tf.shape(example["labels"])[0]}
         return features, labels
 
-    dataset = _records(files, input_context, None, shuffle_files=False, deterministic=True)
+    dataset = _records(files, input_context, None, shuffle_files=False,
+                       deterministic=True)
     dataset = dataset.map(prepare, num_parallel_calls=_parallel_calls(config), deterministic=True)
     if with_labels:
         dataset = dataset.padded_batch(batch_size, drop_remainder=False)
@@ -203,17 +154,21 @@ def _eval_dataset(files: list[str], config: Config, input_context,
 def make_input_fn(file_pattern, config: Config, mode: str):
     """Returns `input_fn(input_context=None) -> tf.data.Dataset` for `mode` (ssd.modes.ModeKeys).
 
-    file_pattern: a glob, comma-separated globs, a directory (its `*-of-*` files) or a list.
+    file_pattern: a glob, comma-separated globs, a directory (its shards) or a list.
     With a `tf.distribute.InputContext`, each input pipeline reads its own share (files, or
     records when there are fewer files than pipelines) in per-replica batches.
+    Raises FileNotFoundError when nothing matches, DataError (a ValueError) naming a file that
+    is not a readable TFRecord file of image examples; a record damaged further into a file
+    fails the reading with an error naming the file.
     """
     mode = check_mode(mode)
-    files = resolve_files(file_pattern)
+    files = check_record_files(resolve_files(file_pattern))
     anchors = generate_anchors(config) if mode == ModeKeys.TRAIN else None
 
     def input_fn(input_context=None) -> tf.data.Dataset:
         if mode == ModeKeys.TRAIN:
             return _train_dataset(files, config, anchors, input_context)
-        return _eval_dataset(files, config, input_context, with_labels=mode == ModeKeys.EVAL)
+        return _eval_dataset(files, config, input_context,
+                             with_labels=mode == ModeKeys.EVAL)
 
     return input_fn

@@ -10,8 +10,8 @@ Inputs, by entry point (all graph-friendly: usable inside a tf.function or a Sav
   detect_uint8(images)                         uint8 [B, H, W, 3] RGB, one size per batch;
   detect_encoded(strings)                      string [B] encoded JPEG/PNG of any sizes (grayscale
                                                and alpha are converted to RGB).
-Decoding (ssd.data.decode_image), resizing to the input size, RGB -> BGR and mean subtraction
-(ssd.data.preprocess_image) run in the graph, then the network (XLA-compiled with jit_compile;
+Decoding (ssd.preprocessing.decode_image), resizing to the input size, RGB -> BGR and mean subtraction
+(ssd.preprocessing.preprocess_image) run in the graph, then the network (XLA-compiled with jit_compile;
 NMS has no XLA kernel, so post-processing never is) and ssd.postprocess.postprocess with the
 config's eval thresholds. Outputs, K = eval.max_detections rows per image sorted by score (rows
 past num_detections are padding: score 0, class 0, empty name):
@@ -40,7 +40,7 @@ import tensorflow as tf
 
 from ssd.anchors import generate_anchors
 from ssd.config import Config
-from ssd.data import decode_image, preprocess_image
+from ssd.preprocessing import decode_image, preprocess_image
 from ssd.model import build_model
 from ssd.postprocess import postprocess, to_pixels
 from ssd.precision import INFERENCE_POLICIES, dtype_policy

@@ -27,7 +27,8 @@ from absl import logging
 from ssd.checkpoints import (CheckpointRemovedError, find_checkpoint, restore_checkpoint,
                              watch_checkpoints)
 from ssd.config import Config
-from ssd.data import make_input_fn, resolve_files
+from ssd.data import make_input_fn
+from ssd.record_files import DataError, resolve_files
 from ssd.detector import Detector, build_inference_model
 from ssd.draw import draw_precision_recall
 from ssd.modes import ModeKeys
@@ -41,14 +42,10 @@ RESULTS_SUBDIR = "results"
 SUMMARY_SUBDIR = "eval"  # TensorBoard directory inside model_dir
 
 
-class DataError(ValueError):
-    """The evaluation data is missing, empty or unreadable; the message names the pattern or file."""
-
-
 # --- data ----------------------------------------------------------------------------------
 
 def resolve_record_files(data: str) -> list[str]:
-    """TFRecord files of `data` (ssd.data.resolve_files), with its errors as DataError."""
+    """TFRecord files of `data` (ssd.record_files.resolve_files), with its errors as DataError."""
     try:
         return resolve_files(data)
     except (FileNotFoundError, ValueError) as e:

@@ -28,6 +28,7 @@ from ssd.estimator import EstimatorSpec, ModelContext, ModelFunction
 from ssd.losses import classification_accuracy, detection_losses, weight_decay_loss
 from ssd.model import build_model
 from ssd.modes import ModeKeys
+from ssd.preprocessing import to_display
 
 SUMMARY_IMAGES = 3  # training images drawn with their ground truth for TensorBoard
 
@@ -102,7 +103,7 @@ class SSDModelFn(ModelFunction):
 
     def summary_images(self, tensors) -> dict[str, tf.Tensor]:
         """Training images (un-preprocessed, RGB) with the ground truth of their positive boxes."""
-        images = unpreprocess(tensors["image"], self.config)
+        images = to_display(tensors["image"], self.config)
         decoded = box_ops.decode(tf.cast(tensors["loc_targets"], tf.float32), self.anchors,
                                  self.config.matching.variances).numpy()
         positive = tensors["cls_targets"].numpy() > 0
@@ -115,10 +116,3 @@ class SSDModelFn(ModelFunction):
                                                      np.array([[0.0, 1.0, 0.0]], np.float32))[0]
             drawn.append(image)
         return {"train/images_with_ground_truth": tf.stack(drawn)}
-
-
-def unpreprocess(images: tf.Tensor, config: Config) -> tf.Tensor:
-    """Preprocessed BGR mean-subtracted images -> RGB float in [0, 1] for display."""
-    mean_bgr = tf.constant(config.data.mean_rgb[::-1], tf.float32)
-    bgr = tf.cast(images, tf.float32) + mean_bgr
-    return tf.clip_by_value(tf.reverse(bgr, axis=[-1]) / 255.0, 0.0, 1.0)

@@ -1,4 +1,5 @@
-"""The TFRecord schema (TF Object Detection API keys) written by the converter and read for training.
+"""The TFRecord schema (TF Object Detection API keys) written by the converter and read for
+training, and the names of its files.
 
 Boxes are stored normalized per the Object Detection API (separate xmin/ymin/xmax/ymax lists in
 [0, 1]); `parse_example` returns them in the library's `[ymin, xmin, ymax, xmax]` order.
@@ -8,10 +9,15 @@ ignores detections matched to them and training must not use them as targets) an
 annotation's area in pixels of the annotated image (COCO's segmentation area, which decides its
 small/medium/large split). Records without these keys parse as is_crowd 0 and area -1 ("unknown":
 a pixel area cannot be derived from normalized boxes without the annotated size).
+
+A data set `<name>` is a set of shards `<name>-NNNNN-of-NNNNN` (index from 0, then the count)
+beside `<name>_summary.json`; the converter writes image k of its order to shard k mod count.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Sequence
 
 import tensorflow as tf
@@ -33,6 +39,30 @@ TRUNCATED = "image/object/truncated"
 IS_CROWD = "image/object/is_crowd"
 AREA = "image/object/area"
 UNKNOWN_AREA = -1.0
+
+# every file of a directory that may be a shard; parse_shard_name decides
+SHARD_PATTERN = "*-of-*"
+_SHARD_NAME = re.compile(r"^(?P<name>.+)-(?P<index>\d+)-of-(?P<count>\d+)$")
+_SUMMARY_SUFFIX = "_summary.json"
+
+
+def shard_name(name: str, index: int, num_shards: int) -> str:
+    """File name of shard `index` (from 0) of `num_shards` of the data set `name`."""
+    return f"{name}-{index:05d}-of-{num_shards:05d}"
+
+
+def parse_shard_name(path: str | os.PathLike) -> tuple[str, int, int] | None:
+    """(data set name, index, number of shards) of a shard's file name, None for other files.
+    Other tools' digit counts are accepted."""
+    match = _SHARD_NAME.match(os.path.basename(os.fspath(path)))
+    if match is None:
+        return None
+    return match["name"], int(match["index"]), int(match["count"])
+
+
+def summary_name(name: str) -> str:
+    """File name of the converter's summary of the data set `name` (beside its shards)."""
+    return f"{name}{_SUMMARY_SUFFIX}"
 
 
 def _bytes(values: Sequence[bytes]) -> tf.train.Feature:

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from ssd import augment
+from ssd import augment, expand_crop, image_files, photometric, window_resize
 from ssd.config import load_config
 
 MEAN = np.array([123.68, 116.78, 103.94], np.float32)
@@ -49,7 +49,7 @@ def sample_image():
 def test_image_size_reads_jpeg_and_png_headers():
     pixels = textured(37, 53)
     for fmt in ("JPEG", "PNG"):
-        assert augment.image_size(tf.constant(encode(pixels, fmt))).numpy().tolist() == [37, 53]
+        assert image_files.image_size(tf.constant(encode(pixels, fmt))).numpy().tolist() == [37, 53]
 
 
 def test_decode_region_equals_full_decode_sliced():
@@ -58,7 +58,7 @@ def test_decode_region_equals_full_decode_sliced():
         data = tf.constant(encode(pixels, fmt))
         full = tf.io.decode_image(data, channels=3).numpy()
         for top, left, h, w in [(0, 0, 64, 80), (5, 7, 30, 41), (10, 33, 54, 47), (0, 79, 64, 1)]:
-            part = augment.decode_region(data, [top, left, h, w], 80).numpy()
+            part = image_files.decode_region(data, [top, left, h, w], 80).numpy()
             np.testing.assert_array_equal(part, full[top:top + h, left:left + w])
 
 
@@ -67,7 +67,7 @@ def test_crop_sampler_honours_min_iou_and_patch_shapes():
     rng = np.random.default_rng(0)
     canvas = np.array([150, 210])
     chosen = set()
-    sample = tf.function(lambda boxes, seed: augment.sample_crop_window(
+    sample = tf.function(lambda boxes, seed: expand_crop.sample_crop_window(
         boxes, canvas, seed, config.crop_min_ious, config.crop_max_trials,
         config.crop_min_scale, config.crop_max_aspect_ratio))
     for i in range(150):
@@ -95,7 +95,7 @@ def test_crop_sampler_honours_min_iou_and_patch_shapes():
 def test_crop_sampler_without_boxes_uses_only_unconstrained_samplers():
     config = data_config()
     for i in range(20):
-        _, sampler = augment.sample_crop_window(
+        _, sampler = expand_crop.sample_crop_window(
             tf.zeros([0, 4]), [100, 100], tf.constant([1, i], tf.int64), config.crop_min_ious,
             config.crop_max_trials, config.crop_min_scale, config.crop_max_aspect_ratio)
         assert int(sampler) in (0, len(config.crop_min_ious) + 1)
@@ -110,17 +110,31 @@ def test_crop_boxes_centre_rule_and_clipping():
         [12, 30, 12, 40],    # centre inside but no height: dropped
         [0, 0, 8, 200],      # centre (4, 100): above the window
     ], np.float32)
-    projected, keep = augment.crop_boxes(boxes, window)
+    projected, keep = expand_crop.crop_boxes(boxes, window)
     assert keep.numpy().tolist() == [True, False, True, False, False]
     expected = np.array([[0, 0, 20 / 40, 40 / 80], [35 / 40, 0, 1, 10 / 80]], np.float32)
     np.testing.assert_allclose(projected.numpy()[keep.numpy()], expected, atol=1e-6)
+
+
+def test_tf1_box_filter_thresholds():
+    # (area, height, width): the TF1 reference keeps area in (0.001, 0.9) and sides > 0.025
+    boxes = np.array([
+        [0.0, 0.0, 0.5, 0.5],      # area 0.25: kept
+        [0.0, 0.0, 0.95, 0.95],    # area 0.9025: too large
+        [0.0, 0.0, 0.02, 0.5],     # height 0.02: too thin
+        [0.0, 0.0, 0.5, 0.02],     # width 0.02: too thin
+        [0.0, 0.0, 0.03, 0.03],    # sides 0.03 but area 0.0009: too small
+        [0.2, 0.2, 0.25, 0.25],    # sides 0.05, area 0.0025: kept
+    ], np.float32)
+    keep = expand_crop.tf1_box_filter(tf.constant(boxes)).numpy()
+    assert keep.tolist() == [True, False, False, False, False, True]
 
 
 def test_every_box_valid_after_many_augmentations(sample_image):
     encoded, _ = sample_image
     labels = tf.constant([1, 2, 3])
     difficult = tf.constant([False, True, False])
-    for mode in ("paper", "seed"):
+    for mode in ("paper", "tf1"):
         config = data_config(augmentation=mode)
         run = tf.function(lambda seed: augment.augment_for_training(
             encoded, BOXES, labels, difficult, seed, config, 32))
@@ -133,11 +147,11 @@ def test_every_box_valid_after_many_augmentations(sample_image):
             assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(boxes[:, 3] > boxes[:, 1])
             # labels travel with their difficult flags (only label 2 is difficult)
             np.testing.assert_array_equal(out["difficult"].numpy(), out["labels"].numpy() == 2)
-            if mode == "seed":
+            if mode == "tf1":
                 h, w = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
                 filtered = np.all((h * w > 0.001) & (h * w < 0.9) & (h > 0.025) & (w > 0.025))
                 untouched = boxes.shape == BOXES.shape and (
-                    np.allclose(boxes, BOXES) or np.allclose(boxes, augment.flip_boxes(BOXES)))
+                    np.allclose(boxes, BOXES) or np.allclose(boxes, expand_crop.flip_boxes(BOXES)))
                 assert filtered or untouched
 
 
@@ -201,17 +215,18 @@ CANVAS_KERNELS = {"area": ("box", True), "bicubic": ("keyscubic", False),
                   "lanczos3": ("lanczos3", False)}
 
 
-@pytest.mark.parametrize("method", augment.INTERPOLATIONS)
+@pytest.mark.parametrize("method", window_resize.INTERPOLATIONS)
 def test_render_window_equals_resizing_the_materialized_canvas(method):
     visible = tf.constant(textured(30, 44, seed=5).astype(np.float32) - 128.0)
-    index = augment.INTERPOLATIONS.index(method)
+    index = window_resize.INTERPOLATIONS.index(method)
     for offset, window, out in [((0, 0), (30, 44), (50, 40)), ((6, 3), (45, 50), (64, 64)),
                                 ((0, 9), (30, 70), (20, 24)), ((11, 0), (80, 44), (48, 33)),
                                 ((50, 70), (160, 200), (64, 64)), ((120, 150), (150, 194), (40, 50)),
                                 ((3, 2), (140, 130), (300, 300))]:
         canvas = tf.pad(visible, [[offset[0], window[0] - 30 - offset[0]],
                                   [offset[1], window[1] - 44 - offset[1]], [0, 0]])
-        got = augment.render_window(visible, offset, window, out, tf.constant(index)).numpy()
+        got = window_resize.render_window(visible, offset, window, out,
+                                          tf.constant(index)).numpy()
         if method in ("bilinear", "nearest") or window == (30, 44):
             expected = tf.image.resize(canvas, out, method=method)
         else:
@@ -237,7 +252,7 @@ def test_photometric_ops_keep_pixels_in_range_and_commute_with_crops():
     image[5:9, :, 1] = 255.0
     for i in range(60):
         seed = tf.constant([9, i], tf.int64)
-        for distort in (augment.distort_colors, augment.distort_colors_fast):
+        for distort in (photometric.distort_colors, photometric.distort_colors_fast):
             out = distort(tf.constant(image), seed).numpy()
             assert out.min() >= 0.0 and out.max() <= 255.0
             crop = distort(tf.constant(image[3:20, 5:27]), seed).numpy()
@@ -249,13 +264,13 @@ def test_distort_colors_matches_the_caffe_sequence_with_tf_image_ops():
     image = tf.constant(rng.integers(0, 256, (16, 20, 3)).astype(np.float32))
     for i in range(40):
         seed = tf.constant([4, i], tf.int64)
-        draws = {k: v.numpy() for k, v in augment._photometric_draws(seed).items()}
+        draws = {k: v.numpy() for k, v in photometric._photometric_draws(seed).items()}
         x = tf.clip_by_value(image + draws["brightness"], 0, 255)
         contrast = lambda t: tf.clip_by_value(t * draws["contrast"], 0, 255)
         hsv = lambda t: tf.image.adjust_hue(tf.image.adjust_saturation(t, draws["saturation"]),
                                             draws["hue"])
         x = hsv(contrast(x)) if draws["contrast_first"] else contrast(hsv(x))
-        np.testing.assert_allclose(augment.distort_colors(image, seed).numpy(), x, atol=2e-3)
+        np.testing.assert_allclose(photometric.distort_colors(image, seed).numpy(), x, atol=2e-3)
 
 
 def test_adjust_saturation_hue_matches_tf_image():
@@ -265,9 +280,9 @@ def test_adjust_saturation_hue_matches_tf_image():
     for saturation, hue in [(1.0, 0.0), (1.4, 0.0), (0.6, 0.0), (1.5, 0.1), (0.5, -0.1),
                             (1.3, 0.07), (0.8, 0.95), (1.0, -0.02)]:
         expected = tf.image.adjust_hue(tf.image.adjust_saturation(image, saturation), hue)
-        got = augment.adjust_saturation_hue(tf.constant(image), saturation, hue)
+        got = photometric.adjust_saturation_hue(tf.constant(image), saturation, hue)
         np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=2e-3)
-        got_bgr = augment.adjust_saturation_hue(tf.constant(image), saturation, hue, True)
+        got_bgr = photometric.adjust_saturation_hue(tf.constant(image), saturation, hue, True)
         np.testing.assert_array_equal(got_bgr.numpy(), got.numpy()[..., ::-1])
 
 
@@ -283,18 +298,18 @@ def test_paper_mode_retries_crops_that_would_lose_every_object(sample_image):
     canvas = np.array([200, 200])
     box = np.array([[0, 0, 20, 20]], np.float32)
     for i in range(60):
-        window, _ = augment.sample_crop_window(box, canvas, tf.constant([5, i], tf.int64),
-                                               config.crop_min_ious, config.crop_max_trials,
-                                               config.crop_min_scale, config.crop_max_aspect_ratio)
+        window, _ = expand_crop.sample_crop_window(
+            box, canvas, tf.constant([5, i], tf.int64), config.crop_min_ious,
+            config.crop_max_trials, config.crop_min_scale, config.crop_max_aspect_ratio)
         y0, x0, y1, x1 = window.numpy()
         assert y0 <= 10 <= y1 and x0 <= 10 <= x1
 
 
-def test_seed_mode_falls_back_to_the_untouched_image_when_no_box_survives(sample_image):
+def test_tf1_recipe_falls_back_to_the_untouched_image_when_no_box_survives(sample_image):
     encoded, _ = sample_image
     # without zoom out, a box covering the image covers every crop: area 1, always filtered out
     whole = np.array([[0.0, 0.0, 1.0, 1.0]], np.float32)
-    config = data_config(augmentation="seed", photometric=False, flip_probability=0.0,
+    config = data_config(augmentation="tf1", photometric=False, flip_probability=0.0,
                          expansion_probability=0.0)
     plain = augment.augment_for_training(encoded, whole, [1], [False], tf.constant([0, 0]),
                                          data_config(augmentation="none"), 40)

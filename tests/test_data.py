@@ -7,9 +7,10 @@ from PIL import Image
 
 from ssd.anchors import generate_anchors
 from ssd.config import load_config
-from ssd.data import decode_image, make_input_fn, preprocess_image, resolve_files
+from ssd.data import make_input_fn
+from ssd.record_files import resolve_files
 from ssd.modes import ModeKeys
-from ssd.records import make_example
+from ssd.records import make_example, shard_name
 
 MEAN = np.array([123.68, 116.78, 103.94], np.float32)
 CLASSES = ["circle", "square", "triangle"]
@@ -50,7 +51,7 @@ def make_record(index: int, rng: np.random.Generator, num_boxes: int, difficult=
 def write_shards(directory, num_records: int, num_shards: int, seed=0, **kwargs):
     rng = np.random.default_rng(seed)
     truth = {}
-    writers = [tf.io.TFRecordWriter(str(directory / f"data-{i:05d}-of-{num_shards:05d}"))
+    writers = [tf.io.TFRecordWriter(str(directory / shard_name("data", i, num_shards)))
                for i in range(num_shards)]
     for i in range(num_records):
         example, info = make_record(i, rng, num_boxes=1 + i % 3, **kwargs)
@@ -226,26 +227,3 @@ def test_same_seed_gives_the_same_batches(shards):
     other = next(iter(make_input_fn(directory, tiny_config(**{"data.seed": 8}),
                                     ModeKeys.TRAIN)()))
     assert not np.array_equal(other[0]["image"].numpy(), runs[0][0][0]["image"])
-
-
-def test_decode_image_jpeg_and_png_to_three_channels():
-    rgba = np.random.default_rng(0).integers(0, 256, (9, 7, 4), dtype=np.uint8)
-    for mode, pixels in [("RGBA", rgba), ("L", rgba[..., 0]), ("RGB", rgba[..., :3])]:
-        buffer = io.BytesIO()
-        Image.fromarray(pixels, mode).save(buffer, "PNG")
-        image = decode_image(tf.constant(buffer.getvalue())).numpy()
-        assert image.shape == (9, 7, 3) and image.dtype == np.uint8
-        expected = np.asarray(Image.fromarray(pixels, mode).convert("RGB"))
-        np.testing.assert_array_equal(image, expected)
-    assert decode_image(tf.constant(jpeg(rgba[..., :3]))).shape == (9, 7, 3)
-
-
-def test_preprocess_image_single_and_batched():
-    config = tiny_config()
-    image = np.zeros((2, 40, 50, 3), np.uint8)
-    image[..., 0], image[..., 1], image[..., 2] = 200, 100, 50
-    expected = np.array([50, 100, 200], np.float32) - MEAN[::-1]
-    batched = preprocess_image(image, config).numpy()
-    assert batched.shape == (2, 300, 300, 3)
-    np.testing.assert_allclose(batched, np.broadcast_to(expected, batched.shape), atol=1e-4)
-    np.testing.assert_allclose(preprocess_image(image[0], config).numpy(), batched[0], atol=1e-4)

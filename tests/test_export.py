@@ -9,7 +9,7 @@ from PIL import Image
 
 from ssd.anchors import generate_anchors
 from ssd.config import load_config
-from ssd.data import preprocess_image
+from ssd.preprocessing import preprocess_image
 from ssd.detector import build_inference_model
 from ssd.export import CLASS_NAMES_ASSET, export_saved_model
 from ssd.postprocess import postprocess
