@@ -29,7 +29,7 @@ def jpeg(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def make_record(index: int, rng: np.random.Generator, num_boxes: int, difficult=None):
+def make_record(index: int, rng: np.random.Generator, num_boxes: int, difficult=None, is_crowd=None):
     height, width = int(rng.integers(64, 120)), int(rng.integers(64, 160))
     pixels = rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
     pixels = np.asarray(Image.fromarray(pixels).resize((width, height)))
@@ -43,7 +43,7 @@ def make_record(index: int, rng: np.random.Generator, num_boxes: int, difficult=
     example = make_example(encoded=jpeg(pixels), image_format="jpeg", height=height, width=width,
                            filename=f"img{index}.jpg", source_id=f"id{index:03d}", boxes=boxes,
                            labels=labels, texts=[CLASSES[i - 1] for i in labels],
-                           difficult=difficult, truncated=[0] * num_boxes)
+                           difficult=difficult, truncated=[0] * num_boxes, is_crowd=is_crowd)
     return example, dict(pixels=pixels, boxes=np.array(boxes, np.float32).reshape(-1, 4),
                          labels=labels, difficult=difficult, source_id=f"id{index:03d}")
 
@@ -194,6 +194,24 @@ def test_images_without_boxes_and_difficult_only_images_are_all_background(tmp_p
     positives = (labels["cls_targets"].numpy() > 0).sum(axis=1)
     ids = [i.decode() for i in features["image_id"].numpy()]
     assert positives[ids.index("id001")] >= 2 and positives[ids.index("id000")] == 0
+
+
+def test_crowd_regions_are_never_training_targets_but_reach_evaluation(tmp_path):
+    rng = np.random.default_rng(6)
+    with tf.io.TFRecordWriter(str(tmp_path / "x-00000-of-00001")) as writer:
+        crowd, _ = make_record(0, rng, num_boxes=2, is_crowd=[1, 1])
+        mixed, _ = make_record(1, rng, num_boxes=2, is_crowd=[0, 1])
+        writer.write(crowd.SerializeToString())
+        writer.write(mixed.SerializeToString())
+    # even the setting that keeps difficult objects drops crowd regions
+    config = tiny_config(**{"train.batch_size": 2, "data.seed": 0, "matching.use_difficult": True,
+                            "data.augmentation": "none"})
+    features, labels = next(iter(make_input_fn(tmp_path, config, ModeKeys.TRAIN)()))
+    positives = (labels["cls_targets"].numpy() > 0).sum(axis=1)
+    ids = [i.decode() for i in features["image_id"].numpy()]
+    assert positives[ids.index("id000")] == 0 and positives[ids.index("id001")] >= 1
+    _, eval_labels = next(iter(make_input_fn(tmp_path, config, ModeKeys.EVAL)()))
+    assert eval_labels["is_crowd"].numpy().tolist() == [[True, True], [False, True]]
 
 
 @pytest.mark.parametrize("num_shards", [4, 1])
