@@ -32,7 +32,8 @@ setup(
     description="SSD300/SSD512-VGG16 object detection in TensorFlow 2, Estimator style",
     packages=find_packages(include=["ssd", "ssd.*"]),
     python_requires=">=3.10",
-    install_requires=[tensorflow_requirement(), "numpy", "pillow", "absl-py"],
+    install_requires=[tensorflow_requirement(), "numpy", "pillow", "absl-py",
+                      "pycocotools"],
     extras_require={
         "cpu": [f"tensorflow-cpu>={MIN_TENSORFLOW}"],
         "gpu": [f"tensorflow[and-cuda]>={MIN_TENSORFLOW}"],
