@@ -58,6 +58,11 @@ STATS = (
     ("ARl", "AR", "0.50:0.95", "large", 100),
 )
 STAT_KEYS = tuple(key for key, *_ in STATS)
+# Ground truth that went through normalized float32 coordinates is snapped back to the grid of
+# annotation coordinates (COCO's have two decimals, VOC's are integers) when it lies this close
+# (in pixels), so that in-process scoring equals scoring the annotation file: an IoU exactly on a
+# threshold (0.8 = 120/150) must land on the same side.
+GT_SNAP_TOLERANCE = 1e-3
 
 
 # --- scoring a data set and its detections ---------------------------------------------------
@@ -176,6 +181,12 @@ def write_summary(path: str | os.PathLike, result: Mapping[str, Any]) -> Path:
 
 # --- accumulating over a data set ------------------------------------------------------------
 
+def snap_to_annotation_grid(boxes_xywh: np.ndarray) -> np.ndarray:
+    """Pixel values within GT_SNAP_TOLERANCE of a multiple of 0.01 become that multiple."""
+    rounded = np.round(boxes_xywh, coco_results.BBOX_DECIMALS)
+    return np.where(np.abs(boxes_xywh - rounded) <= GT_SNAP_TOLERANCE, rounded, boxes_xywh)
+
+
 def _coco_image_id(text: str) -> int:
     if not (text.isascii() and text.isdigit()):
         raise ValueError(f"image id {text!r} is not a COCO image id (a non-negative integer); "
@@ -268,13 +279,16 @@ class COCOEvaluator:
     def add_batch(self, image_ids: Sequence[Any], original_shapes: np.ndarray,
                   detections: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
                   ground_truth: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-                  is_crowd: np.ndarray | None = None, areas: np.ndarray | None = None) -> None:
+                  is_crowd: np.ndarray | None = None, areas: np.ndarray | None = None,
+                  snap_ground_truth: bool = True) -> None:
         """A batch in the library's normalized convention (e.g. postprocess outputs + EVAL labels).
 
         detections: (boxes [B, K, 4], scores [B, K], classes [B, K], num_detections [B]).
         ground_truth: (boxes [B, M, 4], labels [B, M] (0 = padding), difficult [B, M], num_boxes [B]).
         original_shapes: [B, 2] (height, width) in pixels. is_crowd: optional [B, M] crowd flags
         (ignored like difficult objects); areas: optional [B, M] object areas in original pixels.
+        With snap_ground_truth, gt pixel coordinates are snapped to the annotations' grid
+        (`snap_to_annotation_grid`).
         """
         det_boxes, det_scores, det_classes, num_dets = (np.asarray(x) for x in detections)
         gt_boxes, gt_labels, gt_difficult, num_boxes = (np.asarray(x) for x in ground_truth)
@@ -286,8 +300,10 @@ class COCOEvaluator:
             ignored = gt_difficult[i, :n].astype(bool)
             if is_crowd is not None:
                 ignored = ignored | np.asarray(is_crowd)[i, :n].astype(bool)
-            self.add_image(image_id, height, width, normalized_to_coco(gt_boxes[i, :n][keep], height, width),
-                           gt_labels[i, :n][keep], ignored[keep],
+            gt_coco = normalized_to_coco(gt_boxes[i, :n][keep], height, width)
+            if snap_ground_truth:
+                gt_coco = snap_to_annotation_grid(gt_coco)
+            self.add_image(image_id, height, width, gt_coco, gt_labels[i, :n][keep], ignored[keep],
                            normalized_to_coco(det_boxes[i, :k], height, width), det_scores[i, :k],
                            det_classes[i, :k], None if areas is None else np.asarray(areas)[i, :n][keep])
 
