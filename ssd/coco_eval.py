@@ -75,7 +75,7 @@ def check_annotations(dataset: Any, path: Any) -> dict[str, Any]:
         a.setdefault("area", float(bbox[2]) * float(bbox[3]))
         filled.append(a)
     check_known_ids(filled, (i["id"] for i in images), (c["id"] for c in categories),
-                    f"the annotations of {path}", "its images and categories")
+                    path, "its images and categories", what="annotations")
     return {**dataset, "annotations": filled}
 
 

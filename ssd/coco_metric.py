@@ -220,14 +220,16 @@ class COCOEvaluator:
         self._used_ids: set[int] = set()  # "5" and "005" are the same COCO image
         self._images: list[dict[str, Any]] = []
         self._annotations: list[dict[str, Any]] = []
-        self._results: list[dict[str, Any]] = []
+        # per image (COCO id, boxes [D, 4] xywh, scores [D], category ids [D]): arrays, not
+        # results entries, until they are needed (a million detections as dicts fill gigabytes)
+        self._detections: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
 
     @property
     def num_images(self) -> int:
         return len(self._images)
 
     @property
-    def image_ids(self) -> dict[str, int]:
+    def coco_image_ids(self) -> dict[str, int]:
         """Image id text -> the integer id of the ground truth and results JSON."""
         return dict(self._image_ids)
 
@@ -254,16 +256,20 @@ class COCOEvaluator:
         gt_crowd = np.asarray(gt_crowd, dtype=bool).reshape(-1)
         areas = (gt_boxes[:, 2] * gt_boxes[:, 3] if gt_areas is None
                  else np.asarray(gt_areas, dtype=np.float64).reshape(-1))
+        det_boxes = np.asarray(det_boxes_xywh, dtype=np.float64).reshape(-1, 4)
+        det_scores = np.asarray(det_scores, dtype=np.float64).reshape(-1)
         det_classes = np.asarray(det_classes, dtype=np.int64).reshape(-1)
         if not len(gt_boxes) == len(gt_labels) == len(gt_crowd) == len(areas):
             raise ValueError(f"image {text!r}: {len(gt_boxes)} gt boxes, {len(gt_labels)} labels, "
                              f"{len(gt_crowd)} crowd/difficult flags, {len(areas)} areas")
+        if not len(det_boxes) == len(det_scores) == len(det_classes):
+            raise ValueError(f"image {text!r}: {len(det_boxes)} detection boxes, {len(det_scores)} "
+                             f"scores, {len(det_classes)} classes")
         gt_categories = self._category_ids_of(gt_labels, "ground-truth labels", text)
         det_categories = self._category_ids_of(det_classes, "detection classes", text)
         coco_id = _coco_image_id(text) if self.coco_ids else len(self._images) + 1
         if coco_id in self._used_ids:
             raise ValueError(f"image {text!r}: COCO image id {coco_id} added twice")
-        entries = coco_results.detection_entries(coco_id, det_boxes_xywh, det_scores, det_categories)
         self._image_ids[text] = coco_id
         self._used_ids.add(coco_id)
         self._images.append({"id": coco_id, "width": float(width), "height": float(height),
@@ -273,7 +279,7 @@ class COCOEvaluator:
             {"id": first + n, "image_id": coco_id, "category_id": int(c), "bbox": box,
              "area": float(area), "iscrowd": int(crowd)}
             for n, (box, c, crowd, area) in enumerate(zip(gt_boxes.tolist(), gt_categories, gt_crowd, areas)))
-        self._results.extend(entries)
+        self._detections.append((coco_id, det_boxes, det_scores, det_categories))
         return coco_id
 
     def add_batch(self, image_ids: Sequence[Any], original_shapes: np.ndarray,
@@ -315,13 +321,14 @@ class COCOEvaluator:
 
     def results(self) -> list[dict[str, Any]]:
         """The detections as a COCO results JSON list, in the order they were added."""
-        return list(self._results)
+        return [entry for detections in self._detections
+                for entry in coco_results.detection_entries(*detections)]
 
     def result(self) -> dict[str, Any]:
         """`evaluate_coco` of everything added so far, classes in class-list order."""
         if not self._images:
             raise ValueError("no images were added")
-        result = evaluate_coco(self.ground_truth_dataset(), self._results, self.verbose)
+        result = evaluate_coco(self.ground_truth_dataset(), self.results(), self.verbose)
         for key in ("classes", "classes_AP50", "status", "category_ids", "num_positives",
                     "num_crowd", "num_detections"):
             result[key] = {name: result[key][name] for name in self.class_names}
@@ -329,7 +336,7 @@ class COCOEvaluator:
 
     def write_results(self, path: str | os.PathLike) -> Path:
         """The results JSON (`ssd.coco_results.write_results`)."""
-        return coco_results.write_results(path, self._results)
+        return coco_results.write_results(path, self.results())
 
     def write_ground_truth(self, path: str | os.PathLike) -> Path:
         """The ground-truth COCO JSON, so that the results file can be scored by

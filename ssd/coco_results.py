@@ -119,13 +119,14 @@ def _named(values: Iterable[int]) -> str:
 
 
 def check_known_ids(results: Sequence[Mapping[str, Any]], image_ids: Iterable[int],
-                    category_ids: Iterable[int], results_source: Any, annotations_source: Any) -> None:
-    """ValueError when detections name image or category ids the annotations do not have (the
-    message counts them and names a few)."""
+                    category_ids: Iterable[int], results_source: Any, annotations_source: Any,
+                    what: str = "detections") -> None:
+    """ValueError when detections (or annotations: `what`) name image or category ids the
+    annotations do not have (the message counts them and names a few)."""
     known_images, known_categories = set(image_ids), set(category_ids)
-    for key, known, what in (("image_id", known_images, "image ids"),
-                             ("category_id", known_categories, "category ids")):
+    for key, known, ids in (("image_id", known_images, "image ids"),
+                            ("category_id", known_categories, "category ids")):
         unknown = [entry[key] for entry in results if entry[key] not in known]
         if unknown:
-            raise ValueError(f"{len(unknown)} detections in {results_source} name {len(set(unknown))} "
-                             f"{what} that are not in {annotations_source}, e.g. {_named(unknown)}")
+            raise ValueError(f"{len(unknown)} {what} in {results_source} name {len(set(unknown))} "
+                             f"{ids} that are not in {annotations_source}, e.g. {_named(unknown)}")

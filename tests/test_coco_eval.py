@@ -298,7 +298,7 @@ def test_voc_format_batches_against_a_hand_built_coco_ground_truth(tmp_path):
                      (det_boxes, det_scores, det_classes, [len(x[4]) for x in batch]),
                      (gt_boxes, gt_labels, gt_difficult, [len(x[3]) for x in batch]))
     images = [x for batch in batches for x in batch]
-    assert ev.image_ids == {"000005": 1, "000007": 2, "2008_000001": 3}
+    assert ev.coco_image_ids == {"000005": 1, "000007": 2, "2008_000001": 3}
     hand_gt = {"images": [{"id": n, "height": h, "width": w} for n, (_, h, w, _, _) in enumerate(images, start=1)],
                "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
                "annotations": []}
