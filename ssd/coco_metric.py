@@ -122,13 +122,15 @@ def evaluate_coco(dataset: Mapping[str, Any], results: Sequence[Mapping[str, Any
 
     dataset: {"images": [{"id", ...}], "annotations": [{"id", "image_id", "category_id", "bbox",
     "area", "iscrowd"}], "categories": [{"id", "name"}]}; results: [{"image_id", "category_id",
-    "bbox", "score"}] naming only ids of the data set. With verbose, pycocotools prints its
+    "bbox", "score"}] naming only ids of the data set (ValueError otherwise). With verbose, pycocotools prints its
     progress and summary. Returns {"metric": "coco", <STAT_KEYS>, "mAP", "classes": {name: AP or
     None}, "classes_AP50", "status", "category_ids", "num_images", "num_positives", "num_crowd",
     "num_detections"}, classes in category id order.
     """
     from pycocotools.cocoeval import COCOeval
 
+    coco_results.check_known_ids(results, (i["id"] for i in dataset["images"]),
+                                 (c["id"] for c in dataset["categories"]), "the results", "the ground truth")
     with _quiet(verbose):
         ground_truth = _coco_api(dataset)
         evaluation = COCOeval(ground_truth, _load_results(ground_truth, results), "bbox")
@@ -272,7 +274,7 @@ class COCOEvaluator:
             raise ValueError(f"image {text!r}: COCO image id {coco_id} added twice")
         self._image_ids[text] = coco_id
         self._used_ids.add(coco_id)
-        self._images.append({"id": coco_id, "width": float(width), "height": float(height),
+        self._images.append({"id": coco_id, "width": int(round(width)), "height": int(round(height)),
                              "file_name": text})
         first = len(self._annotations) + 1
         self._annotations.extend(

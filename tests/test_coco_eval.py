@@ -410,3 +410,27 @@ def test_cli_empty_results_score_zero(tmp_path, scored_files):
 def test_cli_help_exits_0():
     proc = run_cli("--help")
     assert proc.returncode == 0 and "--annotations_file" in proc.stdout and "--results_file" in proc.stdout
+
+
+def test_evaluate_coco_refuses_unknown_ids_and_the_scorer_malformed_annotations(tmp_path):
+    dataset = {"images": [{"id": 1, "height": 10, "width": 10}], "categories": [{"id": 3, "name": "a"}],
+               "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0}]}
+    entry = {"image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5], "score": 0.5}
+    assert evaluate_coco(dataset, [entry])["AP"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="1 detections in the results name 1 category ids .* e.g. 4"):
+        evaluate_coco(dataset, [entry, {**entry, "category_id": 4}])
+    results = tmp_path / "dt.json"
+    results.write_text(json.dumps([entry]))
+    annotations = tmp_path / "gt.json"
+    # id, iscrowd and area may be left out (filled in); an unknown image is refused
+    del dataset["annotations"][0]["id"], dataset["annotations"][0]["area"], dataset["annotations"][0]["iscrowd"]
+    annotations.write_text(json.dumps(dataset))
+    assert evaluate_files(annotations, results)["AP"] == pytest.approx(1.0)
+    dataset["annotations"].append({"image_id": 9, "category_id": 3, "bbox": [1, 1, 5, 5]})
+    annotations.write_text(json.dumps(dataset))
+    with pytest.raises(ValueError, match=r"1 annotations in .*gt.json name 1 image ids .* e.g. 9"):
+        evaluate_files(annotations, results)
+    dataset["annotations"][1]["bbox"] = [1, 1, 5]
+    annotations.write_text(json.dumps(dataset))
+    with pytest.raises(ValueError, match=r"gt.json: annotation 1 has no bbox"):
+        evaluate_files(annotations, results)
