@@ -136,7 +136,9 @@ def test_class_without_ground_truth_is_none_and_left_out_of_the_mean():
 @pytest.mark.parametrize("flag", ["is_crowd", "difficult"])
 def test_crowd_and_difficult_ground_truth_are_ignored(flag):
     person, crowd_box = [20, 20, 40, 80], [150, 20, 120, 100]
-    # two detections on the crowd region, both scored above the real object's detection
+    # two detections on the crowd region, both scored above the real object's detection; the second
+    # lies inside it (IoU 0.25, a false positive for VOC; overlap with a crowd region is over the
+    # detection's own area: 1)
     dets = [(crowd_box, 1, 0.95), ([160, 30, 50, 60], 1, 0.9), (person, 1, 0.8)]
     ev = COCOEvaluator(["person"])
     gts = [(person, 1, False), (crowd_box, 1, flag == "difficult")]
