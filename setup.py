@@ -41,6 +41,7 @@ setup(
         tensorflow_requirement(), "numpy", "pillow", "absl-py",
         "tensorboard",  # TensorFlow >= 2.21 no longer installs it; `make demo` prints its command
         "matplotlib",  # precision/recall plots (ssd/draw.py)
+        "pycocotools",  # the official COCO metric (ssd/coco_metric.py)
     ],
     extras_require={
         "cpu": [f"tensorflow-cpu>={MIN_TENSORFLOW}"],
