@@ -184,9 +184,9 @@ def fetch_keras_imagenet(file: KerasImagenetFile, read_file: Callable[[Path], T]
         try:
             return read_file(cached)
         except PretrainedError as e:
-            raise PretrainedError(f"{e}. That file is Keras' cache of the ImageNet weights: replace "
-                                  f"it with a complete copy of {file.url}, or delete it so "
-                                  f"that Keras downloads it again") from None
+            raise PretrainedError(f"{e}. That file is Keras' cache of the ImageNet weights: "
+                                  f"replace it with a complete copy of {file.url}, or delete it "
+                                  f"so that Keras downloads it again") from None
     try:
         return download()
     except PretrainedError:

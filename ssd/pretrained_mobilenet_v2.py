@@ -39,7 +39,7 @@ def imagenet_rows(input_size: int) -> int:
 
 
 def keras_imagenet_file(width_multiplier: float, input_size: int) -> KerasImagenetFile:
-    """Keras' no-top ImageNet file for a width multiplier (keras/src/applications/mobilenet_v2.py)."""
+    """Keras' no-top ImageNet file (named as in keras/src/applications/mobilenet_v2.py)."""
     name = (f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(width_multiplier)}_"
             f"{imagenet_rows(input_size)}_no_top.h5")
     return KerasImagenetFile(

@@ -141,8 +141,9 @@ def build_ssdlite_mobilenet_v2(num_classes: int, boxes_per_location: Sequence[in
     expected_sizes = feature_map_sizes(input_size, len(extra_channels))
     boxes = [int(b) for b in boxes_per_location]
     if len(boxes) != len(expected_sizes):
-        raise ValueError(f"boxes_per_location has {len(boxes)} values but SSDLite-MobileNetV2 with "
-                         f"{len(extra_channels)} extra layers has {len(expected_sizes)} source maps")
+        raise ValueError(f"boxes_per_location has {len(boxes)} values but SSDLite-MobileNetV2 "
+                         f"with {len(extra_channels)} extra layers has {len(expected_sizes)} "
+                         f"source maps")
     if min(boxes) < 1 or num_classes < 2:
         raise ValueError(f"need at least one box per location and two classes (background "
                          f"included); got boxes_per_location {boxes}, num_classes {num_classes}")
