@@ -14,6 +14,9 @@ output unit (0, 4, 8, ...), every 3rd spatial tap of fc6's 7x7 kernel (0, 3, 6; 
 then runs with dilation 6), and fc7's input units matching fc6's kept outputs. Already reduced
 weights are copied. Heads, extra layers and the conv4_3 scale keep their initialization.
 
+The cache-or-download step and its offline error (`fetch_keras_imagenet`) are shared with the
+other backbones' initializers (`ssd.pretrained_mobilenet_v2`).
+
 Input channel order. The network consumes BGR, mean-subtracted images.
 * Keras' VGG16 weights are the Caffe VGG16 weights: `keras.applications.vgg16.preprocess_input`
   uses mode "caffe", which flips RGB to BGR and subtracts the BGR mean [103.939, 116.779, 123.68]
@@ -28,7 +31,10 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from absl import logging
 
@@ -54,6 +60,8 @@ KERAS_VGG16_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
 KERAS_VGG16_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
                    + KERAS_VGG16_FILE)
 KERAS_VGG16_MD5 = "64373286793e3c8b2b4e3219cbf3544b"
+
+T = TypeVar("T")
 
 _SLIM_SCOPE = "vgg_16/"
 _TF2_CHECKPOINT_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -107,8 +115,25 @@ def _load_keras_vgg16(weights: str) -> keras.Model:
     return keras.applications.VGG16(weights=weights, include_top=True)
 
 
-def keras_cache_file() -> Path:
-    """Where `keras.utils.get_file` keeps Keras' VGG16 ImageNet file: <keras home>/models/<file>.
+@dataclass(frozen=True)
+class KerasImagenetFile:
+    """One of Keras' ImageNet weight files, and what to say when it cannot be had."""
+
+    network: str  # as users know it: "VGG16"
+    file_name: str  # its name in Keras' cache
+    url: str  # where Keras downloads it from
+    md5: str | None  # the hash Keras checks it against; None where Keras checks none
+    path_alternative: str  # what --pretrained=PATH accepts instead, completing "a path to ..."
+
+
+KERAS_VGG16 = KerasImagenetFile(
+    "VGG16", KERAS_VGG16_FILE, KERAS_VGG16_URL, KERAS_VGG16_MD5,
+    "a Keras VGG16 weights file (include_top=True; .h5, .weights.h5, .keras) or a TF-slim "
+    "vgg_16 checkpoint")
+
+
+def keras_cache_file(file_name: str = KERAS_VGG16_FILE) -> Path:
+    """Where `keras.utils.get_file` keeps one of Keras' ImageNet files: <keras home>/models/<file>.
 
     The Keras home is $KERAS_HOME, else ~/.keras (Keras reads KERAS_HOME once, when it is
     imported); like get_file, /tmp/.keras is used instead when that directory is not writable.
@@ -121,7 +146,7 @@ def keras_cache_file() -> Path:
     base = os.path.expanduser(home)
     if not os.access(base, os.W_OK):
         base = os.path.join("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(), ".keras")
-    return Path(base) / "models" / KERAS_VGG16_FILE
+    return Path(base) / "models" / file_name
 
 
 def _md5(path: Path) -> str:
@@ -132,40 +157,49 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _download_failed(cached: Path, error: Exception) -> PretrainedError:
+def _download_failed(file: KerasImagenetFile, cached: Path, error: Exception) -> PretrainedError:
     reason = " ".join(str(error).split()) or type(error).__name__
     return PretrainedError(
-        f"pretrained source 'imagenet': could not download Keras' VGG16 ImageNet weights "
-        f"{KERAS_VGG16_FILE} from {KERAS_VGG16_URL} ({reason}). Keras reads that file from its "
+        f"pretrained source 'imagenet': could not download Keras' {file.network} ImageNet weights "
+        f"{file.file_name} from {file.url} ({reason}). Keras reads that file from its "
         f"cache, {cached} ($KERAS_HOME/models/, else ~/.keras/models/): on a machine without "
         f"internet, copy it there (from another machine's cache or the URL above) and run the "
-        f"same command again. Alternatives: --pretrained=PATH to a Keras VGG16 weights file "
-        f"(include_top=True; .h5, .weights.h5, .keras) or a TF-slim vgg_16 checkpoint, or "
+        f"same command again. Alternatives: --pretrained=PATH to {file.path_alternative}, or "
         f"--pretrained=none to train the backbone from its random initialization.")
+
+
+def fetch_keras_imagenet(file: KerasImagenetFile, read_file: Callable[[Path], T],
+                         download: Callable[[], T]) -> T:
+    """Keras' ImageNet weights: `read_file(cached path)` when the file is in Keras' cache, else
+    `download()`, which lets Keras fetch it; a failed download names the file, the cache and the
+    alternatives. Both callables raise PretrainedError for weights that do not fit.
+    """
+    cached = keras_cache_file(file.file_name)
+    if cached.is_file():
+        # Read directly: Keras would try to download again a file whose md5 differs, which
+        # fails offline; a foreign or truncated file still fails below with its path named.
+        if file.md5 is not None and _md5(cached) != file.md5:
+            logging.warning("%s: md5 differs from Keras' published %s (%s); loading it anyway",
+                            cached, file.file_name, file.md5)
+        try:
+            return read_file(cached)
+        except PretrainedError as e:
+            raise PretrainedError(f"{e}. That file is Keras' cache of the ImageNet weights: "
+                                  f"replace it with a complete copy of {file.url}, or delete it "
+                                  f"so that Keras downloads it again") from None
+    try:
+        return download()
+    except PretrainedError:
+        raise
+    except Exception as e:  # get_file raises a bare Exception for URL failures, ValueError for md5
+        raise _download_failed(file, cached, e) from None
 
 
 def _imagenet_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Keras' ImageNet VGG16: from the cache when the file is there, else downloaded by Keras."""
-    cached = keras_cache_file()
-    if cached.is_file():
-        # Read directly: Keras would try to download again a file whose md5 differs, which
-        # fails offline; a foreign or truncated file still fails below with its path named.
-        if _md5(cached) != KERAS_VGG16_MD5:
-            logging.warning("%s: md5 differs from Keras' published %s (%s); loading it anyway",
-                            cached, KERAS_VGG16_FILE, KERAS_VGG16_MD5)
-        try:
-            return _keras_file_arrays(cached)
-        except PretrainedError as e:
-            raise PretrainedError(f"{e}. That file is Keras' cache of the ImageNet weights: replace "
-                                  f"it with a complete copy of {KERAS_VGG16_URL}, or delete it so "
-                                  f"that Keras downloads it again") from None
-    try:
-        vgg = _load_keras_vgg16(weights="imagenet")
-    except PretrainedError:
-        raise
-    except Exception as e:  # get_file raises a bare Exception for URL failures, ValueError for md5
-        raise _download_failed(cached, e) from None
-    return _keras_vgg16_arrays(vgg, "imagenet")
+    return fetch_keras_imagenet(
+        KERAS_VGG16, _keras_file_arrays,
+        lambda: _keras_vgg16_arrays(_load_keras_vgg16(weights="imagenet"), "imagenet"))
 
 
 def _keras_file_arrays(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
