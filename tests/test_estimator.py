@@ -354,11 +354,12 @@ def test_export_serves_the_predictions(ssd_run, tmp_path):
                                          checkpoint_path=checkpoint))
     encoded = [tf.train.Example.FromString(r.numpy()).features.feature["image/encoded"].bytes_list.value[0]
                for r in tf.data.TFRecordDataset(ssd_run["data"])]
-    out = serve(images=tf.constant(encoded))
+    out = serve(images=tf.constant(encoded), score_threshold=tf.constant(0.0))  # every row
     for i, prediction in enumerate(predictions):
         for name in ("boxes", "pixel_boxes", "scores"):
-            np.testing.assert_allclose(out[name][i].numpy(), prediction[name], atol=1e-4, err_msg=name)
-        np.testing.assert_array_equal(out["classes"][i].numpy(), prediction["classes"])
+            np.testing.assert_allclose(out[f"detection_{name}"][i].numpy(), prediction[name], atol=1e-4,
+                                       err_msg=name)
+        np.testing.assert_array_equal(out["detection_classes"][i].numpy(), prediction["classes"])
         np.testing.assert_array_equal(out["original_shape"][i].numpy(), prediction["original_shape"])
 
 
