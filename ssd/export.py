@@ -9,7 +9,8 @@ three signatures, thin wrappers over `ssd.detector.Detector`:
 
 Both detection signatures also take `score_threshold`, a float32 scalar whose default (the
 `score_threshold` given at export, 0.5 unless chosen otherwise) is recorded in the SignatureDef as
-a placeholder with default: TensorFlow Serving and graph-level clients may leave it out. In Python,
+a placeholder with default: clients that run the graph themselves (a TF1 Session, the C++
+SavedModel loader) may leave it out. In Python,
 `tf.saved_model.load(d).signatures["serving_default"]` is a function of ALL the signature's
 inputs and raises TypeError without it; the restored methods `loaded.serve_encoded(images)` and
 `loaded.serve_images(images)` take the default. Rows scoring below the threshold are padding

@@ -139,7 +139,7 @@ def test_score_threshold_input_pads_the_rows_below_it(exported, signature):
 @pytest.mark.parametrize("signature", ["serving_default", "serving_images"])
 def test_score_threshold_default_is_recorded_and_used(exported, signature):
     config, model, export_dir, loaded, default = exported
-    # the SignatureDef holds the default (what TensorFlow Serving and graph clients use)
+    # the SignatureDef holds the default (what clients running the graph themselves use)
     saved = saved_model_pb2.SavedModel.FromString(tf.io.read_file(f"{export_dir}/saved_model.pb").numpy())
     signature_def = saved.meta_graphs[0].signature_def[signature]
     assert set(signature_def.inputs) == {"images", "score_threshold"}
