@@ -181,3 +181,17 @@ def test_score_threshold_outside_zero_one_is_refused(exported, tmp_path):
     with pytest.raises(ValueError, match="score_threshold"):
         export_saved_model(model, config, str(tmp_path / "out"), score_threshold=1.5)
     assert not (tmp_path / "out").exists()
+
+
+
+@pytest.mark.parametrize("signature", ["serving_default", "serving_images"])
+def test_the_graph_feeds_the_default_when_score_threshold_is_left_out(exported, signature):
+    """The signature's score_threshold input is a placeholder with the default as its value."""
+    _, _, export_dir, _, default = exported
+    saved = saved_model_pb2.SavedModel.FromString(tf.io.read_file(f"{export_dir}/saved_model.pb").numpy())
+    meta_graph = saved.meta_graphs[0]
+    node_name = meta_graph.signature_def[signature].inputs["score_threshold"].name.split(":")[0]
+    (node,) = [node for node in meta_graph.graph_def.node if node.name == node_name]
+    assert node.op == "PlaceholderWithDefault"
+    (source,) = [n for n in meta_graph.graph_def.node if n.name == node.input[0]]
+    assert float(tf.make_ndarray(source.attr["value"].tensor)) == np.float32(default)
