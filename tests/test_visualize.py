@@ -187,22 +187,18 @@ def _xml(path, size, objects):
     path.write_text("".join(parts) + "</annotation>")
 
 
-def _app():
-    """visualize.py as a module (its flags are defined once per process)."""
-    import importlib.util
+# visualize.run with a detector that records the pixels it is given and finds nothing, in a
+# process of its own: the app defines absl flags that other apps' tests define as well.
+_RUNNER = """
+import json, sys
+from pathlib import Path
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import visualize
+args = json.loads(sys.argv[2])
 
-    if "visualize" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("visualize", REPO / "visualize.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["visualize"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["visualize"]
-
-
-class _RecordingDetector:
-    """Records the pixels the app detects in, and finds nothing."""
-
-    class_names = CLASS_NAMES
+class RecordingDetector:
+    class_names = args["class_names"]
     batch_size = 4
 
     def __init__(self):
@@ -212,6 +208,32 @@ class _RecordingDetector:
         self.seen += [np.array(image) for image in images]
         return [{"pixel_boxes": np.zeros((5, 4), np.float32), "scores": np.zeros(5, np.float32),
                  "classes": np.zeros(5, np.int32), "num_detections": 0} for _ in images]
+
+detector = RecordingDetector()
+annotations = Path(args["annotations"]) if args["annotations"] else None
+counts = visualize.run([Path(p) for p in args["paths"]], detector, Path(args["out"]),
+                       args["threshold"], annotations, args["policy"])
+np.savez(args["seen"], *detector.seen)
+print(json.dumps({"counts": counts, "summary": visualize.summary_line(
+    counts, args["threshold"], "drawn", annotations is not None)}))
+"""
+
+
+def _run_recording(root, paths, out, annotations_dir=None, policy="auto", threshold=0.5):
+    """(counts, summary line, the arrays the detector was given, stderr) of visualize.run."""
+    import json
+
+    seen = root / f"seen_{out.name}.npz"
+    args = {"paths": [str(p) for p in paths], "out": str(out), "threshold": threshold,
+            "annotations": None if annotations_dir is None else str(annotations_dir),
+            "policy": policy, "class_names": CLASS_NAMES, "seen": str(seen)}
+    completed = subprocess.run([sys.executable, "-c", _RUNNER, str(REPO), json.dumps(args)],
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    with np.load(seen) as arrays:
+        images = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+    return result["counts"], result["summary"], images, completed.stderr
 
 
 def _close(pixel, color, tolerance=40):
@@ -237,15 +259,12 @@ def sideways(tmp_path):
 
 
 def test_sideways_photo_with_upright_annotation_is_drawn_and_detected_upright(sideways):
-    visualize = _app()
     _xml(sideways["annotations"] / "phone.xml", UPRIGHT_SIZE,
          [(CLASS_NAMES[GT_LABEL - 1], sideways["upright_box"])])
-    detector = _RecordingDetector()
     out = sideways["root"] / "drawn"
-    counts = visualize.run([sideways["images"] / "phone.jpg"], detector, out, 0.5,
-                           sideways["annotations"])
+    counts, _, (seen,), _ = _run_recording(sideways["root"], [sideways["images"] / "phone.jpg"], out,
+                                           sideways["annotations"])
     assert counts["written"] == 1 and counts["no_annotation"] == 0 and counts["unknown_classes"] == {}
-    (seen,) = detector.seen
     assert seen.shape == (UPRIGHT_SIZE[1], UPRIGHT_SIZE[0], 3)  # the detector ran on upright pixels
     assert _near(_marker_box(seen), sideways["upright_box"])
     drawn = _rgb(out / "phone.jpg")
@@ -270,49 +289,43 @@ def _assert_outline_on_marker(picture, truth):
 
 
 def test_sideways_photo_without_annotation_is_shown_upright(sideways):
-    visualize = _app()
-    detector = _RecordingDetector()
     out = sideways["root"] / "drawn"
-    visualize.run([sideways["images"] / "phone.jpg"], detector, out, 0.5, None)
-    (seen,) = detector.seen
+    _, _, (seen,), _ = _run_recording(sideways["root"], [sideways["images"] / "phone.jpg"], out)
     assert _near(_marker_box(seen), sideways["upright_box"])
     assert _near(_marker_box(_rgb(out / "phone.jpg")), sideways["upright_box"])
 
 
 @pytest.mark.parametrize("policy, upright", [("auto", False), ("ignore", False), ("apply", True)])
 def test_annotation_size_decides_the_grid_and_the_policy_when_it_cannot(sideways, policy, upright):
-    visualize = _app()
     stored_box = _marker_box(sideways["stored"])
     height, width = sideways["stored"].shape[:2]
+    photo = [sideways["images"] / "phone.jpg"]
     # <size> of the stored grid: the boxes refer to the stored pixels, whatever the policy
     _xml(sideways["annotations"] / "phone.xml", (width, height), [(CLASS_NAMES[0], stored_box)])
-    detector = _RecordingDetector()
-    visualize.run([sideways["images"] / "phone.jpg"], detector, sideways["root"] / "a", 0.5,
-                  sideways["annotations"], policy)
-    assert detector.seen[0].shape == sideways["stored"].shape
-    assert _near(_marker_box(detector.seen[0]), stored_box)
-    # no <size>: the policy decides
+    _, _, (seen,), stderr = _run_recording(sideways["root"], photo, sideways["root"] / "a",
+                                           sideways["annotations"], policy)
+    assert seen.shape == sideways["stored"].shape
+    assert _near(_marker_box(seen), stored_box)
+    assert "cannot tell" not in stderr
+    # no <size>: the policy decides (auto warns, as the converters do)
     _xml(sideways["annotations"] / "phone.xml", ("", ""), [(CLASS_NAMES[0], stored_box)])
-    detector = _RecordingDetector()
-    visualize.run([sideways["images"] / "phone.jpg"], detector, sideways["root"] / "b", 0.5,
-                  sideways["annotations"], policy)
+    _, _, (seen,), stderr = _run_recording(sideways["root"], photo, sideways["root"] / "b",
+                                           sideways["annotations"], policy)
     expected = sideways["upright_box"] if upright else stored_box
-    assert _near(_marker_box(detector.seen[0]), expected)
+    assert _near(_marker_box(seen), expected)
+    assert ("cannot tell" in stderr) == (policy == "auto")
 
 
-def test_unknown_annotated_classes_are_counted_and_reported(sideways, caplog):
-    visualize = _app()
+def test_unknown_annotated_classes_are_counted_and_reported(sideways):
     _xml(sideways["annotations"] / "phone.xml", UPRIGHT_SIZE,
          [("dog", (1, 1, 5, 5)), (CLASS_NAMES[GT_LABEL - 1], sideways["upright_box"]),
           ("cat", (2, 2, 9, 9)), ("dog", (3, 3, 8, 8))])
-    with caplog.at_level("WARNING"):
-        counts = visualize.run([sideways["images"] / "phone.jpg"], _RecordingDetector(),
-                               sideways["root"] / "drawn", 0.5, sideways["annotations"])
+    counts, line, _, stderr = _run_recording(sideways["root"], [sideways["images"] / "phone.jpg"],
+                                             sideways["root"] / "drawn", sideways["annotations"])
     assert counts["unknown_classes"] == {"cat": 1, "dog": 2}
-    warnings = [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
+    warnings = [row for row in stderr.splitlines() if "does not know" in row]
     assert len(warnings) == 2
     assert "1 objects of class 'cat'" in warnings[0] and "2 objects of class 'dog'" in warnings[1]
-    line = visualize.summary_line(counts, 0.5, "drawn", annotated=True)
     assert line.endswith("; 0 without annotation; 3 annotated objects of classes the model does not "
                          "know, not drawn: cat (1), dog (2)")
     # the known object is still drawn
