@@ -4,11 +4,21 @@ r"""Exports a trained SSD as a SavedModel for serving (see ssd/export.py for the
       [--checkpoint_path=runs/ssd300/ckpt-120000] [--overwrite]
 
 The config is model_dir/config.json; the weights come from model_dir's latest checkpoint unless
---checkpoint_path is given. Serving example:
+--checkpoint_path is given. Serving example (outputs named as the TF Object Detection API names
+them; ssd/export.py documents them, the score_threshold default and EXIF orientation):
 
-  detect = tf.saved_model.load("exported/ssd300").signatures["serving_default"]
-  out = detect(images=tf.constant([open("dog.jpg", "rb").read()]))
-  out["pixel_boxes"], out["scores"], out["class_names"], out["num_detections"]
+  import io, tensorflow as tf
+  from PIL import Image, ImageOps
+  loaded = tf.saved_model.load("exported/ssd300")
+  detect = loaded.signatures["serving_default"]
+  # tf.io decoders ignore EXIF orientation: send the picture upright, as a person sees it
+  buffer = io.BytesIO()
+  ImageOps.exif_transpose(Image.open("dog.jpg")).convert("RGB").save(buffer, format="JPEG")
+  out = detect(images=tf.constant([buffer.getvalue()]), score_threshold=tf.constant(0.5))
+  n = int(out["num_detections"][0])
+  out["detection_pixel_boxes"][0, :n], out["detection_scores"][0, :n]
+  out["detection_class_names"][0, :n], out["detection_classes"][0, :n]  # classes: float32
+  # loaded.serve_encoded(images) is the same with the default score_threshold (0.5)
 """
 
 from __future__ import annotations

@@ -7,11 +7,18 @@ r"""Draws a trained SSD's detections on images, at their original resolution.
 
 --images takes files, folders (their .jpg/.jpeg/.png files) and globs, comma-separated; any size,
 grayscale and RGBA too. The detector is model_dir's config and latest checkpoint (or
---checkpoint_path), or an exported SavedModel (--saved_model). Each image is written to
---output_dir under its own name with the boxes scoring at least --score_threshold drawn with
-class names and scores. With --annotations_dir, the VOC XML of the same stem is drawn beside the
-detections (detections left, ground truth right). Unreadable images are skipped, counted and
-logged.
+--checkpoint_path), or an exported SavedModel (--saved_model, its uint8 signature with
+--score_threshold as its score_threshold input). Each image is written to --output_dir under its
+own name with the boxes scoring at least --score_threshold drawn with class names and scores.
+With --annotations_dir, the VOC XML of the same stem is drawn beside the detections (detections
+left, ground truth right); objects of classes the model does not know are counted and reported
+(a warning per name, and in the final line). Unreadable images are skipped, counted and logged.
+
+Pictures are shown as a person sees them: a photo's EXIF orientation is applied, and the detector
+runs on those upright pixels. With an annotation, its <size> decides the pixel grid as the
+converters decide it (ssd.orientation.orient_for_annotation): the upright picture when <size> is
+the upright size, the stored one when it is the stored size, and --exif=auto|apply|ignore when
+it cannot tell (auto keeps the stored grid and warns, like the converters).
 """
 
 from __future__ import annotations
@@ -43,6 +50,11 @@ flags.DEFINE_string("annotations_dir", None, "VOC XML annotations (<image stem>.
                     "ground truth beside the detections.")
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Inference precision (with "
                   "--model_dir).")
+flags.DEFINE_enum("exif", "auto", ["auto", "apply", "ignore"],
+                  "With --annotations_dir, photos with an EXIF orientation tag whose <size> cannot "
+                  "tell which pixel grid the boxes refer to: auto keeps the stored grid and warns, "
+                  "apply turns them upright, ignore keeps the stored grid (the converters' rule). "
+                  "Images drawn without an annotation are always shown upright.")
 flags.DEFINE_integer("batch_size", None, "Images per inference call (with --model_dir); default "
                      "eval.batch_size.")
 
@@ -110,7 +122,7 @@ class CheckpointDetector:
 class SavedModelDetector:
     """An exported SavedModel's uint8 signature, one image per call (sizes differ)."""
 
-    def __init__(self, saved_model: str):
+    def __init__(self, saved_model: str, score_threshold: float = 0.0):
         import tensorflow as tf
 
         from ssd.export import SIGNATURE_CLASS_NAMES, SIGNATURE_IMAGES
@@ -118,6 +130,7 @@ class SavedModelDetector:
         loaded = tf.saved_model.load(saved_model)
         self._loaded = loaded  # keeps the signatures' variables alive
         self._serve = loaded.signatures[SIGNATURE_IMAGES]
+        self._threshold = tf.constant(score_threshold, tf.float32)
         names = loaded.signatures[SIGNATURE_CLASS_NAMES]()["class_names"].numpy()
         self.class_names = [n.decode("utf-8") for n in names]
         self.batch_size = 1
@@ -127,25 +140,55 @@ class SavedModelDetector:
 
         results = []
         for image in images:
-            out = self._serve(images=tf.constant(image[np.newaxis]))
-            results.append({"pixel_boxes": out["pixel_boxes"][0].numpy(), "scores": out["scores"][0].numpy(),
-                            "classes": out["classes"][0].numpy(),
+            out = self._serve(images=tf.constant(image[np.newaxis]), score_threshold=self._threshold)
+            results.append({"pixel_boxes": out["detection_pixel_boxes"][0].numpy(),
+                            "scores": out["detection_scores"][0].numpy(),
+                            "classes": out["detection_classes"][0].numpy().astype(np.int32),
                             "num_detections": int(out["num_detections"][0])})
         return results
 
 
 def read_image(path: Path) -> Image.Image:
+    """The image as stored (its EXIF still readable), decoded."""
     with Image.open(path) as image:
         image.load()
-        return image.convert("RGB")
+        return image
 
 
-def ground_truth_image(image: Image.Image, annotation: Path, class_names: list[str]) -> Image.Image:
+def read_ground_truth(annotation: Path, class_names: list[str]):
+    """(VOC annotation, boxes [N, 4] VOC pixels, labels [N], names of objects of unknown classes)."""
+    from ssd.voc_xml import labeled_boxes, parse_voc_xml
+
+    parsed = parse_voc_xml(annotation)
+    boxes, labels, _, unknown = labeled_boxes(parsed, class_names)
+    return parsed, boxes, labels, unknown
+
+
+def picture(stored: Image.Image, annotated: bool, annotated_size: tuple[int, int] | None, policy: str
+            ) -> tuple[Image.Image, str | None]:
+    """(the RGB pixels to draw on and detect in, a warning or None).
+
+    Not annotated: the picture upright by its EXIF orientation. Annotated: the grid the
+    annotation's (width, height) refers to (None: no usable <size>), by the converters' rule.
+    """
+    from ssd.orientation import apply_orientation, orient_for_annotation, orientation_of
+
+    if not annotated:
+        return apply_orientation(stored, orientation_of(stored)).convert("RGB"), None
+    pixels, orientation, choice = orient_for_annotation(stored, annotated_size, policy)
+    warning = None
+    if choice.decided_by == "policy" and policy == "auto":
+        warning = (f"EXIF orientation {orientation} and the annotation's <size> cannot tell whether "
+                   f"its boxes refer to the upright picture; drawn on the stored "
+                   f"{stored.width}x{stored.height} grid (--exif=apply for upright)")
+    return pixels.convert("RGB"), warning
+
+
+def ground_truth_image(image: Image.Image, boxes: np.ndarray, labels: np.ndarray,
+                       class_names: list[str]) -> Image.Image:
     from ssd.draw import draw_boxes
     from ssd.voc_coords import voc_to_normalized
-    from ssd.voc_xml import read_annotation
 
-    boxes, labels, _ = read_annotation(annotation, class_names)
     height, width = image.height, image.width
     edges = voc_to_normalized(boxes, height, width) * np.array([height, width, height, width])
     return draw_boxes(image, edges, labels, class_names)
@@ -161,8 +204,38 @@ def draw(image: Image.Image, detection: dict, class_names: list[str], threshold:
     return drawn, int(np.count_nonzero(scores >= threshold))
 
 
+def _load(path: Path, annotations_dir: Path | None, class_names: list[str], policy: str) -> dict:
+    """One image's pixels to draw on and, when its annotation reads, the ground truth."""
+    from ssd.voc_xml import VocXmlError
+
+    item = {"path": path, "truth": None, "problem": None}
+    stored = read_image(path)
+    annotated, annotated_size = False, None
+    if annotations_dir is not None:
+        annotation = annotations_dir / f"{path.stem}.xml"
+        if not annotation.is_file():
+            item["problem"] = f"no annotation {annotation}"
+        else:
+            try:
+                parsed, boxes, labels, unknown = read_ground_truth(annotation, class_names)
+            except VocXmlError as e:
+                item["problem"] = str(e)
+            else:
+                item["truth"] = (boxes, labels, unknown)
+                annotated = True
+                annotated_size = None if parsed.width is None else (parsed.width, parsed.height)
+    item["image"], warning = picture(stored, annotated, annotated_size, policy)
+    if warning:
+        logging.warning("%s: %s", path, warning)
+    return item
+
+
 def run(paths: list[Path], detector, output_dir: Path, threshold: float,
-        annotations_dir: Path | None) -> dict[str, int]:
+        annotations_dir: Path | None, exif_policy: str = "auto") -> dict:
+    """Draws every image; returns the counts (written, skipped, boxes, no_annotation) and
+    "unknown_classes": {name: objects} of annotated classes the model does not know."""
+    from collections import Counter
+
     from ssd.draw import side_by_side
     from ssd.progress import Progress
 
@@ -171,14 +244,15 @@ def run(paths: list[Path], detector, output_dir: Path, threshold: float,
     if output_dir.resolve() in inputs:
         raise UsageError(f"--output_dir {output_dir} holds input images, which would be overwritten")
     used: set[str] = set()
-    counts = {"written": 0, "skipped": 0, "boxes": 0, "no_annotation": 0}
+    counts: dict = {"written": 0, "skipped": 0, "boxes": 0, "no_annotation": 0}
+    unknown_classes: Counter = Counter()
     skipped: list[str] = []
     progress = Progress(len(paths), label="visualize")
     for start in range(0, len(paths), detector.batch_size):
         batch = []
         for path in paths[start:start + detector.batch_size]:
             try:
-                batch.append((path, read_image(path)))
+                batch.append(_load(path, annotations_dir, detector.class_names, exif_policy))
             except (UnidentifiedImageError, OSError, ValueError) as e:
                 counts["skipped"] += 1
                 skipped.append(str(path))
@@ -186,18 +260,20 @@ def run(paths: list[Path], detector, output_dir: Path, threshold: float,
                 progress.update()
         if not batch:
             continue
-        detections = detector([np.asarray(image) for _, image in batch])
-        for (path, image), detection in zip(batch, detections):
+        detections = detector([np.asarray(item["image"]) for item in batch])
+        for item, detection in zip(batch, detections):
+            path, image = item["path"], item["image"]
             drawn, shown = draw(image, detection, detector.class_names, threshold)
             counts["boxes"] += shown
             if annotations_dir is not None:
-                annotation = annotations_dir / f"{path.stem}.xml"
-                try:
-                    truth = ground_truth_image(image, annotation, detector.class_names)
-                    drawn = side_by_side(drawn, truth, titles=("detections", "ground truth"))
-                except (FileNotFoundError, ValueError) as e:
+                if item["truth"] is None:
                     counts["no_annotation"] += 1
-                    logging.warning("%s: no ground truth drawn (%s)", path, e)
+                    logging.warning("%s: no ground truth drawn (%s)", path, item["problem"])
+                else:
+                    boxes, labels, unknown = item["truth"]
+                    unknown_classes.update(unknown)
+                    truth = ground_truth_image(image, boxes, labels, detector.class_names)
+                    drawn = side_by_side(drawn, truth, titles=("detections", "ground truth"))
             name = output_name(path, used)
             save_options = {"quality": 95} if name.lower().endswith((".jpg", ".jpeg")) else {}
             drawn.save(output_dir / name, **save_options)
@@ -207,7 +283,23 @@ def run(paths: list[Path], detector, output_dir: Path, threshold: float,
     if skipped:
         listed = ", ".join(skipped[:MAX_LISTED_SKIPS]) + (", ..." if len(skipped) > MAX_LISTED_SKIPS else "")
         logging.warning("%d unreadable images skipped: %s", len(skipped), listed)
+    for name, number in sorted(unknown_classes.items()):
+        logging.warning("annotations: %d objects of class %r, which the model does not know (its "
+                        "classes: %s); not drawn", number, name, ", ".join(detector.class_names))
+    counts["unknown_classes"] = dict(sorted(unknown_classes.items()))
     return counts
+
+
+def summary_line(counts: dict, threshold: float, output_dir: str, annotated: bool) -> str:
+    line = (f"wrote {counts['written']} images ({counts['boxes']} boxes >= {threshold}) to "
+            f"{output_dir}; skipped {counts['skipped']} unreadable")
+    if annotated:
+        line += f"; {counts['no_annotation']} without annotation"
+        unknown = counts["unknown_classes"]
+        if unknown:
+            line += (f"; {sum(unknown.values())} annotated objects of classes the model does not "
+                     f"know, not drawn: " + ", ".join(f"{n} ({c})" for n, c in unknown.items()))
+    return line
 
 
 def main(argv) -> None:
@@ -230,17 +322,16 @@ def main(argv) -> None:
         if annotations_dir is not None and not annotations_dir.is_dir():
             raise UsageError(f"--annotations_dir {annotations_dir} is not a directory")
         if FLAGS.saved_model:
-            detector = SavedModelDetector(FLAGS.saved_model)
+            detector = SavedModelDetector(FLAGS.saved_model, FLAGS.score_threshold)
         else:
             detector = CheckpointDetector(FLAGS.model_dir, FLAGS.checkpoint_path, FLAGS.batch_size,
                                           FLAGS.precision)
-        counts = run(paths, detector, Path(FLAGS.output_dir), FLAGS.score_threshold, annotations_dir)
+        counts = run(paths, detector, Path(FLAGS.output_dir), FLAGS.score_threshold, annotations_dir,
+                     FLAGS.exif)
     except (UsageError, config_lib.ConfigError, checkpoints.NoCheckpointError,
             checkpoints.CheckpointMismatchError, OSError) as e:
         sys.exit(f"visualize.py: error: {e}")
-    print(f"wrote {counts['written']} images ({counts['boxes']} boxes >= {FLAGS.score_threshold}) to "
-          f"{FLAGS.output_dir}; skipped {counts['skipped']} unreadable"
-          + (f"; {counts['no_annotation']} without annotation" if annotations_dir else ""))
+    print(summary_line(counts, FLAGS.score_threshold, FLAGS.output_dir, annotations_dir is not None))
 
 
 if __name__ == "__main__":

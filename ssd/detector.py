@@ -28,6 +28,8 @@ past num_detections are padding: score 0, class 0, empty name):
 For eager callers, `detector(images, original_shape)` is `detect_preprocessed` in a tf.function,
 `detect_features(features)` runs it on an input function's batch (passing image_id through), and
 `detect_arrays(list of uint8 RGB arrays)` gives numpy results per image for arrays of any sizes.
+`keep_above(detections, score_threshold)` turns the rows scoring below a threshold into padding
+(what the serving signatures do with their score_threshold input).
 """
 
 from __future__ import annotations
@@ -123,6 +125,28 @@ class Detector:
         inputs = tf.stack([preprocess_image(tf.constant(image), self.config) for image in images])
         shapes = tf.constant([image.shape[:2] for image in images], tf.int32)
         return unbatch(self(inputs, shapes))
+
+
+def keep_above(detections: Mapping[str, tf.Tensor], score_threshold) -> dict[str, tf.Tensor]:
+    """The detections with every row scoring below `score_threshold` made padding.
+
+    Rows are sorted by decreasing score, so the kept ones stay a prefix: num_detections counts
+    them, and the others become what postprocessing pads with (zero box and score, label 0,
+    empty name). Graph-friendly; the threshold may be a scalar tensor. Rows that postprocessing
+    already dropped (below eval.score_threshold) do not come back with a lower threshold.
+    """
+    scores = detections["scores"]
+    rows = tf.range(tf.shape(scores)[1])[tf.newaxis, :]
+    keep = (rows < detections["num_detections"][:, tf.newaxis]) & (
+        scores >= tf.cast(score_threshold, scores.dtype))
+    kept = dict(detections)
+    for name in ("boxes", "pixel_boxes", "scores", "classes", "class_names"):
+        if name in detections:
+            value = detections[name]
+            mask = keep[..., tf.newaxis] if value.shape.rank == 3 else keep
+            kept[name] = tf.where(mask, value, tf.zeros_like(value))
+    kept["num_detections"] = tf.reduce_sum(tf.cast(keep, tf.int32), axis=1)
+    return kept
 
 
 def unbatch(batch: Mapping[str, tf.Tensor]) -> list[dict[str, np.ndarray]]:

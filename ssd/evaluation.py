@@ -5,9 +5,13 @@ that both report the same numbers under the same TensorBoard tags:
   * data: `resolve_record_files` (a pattern, a file or a directory of shards) and `count_records`;
   * `evaluate`: runs a `ssd.detector.Detector` over an EVAL dataset into a `VOCEvaluator`, with
     a progress line;
-  * `write_report` / `write_tensorboard`: VOC result files, JSON summary, precision/recall PNG,
-    and the mAP and per-class APs as TensorBoard scalars (tags "mAP" and "classes/<name>" in
-    model_dir/eval, see `summary_dir`);
+  * `write_report` / `write_tensorboard`: VOC result files, JSON summary, precision/recall PNG;
+    in TensorBoard (model_dir/eval, see `summary_dir`) the mAP and per-class APs as scalars
+    (tags "mAP" and "classes/<name>"), each class's precision/recall curve in the PR-curves tab
+    ("precision_recall/<name>", classes with no detection or no ground truth have none), and the
+    first EVAL_IMAGES images of the evaluation set with their detections scoring at least
+    DISPLAY_THRESHOLD (class names and scores, left) beside the ground truth (right), tag
+    IMAGES_TAG (`evaluation_pictures`);
   * `evaluate_checkpoint`: restore, evaluate, print, report; `run_evaluation`: what eval.py does,
     for one checkpoint or each new one (`--watch`).
 Checkpoints are found, restored and watched by ssd.checkpoints.
@@ -23,6 +27,7 @@ from typing import Any, Callable, Iterator, Sequence, TextIO
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from PIL import Image
 
 from ssd.checkpoints import (CheckpointRemovedError, find_checkpoint, restore_checkpoint,
                              watch_checkpoints)
@@ -30,16 +35,20 @@ from ssd.config import Config
 from ssd.data import make_input_fn
 from ssd.record_files import DataError, resolve_files
 from ssd.detector import Detector, build_inference_model
-from ssd.draw import draw_precision_recall
+from ssd.draw import draw_boxes, draw_precision_recall, side_by_side
 from ssd.modes import ModeKeys
 from ssd.progress import Progress
-from ssd.summaries import write_scalar
+from ssd.summaries import write_image_list, write_pr_curves, write_scalar
 from ssd.voc_metric import METRICS, VOCEvaluator, format_table, summary_of
 
 SUMMARY_FILENAME = "summary.json"
 CURVES_FILENAME = "precision_recall.png"
 RESULTS_SUBDIR = "results"
 SUMMARY_SUBDIR = "eval"  # TensorBoard directory inside model_dir
+PR_CURVES_PREFIX = "precision_recall/"
+IMAGES_TAG = "detections_and_ground_truth"
+EVAL_IMAGES = 6  # the first images of the evaluation set, drawn for TensorBoard at each evaluation
+DISPLAY_THRESHOLD = 0.5  # detections drawn on those images
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -68,13 +77,16 @@ def count_records(files: Sequence[str]) -> int:
 
 def evaluate(detector: Detector, dataset: tf.data.Dataset, evaluator: VOCEvaluator,
              num_images: int | None = None, data_name: str = "the data",
-             progress_stream: TextIO | None = None) -> dict[str, float]:
+             progress_stream: TextIO | None = None, num_samples: int = 0) -> dict[str, Any]:
     """Feeds every EVAL batch (features, labels) through `detector(images, original_shape)`
     into `evaluator`.
 
-    Returns {"num_images", "seconds", "images_per_second"}. Raises DataError when the data set is
-    empty or a record cannot be decoded.
+    Returns {"num_images", "seconds", "images_per_second", "samples"}: samples are the first
+    `num_samples` images with their detections and ground truth (see `keep_samples`), for
+    `evaluation_pictures`. Raises DataError when the data set is empty or a record cannot be
+    decoded.
     """
+    samples: list[dict[str, np.ndarray]] = []
     progress = Progress(num_images, label="eval", stream=progress_stream)
     iterator = iter(dataset)
     images = 0
@@ -92,13 +104,62 @@ def evaluate(detector: Detector, dataset: tf.data.Dataset, evaluator: VOCEvaluat
             features["image_id"].numpy(), features["original_shape"].numpy(),
             tuple(detections[k].numpy() for k in ("boxes", "scores", "classes", "num_detections")),
             tuple(labels[k].numpy() for k in ("boxes", "labels", "difficult", "num_boxes")))
+        if len(samples) < num_samples:
+            samples += keep_samples(features, detections, labels, num_samples - len(samples))
         images += batch
         progress.update(batch)
     progress.close()
     if images == 0:
         raise DataError(f"{data_name} holds no images")
     seconds = progress.elapsed
-    return {"num_images": images, "seconds": seconds, "images_per_second": images / seconds}
+    return {"num_images": images, "seconds": seconds, "images_per_second": images / seconds,
+            "samples": samples}
+
+
+def keep_samples(features, detections, labels, count: int) -> list[dict[str, np.ndarray]]:
+    """The first `count` images of a batch as numpy: "image" (the preprocessed model input),
+    "original_shape", the detections ("boxes" normalized, "scores", "classes", "num_detections")
+    and the ground truth ("gt_boxes" normalized, "gt_labels", "num_gt")."""
+    parts = {"image": features["image"], "original_shape": features["original_shape"],
+             **{k: detections[k] for k in ("boxes", "scores", "classes", "num_detections")},
+             "gt_boxes": labels["boxes"], "gt_labels": labels["labels"], "num_gt": labels["num_boxes"]}
+    arrays = {name: np.asarray(value)[:count] for name, value in parts.items()}
+    return [{name: array[i] for name, array in arrays.items()} for i in range(len(arrays["image"]))]
+
+
+def display_size(original_shape: Sequence[int], input_size: int) -> tuple[int, int]:
+    """(height, width) with the original aspect ratio and the longer side `input_size`."""
+    height, width = (int(v) for v in original_shape)
+    scale = input_size / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def evaluation_pictures(samples: Sequence[dict[str, np.ndarray]], config: Config,
+                        score_threshold: float = DISPLAY_THRESHOLD) -> list[Image.Image]:
+    """Each sample's detections scoring at least `score_threshold` (left, with class names and
+    scores) beside its ground truth (right).
+
+    The pictures are the model's input turned back into RGB pixels (the evaluation data holds
+    no encoded image after preprocessing), stretched back to the original aspect ratio with
+    the longer side the input size: what the network saw, shaped as the photo.
+    """
+    from ssd.model_fn import unpreprocess  # ssd.model_fn imports this module through ssd.estimator
+
+    names = list(config.data.class_names)
+    pictures = []
+    for sample in samples:
+        rgb = unpreprocess(tf.constant(sample["image"][np.newaxis]), config)[0].numpy()
+        height, width = display_size(sample["original_shape"], config.model.input_size)
+        image = Image.fromarray(np.round(rgb * 255).astype(np.uint8)).resize((width, height),
+                                                                              Image.BILINEAR)
+        scale = np.array([height, width, height, width], np.float32)
+        n, n_gt = int(sample["num_detections"]), int(sample["num_gt"])
+        detected = draw_boxes(image, sample["boxes"][:n] * scale, sample["classes"][:n], names,
+                              sample["scores"][:n], score_threshold=score_threshold)
+        truth = draw_boxes(image, sample["gt_boxes"][:n_gt] * scale, sample["gt_labels"][:n_gt], names)
+        pictures.append(side_by_side(detected, truth, titles=(f"detections >= {score_threshold:g}",
+                                                              "ground truth")))
+    return pictures
 
 
 def write_report(result: dict[str, Any], evaluator: VOCEvaluator, output_dir: str | os.PathLike,
@@ -125,12 +186,14 @@ def write_report(result: dict[str, Any], evaluator: VOCEvaluator, output_dir: st
 
 
 def summary_dir(model_dir: str | os.PathLike) -> str:
-    """Where evaluation's TensorBoard scalars go: model_dir/eval, beside training's."""
+    """Where evaluation's TensorBoard summaries go: model_dir/eval, beside training's."""
     return os.path.join(os.fspath(model_dir), SUMMARY_SUBDIR)
 
 
-def write_tensorboard(result: dict[str, Any], summary_dir: str | os.PathLike, step: int) -> None:
-    """mAP and per-class APs as scalars at `step` (tags "mAP" and "classes/<name>")."""
+def write_tensorboard(result: dict[str, Any], summary_dir: str | os.PathLike, step: int,
+                      pictures: Sequence[Image.Image] = ()) -> None:
+    """At `step`: mAP and per-class APs as scalars (tags "mAP" and "classes/<name>"), per-class
+    precision/recall curves (PR_CURVES_PREFIX + name) and `pictures` (IMAGES_TAG)."""
     writer = tf.summary.create_file_writer(str(summary_dir))
     with writer.as_default():
         if result["mAP"] is not None:
@@ -138,6 +201,9 @@ def write_tensorboard(result: dict[str, Any], summary_dir: str | os.PathLike, st
         for name, ap in result["classes"].items():
             if ap is not None:
                 write_scalar(f"classes/{name}", float(ap), step)
+        write_pr_curves(result["precision_recall"], step, result["num_positives"], PR_CURVES_PREFIX)
+        if pictures:
+            write_image_list(IMAGES_TAG, pictures, step)
     writer.close()
 
 
@@ -147,16 +213,19 @@ def evaluate_checkpoint(detector: Detector, checkpoint_path: str, input_fn: Call
                         progress_stream: TextIO | None = None,
                         print_table: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Restores `checkpoint_path` into the detector's model, evaluates, prints the table, writes
-    the report and the TensorBoard scalars.
+    the report and the TensorBoard summaries.
 
     `output_dir` may contain "{step}"; None writes no report files, `summary_dir` None no
-    scalars. Returns the JSON summary (plus "output_dir" when reports were written).
+    TensorBoard summaries (and keeps no images for them). Returns the JSON summary (plus
+    "output_dir" when reports were written).
     """
     config = detector.config
     step = restore_checkpoint(detector.model, checkpoint_path, config)
     logging.info("evaluating %s (step %d) with the %s metric", checkpoint_path, step, metric)
     evaluator = VOCEvaluator(config.data.class_names, metric)
-    stats = evaluate(detector, input_fn(None), evaluator, num_images, data_name, progress_stream)
+    samples = EVAL_IMAGES if summary_dir is not None else 0
+    stats = evaluate(detector, input_fn(None), evaluator, num_images, data_name, progress_stream,
+                     num_samples=samples)
     result = evaluator.result()
     if print_table is not None:
         print_table(format_table(result))
@@ -167,7 +236,7 @@ def evaluate_checkpoint(detector: Detector, checkpoint_path: str, input_fn: Call
                                extra={"images_per_second": stats["images_per_second"]})
         summary["output_dir"] = directory
     if summary_dir is not None:
-        write_tensorboard(result, summary_dir, step)
+        write_tensorboard(result, summary_dir, step, evaluation_pictures(stats["samples"], config))
     return summary
 
 
@@ -181,7 +250,7 @@ def run_evaluation(config: Config, model_dir: str, data: str, *, checkpoint_path
     checkpoint at train.max_steps has been evaluated or `watch_timeout_secs` pass without one.
 
     Reports go to output_dir (default model_dir/eval_<step>; with watch, <output_dir>/eval_<step>),
-    TensorBoard scalars to model_dir/eval. Returns the JSON summaries.
+    TensorBoard summaries to model_dir/eval. Returns the JSON summaries.
     """
     metric = metric or config.eval.metric
     if metric not in METRICS:

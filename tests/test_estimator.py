@@ -231,14 +231,19 @@ def _write_shape_records(path):
                 truncated=[0] * len(labels)).SerializeToString())
 
 
-def _event_scalars(directory):
-    """{(tag, step): value} of the TensorBoard scalars in `directory`'s event files."""
-    scalars = {}
+def _event_tensors(directory):
+    """{(tag, step): numpy value} of every TensorBoard summary in `directory`'s event files."""
+    tensors = {}
     for path in sorted(glob.glob(os.path.join(str(directory), "events.out.tfevents.*"))):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
-                scalars[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
-    return scalars
+                tensors[(value.tag, event.step)] = tf.make_ndarray(value.tensor)
+    return tensors
+
+
+def _event_scalars(directory):
+    """{(tag, step): value} of the TensorBoard scalars (rank 0) in `directory`'s event files."""
+    return {key: float(value) for key, value in _event_tensors(directory).items() if value.ndim == 0}
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +286,8 @@ def test_train_and_evaluate_logs_towards_max_steps_and_evaluates_each_saved_chec
 
 
 def test_evaluation_during_training_equals_eval_py_on_the_same_checkpoints(ssd_run, tmp_path):
-    """train_and_evaluate and eval.py's run_evaluation: the same TensorBoard scalars and mAP."""
+    """train_and_evaluate and eval.py's run_evaluation: the same TensorBoard scalars, PR curves,
+    pictures and mAP."""
     import shutil
 
     from ssd.evaluation import run_evaluation
@@ -305,6 +311,17 @@ def test_evaluation_during_training_equals_eval_py_on_the_same_checkpoints(ssd_r
     # the numbers are those of the checkpoints: the report's APs are their TensorBoard scalars
     for name in CLASS_NAMES:
         assert during_training[(f"classes/{name}", 3)] == pytest.approx(summaries[3]["classes"][name])
+    # the curves and the pictures of the first images: the same tags, values and pixels
+    from ssd.evaluation import EVAL_IMAGES, IMAGES_TAG
+    all_during_training = _event_tensors(ssd_run["model_dir"] / "eval")
+    all_by_eval_py = _event_tensors(model_dir / "eval")
+    assert set(all_by_eval_py) == set(all_during_training)
+    curves = {tag for tag, _ in all_by_eval_py if tag.startswith("precision_recall/")}
+    assert curves and curves <= {f"precision_recall/{name}" for name in CLASS_NAMES}
+    for step in (2, 3):
+        assert len(all_by_eval_py[(IMAGES_TAG, step)]) == 2 + min(EVAL_IMAGES, SSD_IMAGES)
+    for key, value in all_by_eval_py.items():
+        np.testing.assert_array_equal(all_during_training[key], value, err_msg=str(key))
 
 
 def test_predict_is_the_network_and_postprocessing_of_the_checkpoint(ssd_run):
@@ -354,11 +371,12 @@ def test_export_serves_the_predictions(ssd_run, tmp_path):
                                          checkpoint_path=checkpoint))
     encoded = [tf.train.Example.FromString(r.numpy()).features.feature["image/encoded"].bytes_list.value[0]
                for r in tf.data.TFRecordDataset(ssd_run["data"])]
-    out = serve(images=tf.constant(encoded))
+    out = serve(images=tf.constant(encoded), score_threshold=tf.constant(0.0))  # every row
     for i, prediction in enumerate(predictions):
         for name in ("boxes", "pixel_boxes", "scores"):
-            np.testing.assert_allclose(out[name][i].numpy(), prediction[name], atol=1e-4, err_msg=name)
-        np.testing.assert_array_equal(out["classes"][i].numpy(), prediction["classes"])
+            np.testing.assert_allclose(out[f"detection_{name}"][i].numpy(), prediction[name], atol=1e-4,
+                                       err_msg=name)
+        np.testing.assert_array_equal(out["detection_classes"][i].numpy(), prediction["classes"])
         np.testing.assert_array_equal(out["original_shape"][i].numpy(), prediction["original_shape"])
 
 

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
 from ssd import checkpoints, evaluation
 from ssd.anchors import generate_anchors
 from ssd.config import load_config, save_config
+from ssd.draw import class_colors
 from ssd.data import make_input_fn
 from ssd.detector import build_inference_model
 from ssd.estimator import ModelContext
@@ -186,6 +188,87 @@ def test_evaluate_scores_scripted_detections_by_hand(setup, tmp_path, metric, ci
     np.testing.assert_allclose(boxes[0], [45, 31, 80, 60], atol=1e-4)
 
 
+def _events(directory):
+    events = EventAccumulator(str(directory), size_guidance={"tensors": 0})
+    events.Reload()
+    return events
+
+
+def _tensor(events, tag):
+    (event,) = events.Tensors(tag)
+    return event.step, tf.make_ndarray(event.tensor_proto)
+
+
+def test_tensorboard_gets_curves_and_pictures_of_the_first_images(setup, tmp_path):
+    config = setup["config"]
+    evaluator = VOCEvaluator(CLASS_NAMES, "voc07")
+    dataset = make_input_fn(setup["data"], config, ModeKeys.EVAL)(None)
+    stats = evaluation.evaluate(_ScriptedDetector(_scripted_detections()), dataset, evaluator,
+                                progress_stream=io.StringIO(), num_samples=4)
+    assert len(stats["samples"]) == 4  # the first four of five, across batches of two
+    stats = evaluation.evaluate(_ScriptedDetector(_scripted_detections()),
+                                make_input_fn(setup["data"], config, ModeKeys.EVAL)(None),
+                                VOCEvaluator(CLASS_NAMES, "voc07"), progress_stream=io.StringIO(),
+                                num_samples=evaluation.EVAL_IMAGES)
+    assert len(stats["samples"]) == len(IMAGES) < evaluation.EVAL_IMAGES
+    evaluator = VOCEvaluator(CLASS_NAMES, "voc07")
+    evaluation.evaluate(_ScriptedDetector(_scripted_detections()), dataset, evaluator,
+                        progress_stream=io.StringIO())
+    result = evaluator.result()
+    pictures = evaluation.evaluation_pictures(stats["samples"], config)
+    evaluation.write_tensorboard(result, tmp_path, 7, pictures)
+    events = _events(tmp_path)
+
+    assert set(events.PluginTagToContent("scalars")) == {"mAP"} | {f"classes/{n}" for n in CLASS_NAMES}
+    # one curve per class, the evaluator's points, last detection first
+    assert set(events.PluginTagToContent("pr_curves")) == {f"precision_recall/{n}" for n in CLASS_NAMES}
+    for name in CLASS_NAMES:
+        step, curve = _tensor(events, f"precision_recall/{name}")
+        recall, precision = result["precision_recall"][name]
+        assert step == 7 and curve.shape == (6, len(recall))
+        np.testing.assert_allclose(curve[4][::-1], precision, rtol=1e-6)
+        np.testing.assert_allclose(curve[5][::-1], recall, rtol=1e-6)
+        tp = curve[0][::-1]
+        np.testing.assert_allclose(curve[3][::-1], result["num_positives"][name] - tp)
+
+    # pictures: the original aspect ratio, longer side the input size (300), detections | truth
+    assert list(events.PluginTagToContent("images")) == [evaluation.IMAGES_TAG]
+    step, blobs = _tensor(events, evaluation.IMAGES_TAG)
+    widths = [2 * w + 8 for w in (300, 300, 171, 300, 300)]  # 80x60 -> 300x225, 40x70 -> 171x300 ...
+    assert step == 7 and [p.width for p in pictures] == widths
+    assert (int(blobs[0]), int(blobs[1])) == (max(widths), max(p.height for p in pictures))
+    decoded = [np.asarray(Image.open(io.BytesIO(blob))) for blob in blobs[2:]]
+    assert len(decoded) == len(IMAGES)
+    for picture, png in zip(pictures, decoded):
+        np.testing.assert_array_equal(png[:picture.height, :picture.width], np.asarray(picture))
+    bar = pictures[0].height - 225
+
+    def panels(index, width, height):
+        picture = np.asarray(pictures[index]).astype(int)
+        return picture[bar:bar + height, :width], picture[bar:bar + height, width + 8:2 * width + 8]
+
+    # image 4 (45x45, no objects, its one detection scores 0.3): both panels are the photo itself,
+    # turned back from BGR minus the mean into RGB pixels
+    left, right = panels(4, 300, 300)
+    np.testing.assert_array_equal(left, right)
+    expected = tf.image.resize(tf.constant(_pixels(4), tf.float32), [300, 300]).numpy()
+    assert np.abs(left - expected).max() <= 1.5
+    # image 0 (60x80 -> 225x300): the circle's ground truth outline at its scaled edges
+    left, right = panels(0, 300, 225)
+    color = class_colors(len(CLASS_NAMES) + 1)[1]
+    ymin, xmin, ymax, xmax = np.array(_normalized((11, 6, 40, 30), 60, 80)) * [225, 300, 225, 300]
+    for panel in (right, left):  # its detection (0.9) is the ground-truth box
+        row = panel[int((ymin + ymax) / 2)]
+        assert any(tuple(row[x]) == color for x in range(int(xmin) - 1, int(xmin) + 2))
+        assert any(tuple(row[x]) == color for x in range(int(xmax) - 2, int(xmax) + 1))
+    # image 1 (50x50, a circle at the top left): its 0.95 false positive in the bottom-right
+    # corner is drawn on the left only
+    left, right = panels(1, 300, 300)
+    assert np.array_equal(left[160:260, 160:260], right[160:260, 160:260])  # between the two boxes
+    assert np.any(left[275:, 275:] != right[275:, 275:])
+    assert any(tuple(left[285, x]) == color for x in range(268, 273))
+
+
 def test_run_evaluation_reports_model_detections_in_voc_pixels(setup):
     config, model_dir = setup["config"], setup["model_dir"]
     table = []
@@ -223,15 +306,17 @@ def test_run_evaluation_reports_model_detections_in_voc_pixels(setup):
         assert score == pytest.approx(score2, abs=1e-5)
         np.testing.assert_allclose(box2, box, atol=1e-3)
 
-    # TensorBoard: mAP and per-class APs at the checkpoint's step, in model_dir/eval
-    events = tf.io.gfile.glob(os.path.join(model_dir, "eval", "events.out.tfevents.*"))
-    tags = {}
-    for event in tf.compat.v1.train.summary_iterator(events[0]):
-        for value in event.summary.value:
-            tags[value.tag] = (event.step, float(tf.make_ndarray(value.tensor)))
-    assert tags["mAP"][0] == 1
-    assert tags["mAP"][1] == pytest.approx(saved["mAP"])
-    assert tags["classes/circle"][1] == pytest.approx(saved["classes"]["circle"])
+    # TensorBoard, in model_dir/eval at the checkpoint's step: mAP and per-class APs, the curves
+    # of the classes with detections and ground truth, the pictures of the first images
+    events = _events(Path(model_dir) / "eval")
+    step, m_ap = _tensor(events, "mAP")
+    assert step == 1 and float(m_ap) == pytest.approx(saved["mAP"])
+    assert float(_tensor(events, "classes/circle")[1]) == pytest.approx(saved["classes"]["circle"])
+    curves = {f"precision_recall/{name}" for name in CLASS_NAMES
+              if saved["num_detections"][name] and saved["num_positives"][name]}
+    assert curves and set(events.PluginTagToContent("pr_curves")) == curves
+    step, blobs = _tensor(events, evaluation.IMAGES_TAG)
+    assert step == 1 and len(blobs) == 2 + len(IMAGES)  # width, height, then one PNG per image
 
 
 def test_eval_app_runs_with_its_flags(setup, tmp_path):

@@ -59,7 +59,8 @@ def setup(tmp_path_factory):
     (annotations / "annotated.xml").write_text(
         f"<annotation><object><name>{CLASS_NAMES[GT_LABEL - 1]}</name><difficult>0</difficult><bndbox>"
         f"<xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>"
-        f"</annotation>")
+        f"<object><name>horse</name><bndbox><xmin>2</xmin><ymin>2</ymin><xmax>9</xmax><ymax>9</ymax>"
+        f"</bndbox></object></annotation>")  # a class the model does not know
     return {"root": root, "config": config, "model_dir": model_dir, "images": images,
             "annotations": annotations}
 
@@ -91,6 +92,9 @@ def test_checkpoint_detections_drawn_with_ground_truth_beside(setup, drawn_by_ch
     assert "skipped 1 unreadable" in completed.stdout
     assert "broken.jpg" in completed.stderr
     assert "visualize 5/5 (100.0%)" in completed.stderr  # progress counts skipped images too
+    assert completed.stdout.rstrip().endswith(
+        "; 1 annotated objects of classes the model does not know, not drawn: horse (1)")
+    assert completed.stderr.count("does not know") == 1 and "class 'horse'" in completed.stderr
     assert sorted(p.name for p in out.iterdir()) == ["annotated.png", "gray.png", "photo.jpg", "rgba.png"]
 
     for name, (width, height) in (("gray.png", (70, 50)), ("rgba.png", (30, 40)), ("photo.jpg", (65, 45))):
@@ -134,3 +138,195 @@ def test_saved_model_detections_equal_checkpoint_ones(setup, drawn_by_checkpoint
         assert saved.shape == checkpoint.shape == _rgb(setup["images"] / name).shape
         # the same boxes and labels: at most a pixel's rounding of an edge may differ
         assert np.mean(np.any(np.abs(saved - checkpoint) > 8, axis=-1)) < 0.01
+
+
+# --- what a person sees: EXIF orientation, and annotated classes the model does not know ------
+
+UPRIGHT_SIZE = (60, 100)  # width, height of the picture shown upright
+BACKGROUND = (90, 120, 150)
+MARKER = (230, 30, 30)
+MARKER_EDGES = (10, 60, 30, 90)  # continuous xmin, ymin, xmax, ymax on the upright picture
+
+
+def _upright_picture():
+    picture = np.zeros((UPRIGHT_SIZE[1], UPRIGHT_SIZE[0], 3), np.uint8)
+    picture[...] = BACKGROUND
+    xmin, ymin, xmax, ymax = MARKER_EDGES
+    picture[ymin:ymax, xmin:xmax] = MARKER
+    return picture
+
+
+def _save_sideways(path):
+    """The upright picture stored turned, tagged Orientation 6 (the tag says: turn 90 degrees
+    clockwise to show it); returns the stored pixels."""
+    stored = Image.fromarray(_upright_picture()).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(path, quality=98, exif=exif)
+    with Image.open(path) as check:
+        assert check.size == (UPRIGHT_SIZE[1], UPRIGHT_SIZE[0]) and check.getexif()[0x0112] == 6
+        return np.asarray(check.convert("RGB"))
+
+
+def _marker_box(pixels):
+    """VOC box (1-based inclusive) of the marker's pixels, found in the array itself."""
+    ys, xs = np.nonzero((pixels[..., 0] > 180) & (pixels[..., 1] < 90))
+    return xs.min() + 1, ys.min() + 1, xs.max() + 1, ys.max() + 1
+
+
+def _near(box, expected):
+    """Boxes equal up to a pixel (JPEG blurs the marker's edge)."""
+    return max(abs(int(a) - int(b)) for a, b in zip(box, expected)) <= 1
+
+
+def _xml(path, size, objects):
+    parts = [f"<annotation><size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>"]
+    for name, (xmin, ymin, xmax, ymax) in objects:
+        parts.append(f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{xmin}</xmin>"
+                     f"<ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>")
+    path.write_text("".join(parts) + "</annotation>")
+
+
+# visualize.run with a detector that records the pixels it is given and finds nothing, in a
+# process of its own: the app defines absl flags that other apps' tests define as well.
+_RUNNER = """
+import json, sys
+from pathlib import Path
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import visualize
+args = json.loads(sys.argv[2])
+
+class RecordingDetector:
+    class_names = args["class_names"]
+    batch_size = 4
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, images):
+        self.seen += [np.array(image) for image in images]
+        return [{"pixel_boxes": np.zeros((5, 4), np.float32), "scores": np.zeros(5, np.float32),
+                 "classes": np.zeros(5, np.int32), "num_detections": 0} for _ in images]
+
+detector = RecordingDetector()
+annotations = Path(args["annotations"]) if args["annotations"] else None
+counts = visualize.run([Path(p) for p in args["paths"]], detector, Path(args["out"]),
+                       args["threshold"], annotations, args["policy"])
+np.savez(args["seen"], *detector.seen)
+print(json.dumps({"counts": counts, "summary": visualize.summary_line(
+    counts, args["threshold"], "drawn", annotations is not None)}))
+"""
+
+
+def _run_recording(root, paths, out, annotations_dir=None, policy="auto", threshold=0.5):
+    """(counts, summary line, the arrays the detector was given, stderr) of visualize.run."""
+    import json
+
+    seen = root / f"seen_{out.name}.npz"
+    args = {"paths": [str(p) for p in paths], "out": str(out), "threshold": threshold,
+            "annotations": None if annotations_dir is None else str(annotations_dir),
+            "policy": policy, "class_names": CLASS_NAMES, "seen": str(seen)}
+    completed = subprocess.run([sys.executable, "-c", _RUNNER, str(REPO), json.dumps(args)],
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    with np.load(seen) as arrays:
+        images = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+    return result["counts"], result["summary"], images, completed.stderr
+
+
+def _close(pixel, color, tolerance=40):
+    return bool(np.all(np.abs(np.asarray(pixel, int) - np.asarray(color, int)) <= tolerance))
+
+
+def _panels(drawn, width):
+    """(detections panel, ground-truth panel) of a side-by-side picture, below the title bar."""
+    bar = drawn.shape[0] - UPRIGHT_SIZE[1]
+    return drawn[bar:, :width], drawn[bar:, width + 8:]
+
+
+@pytest.fixture
+def sideways(tmp_path):
+    images, annotations = tmp_path / "images", tmp_path / "Annotations"
+    images.mkdir()
+    annotations.mkdir()
+    stored = _save_sideways(images / "phone.jpg")
+    upright_box = _marker_box(_upright_picture())
+    assert upright_box == (11, 61, 30, 90)
+    return {"root": tmp_path, "images": images, "annotations": annotations, "stored": stored,
+            "upright_box": upright_box}
+
+
+def test_sideways_photo_with_upright_annotation_is_drawn_and_detected_upright(sideways):
+    _xml(sideways["annotations"] / "phone.xml", UPRIGHT_SIZE,
+         [(CLASS_NAMES[GT_LABEL - 1], sideways["upright_box"])])
+    out = sideways["root"] / "drawn"
+    counts, _, (seen,), _ = _run_recording(sideways["root"], [sideways["images"] / "phone.jpg"], out,
+                                           sideways["annotations"])
+    assert counts["written"] == 1 and counts["no_annotation"] == 0 and counts["unknown_classes"] == {}
+    assert seen.shape == (UPRIGHT_SIZE[1], UPRIGHT_SIZE[0], 3)  # the detector ran on upright pixels
+    assert _near(_marker_box(seen), sideways["upright_box"])
+    drawn = _rgb(out / "phone.jpg")
+    assert drawn.shape[1] == 2 * UPRIGHT_SIZE[0] + 8
+    detections, truth = _panels(drawn, UPRIGHT_SIZE[0])
+    assert _near(_marker_box(detections), sideways["upright_box"])  # nothing drawn over the picture
+    _assert_outline_on_marker(detections, truth)
+
+
+def _assert_outline_on_marker(picture, truth):
+    """The ground-truth panel differs from the picture by an outline in the class colour (green
+    255: neither marker nor background is green) on the marker's edges, and nowhere near them."""
+    assert class_colors(len(CLASS_NAMES) + 1)[GT_LABEL][1] == 255
+    xmin, ymin, xmax, ymax = MARKER_EDGES
+    middle_y, middle_x = (ymin + ymax) // 2, (xmin + xmax) // 2
+    change = np.abs(truth - picture).sum(axis=-1)
+    for y, x in ((middle_y, xmin), (middle_y, xmax - 1), (ymax - 1, middle_x)):
+        assert change[y, x] > 100 and truth[y, x, 1] > 200, (y, x)
+    for y, x in ((middle_y, xmin - 4), (middle_y, middle_x), (middle_y, xmax + 4), (ymax + 4, middle_x)):
+        assert change[y, x] < 40, (y, x)
+    assert _close(truth[middle_y, middle_x], MARKER) and _close(truth[middle_y, xmin - 4], BACKGROUND)
+
+
+def test_sideways_photo_without_annotation_is_shown_upright(sideways):
+    out = sideways["root"] / "drawn"
+    _, _, (seen,), _ = _run_recording(sideways["root"], [sideways["images"] / "phone.jpg"], out)
+    assert _near(_marker_box(seen), sideways["upright_box"])
+    assert _near(_marker_box(_rgb(out / "phone.jpg")), sideways["upright_box"])
+
+
+@pytest.mark.parametrize("policy, upright", [("auto", False), ("ignore", False), ("apply", True)])
+def test_annotation_size_decides_the_grid_and_the_policy_when_it_cannot(sideways, policy, upright):
+    stored_box = _marker_box(sideways["stored"])
+    height, width = sideways["stored"].shape[:2]
+    photo = [sideways["images"] / "phone.jpg"]
+    # <size> of the stored grid: the boxes refer to the stored pixels, whatever the policy
+    _xml(sideways["annotations"] / "phone.xml", (width, height), [(CLASS_NAMES[0], stored_box)])
+    _, _, (seen,), stderr = _run_recording(sideways["root"], photo, sideways["root"] / "a",
+                                           sideways["annotations"], policy)
+    assert seen.shape == sideways["stored"].shape
+    assert _near(_marker_box(seen), stored_box)
+    assert "cannot tell" not in stderr
+    # no <size>: the policy decides (auto warns, as the converters do)
+    _xml(sideways["annotations"] / "phone.xml", ("", ""), [(CLASS_NAMES[0], stored_box)])
+    _, _, (seen,), stderr = _run_recording(sideways["root"], photo, sideways["root"] / "b",
+                                           sideways["annotations"], policy)
+    expected = sideways["upright_box"] if upright else stored_box
+    assert _near(_marker_box(seen), expected)
+    assert ("cannot tell" in stderr) == (policy == "auto")
+
+
+def test_unknown_annotated_classes_are_counted_and_reported(sideways):
+    _xml(sideways["annotations"] / "phone.xml", UPRIGHT_SIZE,
+         [("dog", (1, 1, 5, 5)), (CLASS_NAMES[GT_LABEL - 1], sideways["upright_box"]),
+          ("cat", (2, 2, 9, 9)), ("dog", (3, 3, 8, 8))])
+    counts, line, _, stderr = _run_recording(sideways["root"], [sideways["images"] / "phone.jpg"],
+                                             sideways["root"] / "drawn", sideways["annotations"])
+    assert counts["unknown_classes"] == {"cat": 1, "dog": 2}
+    warnings = [row for row in stderr.splitlines() if "does not know" in row]
+    assert len(warnings) == 2
+    assert "1 objects of class 'cat'" in warnings[0] and "2 objects of class 'dog'" in warnings[1]
+    assert line.endswith("; 0 without annotation; 3 annotated objects of classes the model does not "
+                         "know, not drawn: cat (1), dog (2)")
+    # the known object is still drawn
+    _assert_outline_on_marker(*_panels(_rgb(sideways["root"] / "drawn" / "phone.jpg"), UPRIGHT_SIZE[0]))
