@@ -37,6 +37,7 @@ from ssd.record_files import DataError, resolve_files
 from ssd.detector import Detector, build_inference_model
 from ssd.draw import draw_boxes, draw_precision_recall, side_by_side
 from ssd.modes import ModeKeys
+from ssd.preprocessing import to_display
 from ssd.progress import Progress
 from ssd.summaries import write_image_list, write_pr_curves, write_scalar
 from ssd.voc_metric import METRICS, VOCEvaluator, format_table, summary_of
@@ -143,12 +144,11 @@ def evaluation_pictures(samples: Sequence[dict[str, np.ndarray]], config: Config
     no encoded image after preprocessing), stretched back to the original aspect ratio with
     the longer side the input size: what the network saw, shaped as the photo.
     """
-    from ssd.model_fn import unpreprocess  # ssd.model_fn imports this module through ssd.estimator
 
     names = list(config.data.class_names)
     pictures = []
     for sample in samples:
-        rgb = unpreprocess(tf.constant(sample["image"][np.newaxis]), config)[0].numpy()
+        rgb = to_display(tf.constant(sample["image"][np.newaxis]), config)[0].numpy()
         height, width = display_size(sample["original_shape"], config.model.input_size)
         image = Image.fromarray(np.round(rgb * 255).astype(np.uint8)).resize((width, height),
                                                                               Image.BILINEAR)
