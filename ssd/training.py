@@ -97,6 +97,7 @@ def make_train_step(strategy: tf.distribute.Strategy, model_fn: Callable,
 
     def replica_gradients(features, labels):
         grads, loss, scalars, summary = _gradients(model_fn, optimizer, variables, features, labels)
+        grads = [g if m == 1.0 else g * tf.cast(m, g.dtype) for g, m in zip(grads, multipliers)]
         examples = tf.cast(tf.shape(tf.nest.flatten(features)[0])[0], tf.float32)
         overflow = _overflowed(grads) if scales_loss else tf.constant(0.0)
         return grads, (loss, examples, overflow), scalars, summary
@@ -107,7 +108,6 @@ def make_train_step(strategy: tf.distribute.Strategy, model_fn: Callable,
             # they are all-reduced; an overflow on any replica must make every replica skip.
             poison = tf.where(any_overflow > 0, float("nan"), 0.0)
             grads = [g + tf.cast(poison, g.dtype) for g in grads]
-        grads = [g if m == 1.0 else g * tf.cast(m, g.dtype) for g, m in zip(grads, multipliers)]
         optimizer.apply_gradients(zip(grads, variables))
 
     def total(value):
