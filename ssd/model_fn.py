@@ -72,7 +72,8 @@ def gradient_multiplier(variable, train_config: TrainConfig) -> float:
 
 
 class SSDModelFn(ModelFunction):
-    """Holds the config, SSD network, default boxes and optimizer; called in TRAIN mode."""
+    """Holds the config, SSD network, default boxes and optimizer; called in TRAIN mode. Its
+    `gradient_multiplier(variable)` gives the training step Caffe's bias learning rate."""
 
     def __init__(self, config: Config, context: ModelContext):
         self.config = config
