@@ -10,7 +10,8 @@ Per-location boxes, for the two presets of `AnchorConfig`:
          with h = scales[l] / sqrt(r), w = scales[l] * sqrt(r);
   caffe: the square of side min_size, the square of side sqrt(min_size * max_size), then one box per
          remaining ratio r in aspect_ratios[l][1:] with h = min_size / sqrt(r), w = min_size * sqrt(r);
-         sizes are pixels and are divided by input_size.
+         sizes are pixels, truncated to whole pixels first (`caffe_pixel_size`), and are divided
+         by input_size.
 """
 
 from __future__ import annotations
@@ -20,6 +21,16 @@ import math
 import numpy as np
 
 from ssd.config import TF1, Config
+
+
+def caffe_pixel_size(size: float) -> int:
+    """A configured min/max size as Caffe's PriorBox layer uses it: truncated to an integer.
+
+    Its forward pass copies each size into an `int` before computing the boxes, so the released
+    SSD512 models were trained with min_size 35 for the configured 35.84 (and sqrt(35 * 76) for
+    the extra square); integer sizes such as SSD300's are unchanged.
+    """
+    return int(size)
 
 
 def location_box_sizes(config: Config, layer: int) -> np.ndarray:
@@ -32,8 +43,10 @@ def location_box_sizes(config: Config, layer: int) -> np.ndarray:
         scale = anchors.scales[layer]
     elif anchors.preset == "caffe":
         size = config.model.input_size
-        min_size = anchors.min_sizes[layer] / size
-        extra = math.sqrt(anchors.min_sizes[layer] * anchors.max_sizes[layer]) / size
+        low = caffe_pixel_size(anchors.min_sizes[layer])
+        high = caffe_pixel_size(anchors.max_sizes[layer])
+        min_size = low / size
+        extra = math.sqrt(low * high) / size
         square = [(min_size, min_size), (extra, extra)]
         scale = min_size
         ratios = ratios[1:]  # the ratio-1 box is the min_size square above

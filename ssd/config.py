@@ -8,7 +8,9 @@ name from a source checkout, an editable install and a regular install alike.
 `load_config` resolves a recipe (anchor presets included), applies dotted overrides, validates
 every field (`ssd.config_validation`) and returns a `Config`; `to_json` / `from_json` round-trip
 it losslessly, which is how the trainer saves the resolved config into the model directory.
-Configs written by earlier versions still load: see `_upgrade_old_values`.
+Configs written by earlier versions still load: see `_upgrade_old_values`. A recipe may name a
+class list instead of listing it (`"data": {"class_names": "coco"}`, see
+`config_schema.NAMED_CLASS_LISTS`); the resolved config holds the names themselves.
 """
 
 from __future__ import annotations
@@ -26,13 +28,15 @@ from typing import Any, Mapping
 from absl import logging
 
 from ssd.architectures import ARCHITECTURES, feature_map_sizes
-from ssd.config_schema import (ANCHOR_PRESETS, AUGMENTATIONS, TF1, VOC_CLASSES, AnchorConfig,
+from ssd.config_schema import (ANCHOR_PRESETS, AUGMENTATIONS, COCO_CLASSES, EVAL_METRICS,
+                               NAMED_CLASS_LISTS, OPTIMIZERS, TF1, VOC_CLASSES, AnchorConfig,
                                Config, ConfigError, DataConfig, EvalConfig, LossConfig,
                                MatchingConfig, ModelConfig, TrainConfig, shape_fields)
 from ssd.config_validation import validate
 
 __all__ = [
-    "ANCHOR_PRESETS", "AUGMENTATIONS", "TF1", "VOC_CLASSES", "AnchorConfig", "Config",
+    "ANCHOR_PRESETS", "AUGMENTATIONS", "COCO_CLASSES", "EVAL_METRICS", "NAMED_CLASS_LISTS",
+    "OPTIMIZERS", "TF1", "VOC_CLASSES", "AnchorConfig", "Config",
     "ConfigError", "DataConfig", "EvalConfig", "LossConfig", "MatchingConfig", "ModelConfig",
     "TrainConfig", "shape_fields", "validate", "CONFIG_FILENAME", "recipe_dir", "recipe_names",
     "recipe_path", "load_config", "from_dict", "to_dict", "to_json", "from_json",
@@ -142,6 +146,20 @@ def _check_old_boxes_per_location(old_boxes: Any, anchors: AnchorConfig) -> None
                 f"derived from the aspect ratios now, drop it")
 
 
+# --- named class lists -----------------------------------------------------------------------
+
+def _expand_named_class_list(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with a named `data.class_names` ("voc", "coco") replaced by its list of names."""
+    data = values.get("data")
+    names = data.get("class_names") if isinstance(data, Mapping) else None
+    if not isinstance(names, str):
+        return values
+    if names not in NAMED_CLASS_LISTS:
+        raise ConfigError(f"data.class_names: {names!r} names no class list (known: "
+                          f"{', '.join(sorted(NAMED_CLASS_LISTS))}); give a list of names instead")
+    return {**values, "data": {**data, "class_names": list(NAMED_CLASS_LISTS[names])}}
+
+
 # --- dict <-> dataclass with type checks ---------------------------------------------------
 
 def _check_value(value: Any, annotation: Any, field: str) -> Any:
@@ -198,6 +216,7 @@ def from_dict(values: Mapping[str, Any]) -> Config:
     if not isinstance(values, Mapping):
         raise ConfigError(f"config: expected a mapping, got {values!r}")
     values, old_boxes = _upgrade_old_values(values)
+    values = _expand_named_class_list(values)
     config = Config()
     _update_dataclass(config, values, "")
     _fill_anchor_preset(config)

@@ -15,10 +15,29 @@ VOC_CLASSES = (
     "train", "tvmonitor",
 )
 
+# the 80 COCO object categories in the order of COCO's category ids (1..90, with gaps)
+COCO_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
+    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush",
+)
+
+# class lists a recipe (or an override) may name instead of listing: "data.class_names": "coco"
+NAMED_CLASS_LISTS = {"voc": VOC_CLASSES, "coco": COCO_CLASSES}
+
 # the values of `anchors.preset` and `data.augmentation` that name the TF1 reference recipe
 TF1 = "tf1"
 ANCHOR_PRESETS = (TF1, "caffe")
 AUGMENTATIONS = ("paper", TF1, "none")
+EVAL_METRICS = ("voc07", "voc12", "coco")
+OPTIMIZERS = ("momentum", "sgd", "adam")
 
 
 class ConfigError(ValueError):
@@ -42,9 +61,9 @@ class AnchorConfig:
     tf1:   the TF1 reference implementation's anchors: sizes from `scales` / `extra_scales`
            (fractions of the image); at each location the extra square box comes first, then one
            box per aspect ratio in the listed order.
-    caffe: the paper's Caffe anchors: sizes from `min_sizes` / `max_sizes` (pixels); at each
-           location the square of min_size, then the square of sqrt(min_size * max_size), then
-           the other ratios.
+    caffe: the paper's Caffe anchors: sizes from `min_sizes` / `max_sizes` (pixels, truncated to
+           whole pixels as Caffe's PriorBox layer does: 35.84 gives 35); at each location the
+           square of min_size, then the square of sqrt(min_size * max_size), then the other ratios.
     Fields left empty in a recipe are filled from the preset's table for the architecture.
     """
 
@@ -79,7 +98,7 @@ class LossConfig:
     negative_ratio: float = 3.0
     smooth_l1_beta: float = 1.0
     weight_decay: float = 5e-4
-    decay_biases: bool = True  # the TF1 reference decays kernels and biases
+    decay_biases: bool = True  # the TF1 reference decays kernels and biases; Caffe does not
     norm_scale_decay_multiplier: float = 0.1  # the conv4_3 scale is decayed at 0.1x
 
 
@@ -107,9 +126,11 @@ class DataConfig:
 class TrainConfig:
     batch_size: int = 32  # global, split across replicas
     max_steps: int = 120_000
-    optimizer: str = "momentum"
+    optimizer: str = "momentum"  # "momentum", "sgd" or "adam"
     momentum: float = 0.9
     learning_rate: float = 1e-3
+    # biases learn at this multiple of the learning rate (Caffe: 2); SGD and momentum only
+    bias_lr_multiplier: float = 1.0
     lr_boundaries: list[int] = dataclasses.field(default_factory=lambda: [500, 80_000, 100_000])
     lr_factors: list[float] = dataclasses.field(default_factory=lambda: [0.1, 1.0, 0.1, 0.01])
     lr_floor: float = 1e-6
@@ -132,7 +153,7 @@ class EvalConfig:
     nms_iou_threshold: float = 0.45
     max_detections: int = 200
     min_box_size: float = 0.0  # the TF1 reference drops boxes under 0.03 of the image
-    metric: str = "voc07"  # "voc07" (11-point) or "voc12" (all points)
+    metric: str = "voc07"  # "voc07" (11-point), "voc12" (all points) or "coco" (AP@[.5:.95])
 
 
 @dataclasses.dataclass

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 from ssd.architectures import ARCHITECTURES, feature_map_sizes
-from ssd.config_schema import (ANCHOR_PRESETS, AUGMENTATIONS, AnchorConfig, Config, ConfigError,
-                               DataConfig, EvalConfig, LossConfig, MatchingConfig, ModelConfig,
-                               TrainConfig)
+from ssd.config_schema import (ANCHOR_PRESETS, AUGMENTATIONS, EVAL_METRICS, OPTIMIZERS,
+                               AnchorConfig, Config, ConfigError, DataConfig, EvalConfig,
+                               LossConfig, MatchingConfig, ModelConfig, TrainConfig)
 
 
 def _require(condition: bool, field: str, message: str) -> None:
@@ -46,6 +46,9 @@ def _validate_anchor_sizes(a: AnchorConfig, n: int) -> None:
         _require_length(a.max_sizes, n, "anchors.max_sizes")
         _positive_list(a.min_sizes, "anchors.min_sizes")
         _positive_list(a.max_sizes, "anchors.max_sizes")
+        for i, low in enumerate(a.min_sizes):
+            # the boxes use whole pixels (Caffe's truncation): under 1 pixel would be no box
+            _require(low >= 1, f"anchors.min_sizes[{i}]", f"must be at least 1 pixel, got {low}")
         for i, (low, high) in enumerate(zip(a.min_sizes, a.max_sizes)):
             _require(high > low, f"anchors.max_sizes[{i}]", f"must exceed min_sizes[{i}] ({low}), got {high}")
     else:
@@ -133,7 +136,13 @@ def _validate_schedule(t: TrainConfig) -> None:
 def validate_train(t: TrainConfig) -> None:
     _require(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
     _require(t.max_steps >= 1, "train.max_steps", "must be >= 1")
-    _require(t.optimizer in ("momentum", "sgd", "adam"), "train.optimizer", "must be momentum, sgd or adam")
+    _choice(t.optimizer, OPTIMIZERS, "train.optimizer")
+    _require(t.bias_lr_multiplier > 0 and math.isfinite(t.bias_lr_multiplier),
+             "train.bias_lr_multiplier", f"must be positive, got {t.bias_lr_multiplier}")
+    # scaling a gradient by k is k x the learning rate for SGD, but Adam divides it out
+    _require(t.bias_lr_multiplier == 1 or t.optimizer != "adam", "train.bias_lr_multiplier",
+             f"is {t.bias_lr_multiplier}, but Adam's steps do not scale with the gradient, so "
+             f"only 1 works with train.optimizer 'adam' (use 'momentum' or 'sgd')")
     _require(0 <= t.momentum < 1, "train.momentum", "must be in [0, 1)")
     _validate_schedule(t)
     for name in ("save_checkpoints_steps", "save_summary_steps", "log_step_count_steps",
@@ -151,7 +160,7 @@ def validate_eval(e: EvalConfig) -> None:
     _require(0 < e.nms_iou_threshold <= 1, "eval.nms_iou_threshold", "must be in (0, 1]")
     _require(e.max_detections >= 1, "eval.max_detections", "must be >= 1")
     _require(0 <= e.min_box_size < 1, "eval.min_box_size", "must be in [0, 1)")
-    _require(e.metric in ("voc07", "voc12"), "eval.metric", f"must be voc07 or voc12, got {e.metric!r}")
+    _choice(e.metric, EVAL_METRICS, "eval.metric")
 
 
 def validate(config: Config) -> None:

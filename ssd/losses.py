@@ -108,16 +108,27 @@ def classification_accuracy(cls_logits: tf.Tensor, cls_targets: tf.Tensor,
                                  tf.reduce_sum(tf.cast(counted, tf.float32)))
 
 
+def _weight_name(variable) -> str:
+    """The last part of a Keras variable path ("fc7/bias" -> "bias")."""
+    return variable.path.split("/")[-1]
+
+
+def is_bias(variable) -> bool:
+    """Whether `variable` is a convolution or dense bias: the variables that Caffe's recipes
+    exclude from weight decay and train at `train.bias_lr_multiplier` x the learning rate."""
+    return _weight_name(variable) in _BIAS_WEIGHTS
+
+
 def _decay_multiplier(variable, loss_config) -> float:
     """How much of `weight_decay` a trainable variable gets, decided from its Keras path."""
     path = variable.path
     parts = path.split("/")
-    name = parts[-1]
+    name = _weight_name(variable)
     if name == NORM_SCALE_WEIGHT and NORM_SCALE_LAYER in parts[:-1]:
         return loss_config.norm_scale_decay_multiplier
     if name in _DECAYED_WEIGHTS:
         return 1.0
-    if name in _BIAS_WEIGHTS:
+    if is_bias(variable):
         return 1.0 if loss_config.decay_biases else 0.0
     if name in _NORMALIZATION_WEIGHTS:
         return 0.0

@@ -25,7 +25,7 @@ from ssd import boxes as box_ops
 from ssd.anchors import generate_anchors
 from ssd.config import Config, TrainConfig
 from ssd.estimator import EstimatorSpec, ModelContext, ModelFunction
-from ssd.losses import classification_accuracy, detection_losses, weight_decay_loss
+from ssd.losses import classification_accuracy, detection_losses, is_bias, weight_decay_loss
 from ssd.model import build_model
 from ssd.modes import ModeKeys
 from ssd.preprocessing import to_display
@@ -60,8 +60,20 @@ def make_optimizer(train_config: TrainConfig, global_step: tf.Variable) -> keras
     raise ValueError(f"train.optimizer: unknown optimizer {train_config.optimizer!r}")
 
 
+def gradient_multiplier(variable, train_config: TrainConfig) -> float:
+    """What a variable's gradient is multiplied by before the optimizer applies it.
+
+    For SGD with or without momentum the update is linear in the gradient, so multiplying a
+    bias's gradient by `bias_lr_multiplier` trains it at exactly that multiple of the learning
+    rate, as Caffe's per-parameter `lr_mult` does (validation refuses a multiplier with Adam,
+    whose steps do not scale with the gradient).
+    """
+    return train_config.bias_lr_multiplier if is_bias(variable) else 1.0
+
+
 class SSDModelFn(ModelFunction):
-    """Holds the config, SSD network, default boxes and optimizer; called in TRAIN mode."""
+    """Holds the config, SSD network, default boxes and optimizer; called in TRAIN mode. Its
+    `gradient_multiplier(variable)` gives the training step Caffe's bias learning rate."""
 
     def __init__(self, config: Config, context: ModelContext):
         self.config = config
@@ -69,6 +81,10 @@ class SSDModelFn(ModelFunction):
         self.optimizer = make_optimizer(config.train, context.global_step)
         self.anchors = tf.constant(generate_anchors(config), tf.float32)
         self._network = context.compile(self.model)
+
+    def gradient_multiplier(self, variable) -> float:
+        """Read by the training step (`ssd.training.make_train_step`) for each variable."""
+        return gradient_multiplier(variable, self.config.train)
 
     def __call__(self, features, labels, mode: str) -> EstimatorSpec:
         if mode != ModeKeys.TRAIN:

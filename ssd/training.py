@@ -85,12 +85,19 @@ def make_train_step(strategy: tf.distribute.Strategy, model_fn: Callable,
                     optimizer: keras.optimizers.Optimizer, global_step: tf.Variable
                     ) -> Callable[[object], StepResult]:
     """step(distributed iterator) -> StepResult (module docstring). Build it in strategy.scope()
-    after `optimizer.build(...)`; `model_fn.model.trainable_variables` are trained."""
+    after `optimizer.build(...)`; `model_fn.model.trainable_variables` are trained, each
+    gradient multiplied by `model_fn.gradient_multiplier(variable)` when the model function has
+    that method."""
     variables = model_fn.model.trainable_variables
     scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    # an optional hook of the model function: a per-variable gradient factor (e.g. Caffe's 2x
+    # learning rate for biases), applied here and nowhere else
+    multiplier_of = getattr(model_fn, "gradient_multiplier", None)
+    multipliers = [1.0 if multiplier_of is None else float(multiplier_of(v)) for v in variables]
 
     def replica_gradients(features, labels):
         grads, loss, scalars, summary = _gradients(model_fn, optimizer, variables, features, labels)
+        grads = [g if m == 1.0 else g * tf.cast(m, g.dtype) for g, m in zip(grads, multipliers)]
         examples = tf.cast(tf.shape(tf.nest.flatten(features)[0])[0], tf.float32)
         overflow = _overflowed(grads) if scales_loss else tf.constant(0.0)
         return grads, (loss, examples, overflow), scalars, summary

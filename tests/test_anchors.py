@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from ssd.anchors import generate_anchors, num_anchors_per_layer
+from ssd import anchors as anchor_module
+from ssd.anchors import caffe_pixel_size, generate_anchors, num_anchors_per_layer
 from ssd.config import load_config
 
 
@@ -115,6 +116,86 @@ def test_ssd512_tf1_sizes_from_caffe_table():
     s = 76.8 / 512
     np.testing.assert_allclose(anchors[index], _box(cy, cx, s / math.sqrt(2), s * math.sqrt(2)),
                                atol=1e-6)
+
+
+# --- Caffe's PriorBox truncates min/max sizes to whole pixels ---------------------------------
+
+def test_caffe_pixel_size_truncates():
+    assert [caffe_pixel_size(v) for v in (35.84, 76.8, 20.48, 51.2, 542.72, 30.0, 1.0)] == \
+        [35, 76, 20, 51, 542, 30, 1]
+
+
+def _caffe_location(m, big, wide):
+    """(height, width) at one location, hand-written from Caffe's box order."""
+    sizes = [(m, m), (big, big), (m / math.sqrt(2), m * math.sqrt(2)), (m * math.sqrt(2), m / math.sqrt(2))]
+    if wide:
+        sizes += [(m / math.sqrt(3), m * math.sqrt(3)), (m * math.sqrt(3), m / math.sqrt(3))]
+    return sizes
+
+
+def test_ssd512_caffe_boxes_use_truncated_sizes():
+    anchors = generate_anchors(_config("ssd512", "caffe"))
+    # conv4_3, cell (0, 0): min 35.84 -> 35, max 76.8 -> 76
+    c = 0.5 * 8 / 512
+    expected = [_box(c, c, h, w) for h, w in _caffe_location(35 / 512, math.sqrt(35 * 76) / 512, False)]
+    np.testing.assert_allclose(anchors[0:4], expected, atol=1e-6)
+    np.testing.assert_allclose(anchors[2], _box(c, c, 35 / math.sqrt(2) / 512, 35 * math.sqrt(2) / 512),
+                               atol=1e-7)
+    # conv9_2 (layer 3), cell (5, 2): min 230.4 -> 230, max 307.2 -> 307, six boxes
+    start = _flat_index(SSD512_MAPS, SSD512_K, 3, 5, 2, 0)
+    cy, cx = 5.5 * 64 / 512, 2.5 * 64 / 512
+    expected = [_box(cy, cx, h, w) for h, w in _caffe_location(230 / 512, math.sqrt(230 * 307) / 512, True)]
+    np.testing.assert_allclose(anchors[start:start + 6], expected, atol=1e-6)
+    # the last layer: min 460.8 -> 460, max 537.6 -> 537
+    expected = [_box(0.5, 0.5, h, w) for h, w in _caffe_location(460 / 512, math.sqrt(460 * 537) / 512, False)]
+    np.testing.assert_allclose(anchors[-4:], expected, atol=1e-6)
+    # not the fractional sizes: 35.84 / 512 differs from 35 / 512 by 1.6e-3
+    assert abs((anchors[0, 2] - anchors[0, 0]) - 35.84 / 512) > 1e-3
+
+
+def test_ssd512_coco_boxes_use_truncated_sizes():
+    anchors = generate_anchors(load_config("ssd512_coco"))
+    c = 0.5 * 8 / 512
+    # conv4_3: min 20.48 -> 20, max 51.2 -> 51
+    expected = [_box(c, c, h, w) for h, w in _caffe_location(20 / 512, math.sqrt(20 * 51) / 512, False)]
+    np.testing.assert_allclose(anchors[0:4], expected, atol=1e-6)
+    # fc7, cell (31, 0): min 51.2 -> 51, max 133.12 -> 133
+    start = _flat_index(SSD512_MAPS, SSD512_K, 1, 31, 0, 0)
+    cy, cx = 31.5 * 16 / 512, 0.5 * 16 / 512
+    expected = [_box(cy, cx, h, w) for h, w in _caffe_location(51 / 512, math.sqrt(51 * 133) / 512, True)]
+    np.testing.assert_allclose(anchors[start:start + 6], expected, atol=1e-6)
+    # the last layer: min 460.8 -> 460, max 542.72 -> 542
+    expected = [_box(0.5, 0.5, h, w) for h, w in _caffe_location(460 / 512, math.sqrt(460 * 542) / 512, False)]
+    np.testing.assert_allclose(anchors[-4:], expected, atol=1e-6)
+
+
+def _untruncated(config, monkeypatch):
+    """The boxes as computed before the truncation: the same code with sizes used as given."""
+    with monkeypatch.context() as patch:
+        patch.setattr(anchor_module, "caffe_pixel_size", lambda size: size)
+        return generate_anchors(config)
+
+
+@pytest.mark.parametrize("config", [lambda: _config("ssd300", "caffe"), lambda: load_config("ssd300_coco")],
+                         ids=["ssd300_voc_caffe", "ssd300_coco"])
+def test_integer_sizes_leave_the_boxes_unchanged(config, monkeypatch):
+    config = config()
+    assert all(float(v).is_integer() for v in config.anchors.min_sizes + config.anchors.max_sizes)
+    np.testing.assert_array_equal(generate_anchors(config), _untruncated(config, monkeypatch))
+
+
+@pytest.mark.parametrize("name", ["ssd512_voc0712", "ssd512_coco"])
+def test_fractional_sizes_change_the_boxes(name, monkeypatch):
+    config = load_config(name)
+    assert not np.allclose(generate_anchors(config), _untruncated(config, monkeypatch), atol=1e-4)
+
+
+def test_tf1_preset_keeps_fractional_ssd512_sizes():
+    # the tf1 preset's SSD512 scales are the Caffe table as fractions, not truncated
+    config = _config("ssd512", "tf1")
+    assert config.anchors.scales[0] == pytest.approx(35.84 / 512)
+    anchors = generate_anchors(config)
+    np.testing.assert_allclose(anchors[1, 2] - anchors[1, 0], 35.84 / 512, atol=1e-6)
 
 
 @pytest.mark.parametrize("architecture, maps, per_location",

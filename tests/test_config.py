@@ -3,6 +3,7 @@ import json
 import pytest
 
 from ssd import config as cfg
+from ssd.anchors import generate_anchors
 
 
 def test_reference_recipe_resolves_tf1_anchor_preset():
@@ -68,6 +69,12 @@ def test_overrides_apply_dotted_fields():
     ({"model.architecture": "ssd400"}, "model.architecture"),
     ({"anchors.boxes_per_location": [4, 6, 6, 6, 4]}, "anchors.boxes_per_location"),
     ({"anchors.boxes_per_location": "many"}, "anchors.boxes_per_location"),
+    ({"eval.metric": "voc10"}, "eval.metric"),
+    ({"train.optimizer": "rmsprop"}, "train.optimizer"),
+    ({"train.bias_lr_multiplier": -1.0}, "train.bias_lr_multiplier"),
+    ({"data.class_names": "imagenet"}, "data.class_names"),
+    ({"anchors.preset": "caffe", "anchors.aspect_ratios": [], "anchors.scales": [], "anchors.extra_scales": [],
+      "anchors.min_sizes": [0.5, 60, 111, 162, 213, 264]}, "anchors.min_sizes[0]"),
 ])
 def test_bad_values_name_the_field(overrides, field):
     with pytest.raises(cfg.ConfigError) as info:
@@ -185,3 +192,71 @@ def test_recipe_that_is_not_an_object_is_refused(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(cfg.ConfigError, match="list.json: expected a JSON object"):
         cfg.load_config(path)
+
+
+# --- the COCO recipes (the Caffe release's ssd_coco.py) -------------------------------------------
+
+def test_coco_class_list():
+    classes = cfg.COCO_CLASSES
+    assert len(classes) == 80 and len(set(classes)) == 80
+    assert classes[:5] == ("person", "bicycle", "car", "motorcycle", "airplane")
+    assert classes[-1] == "toothbrush"
+    # COCO ids 44, 62, 72 (bottle, chair, tv) are labels 40, 57, 63: ids 12, 26, 29, 30, 45, 66,
+    # 68, 69 and 71 are unused
+    assert classes.index("bottle") == 39 and classes.index("chair") == 56 and classes.index("tv") == 62
+
+
+@pytest.mark.parametrize("name, architecture, boxes, min_sizes, max_sizes", [
+    ("ssd300_coco", "ssd300", 8732, [21, 45, 99, 153, 207, 261], [45, 99, 153, 207, 261, 315]),
+    ("ssd512_coco", "ssd512", 24564, [20.48, 51.2, 133.12, 215.04, 296.96, 378.88, 460.8],
+     [51.2, 133.12, 215.04, 296.96, 378.88, 460.8, 542.72]),
+])
+def test_coco_recipes(name, architecture, boxes, min_sizes, max_sizes):
+    config = cfg.load_config(name)
+    assert config.model.architecture == architecture
+    assert config.model.num_classes == 81
+    assert tuple(config.data.class_names) == cfg.COCO_CLASSES
+    a = config.anchors
+    assert a.preset == "caffe"
+    assert a.min_sizes == min_sizes and a.max_sizes == max_sizes
+    voc = cfg.load_config("ssd300_voc0712" if architecture == "ssd300" else "ssd512_voc0712",
+                          {"anchors.preset": "caffe", "anchors.scales": [], "anchors.extra_scales": [],
+                           "anchors.aspect_ratios": []}).anchors
+    assert a.aspect_ratios == voc.aspect_ratios and a.steps == voc.steps
+    assert generate_anchors(config).shape == (boxes, 4)
+    t = config.train
+    assert (t.batch_size, t.optimizer, t.momentum, t.learning_rate) == (32, "momentum", 0.9, 1e-3)
+    assert t.max_steps == 400_000
+    assert t.lr_boundaries == [500, 280_000, 360_000]  # the project's warm-up, then Caffe's steps
+    assert t.lr_factors == [0.1, 1.0, 0.1, 0.01]
+    assert t.bias_lr_multiplier == 2.0 and config.loss.decay_biases is False
+    assert config.loss.weight_decay == 5e-4
+    assert config.data.augmentation == "paper"
+    e = config.eval
+    assert (e.score_threshold, e.nms_iou_threshold, e.pre_nms_top_k, e.max_detections) == (0.01, 0.45, 400, 200)
+    assert e.metric == "coco"
+
+
+def test_coco_recipe_round_trips_with_the_names_themselves(tmp_path):
+    config = cfg.load_config("ssd512_coco")
+    assert json.loads(cfg.to_json(config))["data"]["class_names"] == list(cfg.COCO_CLASSES)
+    cfg.save_config(config, tmp_path)
+    assert cfg.load_saved_config(tmp_path) == config
+
+
+def test_named_class_lists():
+    assert cfg.load_config("ssd300_voc0712", {"data.class_names": "voc"}) == cfg.load_config("ssd300_voc0712")
+    config = cfg.load_config("ssd300_voc0712", {"data.class_names": "coco", "model.num_classes": 81})
+    assert config.data.class_names == list(cfg.COCO_CLASSES)
+
+
+# --- Caffe's bias treatment -----------------------------------------------------------------------
+
+def test_caffe_recipes_train_biases_at_2x_without_decay():
+    for name in ("ssd512_voc0712", "ssd300_coco", "ssd512_coco"):
+        config = cfg.load_config(name)
+        assert config.anchors.preset == "caffe"
+        assert config.train.bias_lr_multiplier == 2.0 and config.loss.decay_biases is False, name
+    for name in ("ssd300_voc0712", "ssd300_shapes_cpu"):  # the TF1 reference's treatment
+        config = cfg.load_config(name)
+        assert config.train.bias_lr_multiplier == 1.0 and config.loss.decay_biases is True, name

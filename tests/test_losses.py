@@ -243,6 +243,19 @@ def test_weight_decay_hand_computed():
     assert float(losses.weight_decay_loss(model, LossConfig(weight_decay=0.0))) == 0.0
 
 
+def test_is_bias_is_the_rule_weight_decay_uses_for_biases():
+    model = _small_model()
+    assert {v.path for v in model.trainable_variables if losses.is_bias(v)} == \
+        {"conv4_3/bias", "cls_0/bias"}  # not kernels, the norm scale or batch-norm beta
+    kernels_only = LossConfig(weight_decay=1.0, decay_biases=False, norm_scale_decay_multiplier=0.0)
+    with_biases = LossConfig(weight_decay=1.0, decay_biases=True, norm_scale_decay_multiplier=0.0)
+    bias_terms = sum(0.5 * np.sum(v.numpy().astype(np.float64) ** 2)
+                     for v in model.trainable_variables if losses.is_bias(v))
+    difference = float(losses.weight_decay_loss(model, with_biases)) - float(
+        losses.weight_decay_loss(model, kernels_only))
+    assert difference == pytest.approx(bias_terms, rel=1e-4)
+
+
 def test_weight_decay_skips_frozen_and_rejects_unknown_variables():
     model = _small_model()
     model.get_layer("conv4_3").trainable = False
