@@ -64,8 +64,10 @@ def main(argv) -> None:
     try:
         config = config_lib.load_saved_config(FLAGS.model_dir)
         if FLAGS.batch_size:
-            config = config_lib.from_dict(config_lib.apply_overrides(
-                config_lib.to_dict(config), {"eval.batch_size": FLAGS.batch_size}))
+            config = config_lib.config_from(
+                config_lib.to_dict(config),
+                config_lib.Overrides({"eval.batch_size": FLAGS.batch_size}, {"eval.batch_size": "--batch_size"}),
+                FLAGS.model_dir)
         timeout = FLAGS.watch_timeout_secs if FLAGS.watch_timeout_secs > 0 else None
         summaries = evaluation.run_evaluation(
             config, FLAGS.model_dir, FLAGS.data_dir, checkpoint_path=FLAGS.checkpoint_path,

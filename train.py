@@ -80,15 +80,16 @@ class TrainingError(Exception):
     """A problem the user can fix; main() prints the message without a traceback."""
 
 
-def explicit_overrides() -> dict:
-    """Dotted config overrides from --set, then from the flags given on the command line."""
-    overrides = {}
+def explicit_overrides() -> config_lib.Overrides:
+    """Dotted config overrides from --set, then from the flags given on the command line, each
+    remembering its origin (an error names the --set or the flag it came from)."""
+    overrides = config_lib.Overrides()
     for text in FLAGS.set:
         key, value = config_lib.parse_override(text)
-        overrides[key] = value
+        overrides.set(key, value, f"--set {text}")
     for flag, field in FLAG_FIELDS.items():
         if FLAGS[flag].present:
-            overrides[field] = FLAGS[flag].value
+            overrides.set(field, FLAGS[flag].value, f"--{flag}")
     return overrides
 
 
