@@ -59,7 +59,7 @@ def main(argv) -> None:
         if not FLAGS[name].value:
             raise app.UsageError(f"--{name} is required")
 
-    from ssd import checkpoints, evaluation
+    from ssd import checkpoints, evaluation, record_classes
 
     try:
         config = config_lib.load_saved_config(FLAGS.model_dir)
@@ -68,6 +68,7 @@ def main(argv) -> None:
                 config_lib.to_dict(config),
                 config_lib.Overrides({"eval.batch_size": FLAGS.batch_size}, {"eval.batch_size": "--batch_size"}),
                 FLAGS.model_dir)
+        record_classes.check_record_classes(FLAGS.data_dir, config.data.class_names)
         timeout = FLAGS.watch_timeout_secs if FLAGS.watch_timeout_secs > 0 else None
         summaries = evaluation.run_evaluation(
             config, FLAGS.model_dir, FLAGS.data_dir, checkpoint_path=FLAGS.checkpoint_path,

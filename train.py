@@ -38,7 +38,7 @@ cli.quiet_tensorflow_startup()
 from absl import app, flags, logging
 
 from ssd import config as config_lib
-from ssd import resume
+from ssd import record_classes, resume
 
 FLAGS = flags.FLAGS
 
@@ -138,6 +138,7 @@ def run(model_dir: str) -> None:
             eval_input_fn = make_input_fn(FLAGS.eval_data_dir, config, ModeKeys.EVAL)
     except FileNotFoundError as e:
         raise TrainingError(f"no data files: {e}") from e
+    record_classes.check_record_classes(FLAGS.data_dir, config.data.class_names)
 
     if is_chief(strategy):
         for field, (old, new) in changes.items():
@@ -180,7 +181,7 @@ def main(argv) -> None:
         raise app.UsageError("--data_dir is required")
     try:
         run(FLAGS.model_dir)
-    except (TrainingError, config_lib.ConfigError) as e:
+    except (TrainingError, config_lib.ConfigError, record_classes.RecordClassesError) as e:
         sys.exit(f"train.py: error: {e}")
 
 
