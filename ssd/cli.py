@@ -4,11 +4,11 @@ Each app calls `quiet_tensorflow_startup()` before its other imports and `run(ma
 absl's `app.run(main)`:
 
   * TensorFlow's start-up lines ("oneDNN custom operations are on", "This TensorFlow binary is
-    optimized ...") are noise to a user. Unless the user set `TF_CPP_MIN_LOG_LEVEL` (then
-    TensorFlow's own behaviour is kept), it is set to 1 (no INFO lines), and since some INFO
-    lines are printed while the libraries load, before TensorFlow reads that variable, the first
-    `import tensorflow` runs with the process's stderr captured: what the level lets through
-    (warnings, errors, a failed import's output) is passed on, the INFO lines are dropped.
+    optimized ...") are noise to a user. `TF_CPP_MIN_LOG_LEVEL` is set to 1 (no INFO lines)
+    unless the user chose a level. Some lines are printed while the libraries load, before
+    TensorFlow reads that variable, so the first `import tensorflow` runs with the process's
+    stderr captured, and what the level lets through (or all of it when the import fails) is
+    passed on. Level 0 (everything) leaves TensorFlow alone.
   * `--help` (and -h, --helpshort, -?, --helpfull) prints the usage on stdout and exits 0 (absl
     exits 1), without loading TensorFlow when the app itself does not import it at start-up.
   * A usage error (`app.UsageError` raised by main, a bad or unknown flag) prints one line,
@@ -34,7 +34,8 @@ HELP_ARGUMENTS = {"--help": True, "-h": True, "--helpshort": True, "-?": True, "
 # A C++ log line: absl ("I0000 00:00:1796.. 123 file.cc:1] ...") or TensorFlow's older format
 # ("2025-01-01 12:00:00.123: I file.cc:1] ..."); the letter is the severity.
 _LOG_LINE = re.compile(r"^(?:(?P<absl>[IWEF])\d{4} |\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: (?P<tf>[IWEF]) )")
-# absl's notice that logging is not set up yet: it only ever precedes the lines dropped here.
+_SEVERITIES = "IWEF"
+# absl's notice that logging is not set up yet (printed with the first message of each library)
 _ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called"
 
 
@@ -44,26 +45,26 @@ def program_name() -> str:
 
 # --- a quiet TensorFlow start-up -------------------------------------------------------------
 
-def without_info_lines(text: str) -> str:
-    """Drops the INFO messages (a message's continuation lines go with it) and absl's
-    not-initialized notice from captured C++ log output; everything else is kept."""
+def log_at_level(text: str, min_level: int) -> str:
+    """Captured C++ log output without the messages below `min_level` (0 INFO, 1 WARNING,
+    2 ERROR, 3 FATAL, as TF_CPP_MIN_LOG_LEVEL counts; a message's continuation lines go with it)
+    nor, from level 1 on, absl's not-initialized notice. Other lines are kept."""
     kept, dropping = [], False
     for line in text.splitlines(keepends=True):
         match = _LOG_LINE.match(line)
         if match:
-            dropping = (match.group("absl") or match.group("tf")) == "I"
+            dropping = _SEVERITIES.index(match.group("absl") or match.group("tf")) < min_level
         elif line.startswith(_ABSL_PREAMBLE):
-            dropping = True
-            continue
+            dropping = min_level >= 1
         if not dropping:
             kept.append(line)
     return "".join(kept)
 
 
 @contextlib.contextmanager
-def _stderr_filtered() -> Iterator[None]:
+def _stderr_filtered(min_level: int) -> Iterator[None]:
     """Captures file descriptor 2 (C++ writes there directly) and passes on what
-    `without_info_lines` keeps; everything when the body raises."""
+    `log_at_level` keeps; everything when the body raises."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as capture:
@@ -78,27 +79,31 @@ def _stderr_filtered() -> Iterator[None]:
             os.close(saved)
             capture.seek(0)
             text = capture.read().decode("utf-8", errors="replace")
-            sys.stderr.write(text if failed else without_info_lines(text))
+            sys.stderr.write(text if failed else log_at_level(text, min_level))
             sys.stderr.flush()
 
 
 class _QuietLoader(importlib.abc.Loader):
     """Runs the real loader of the `tensorflow` package under `_stderr_filtered`."""
 
-    def __init__(self, loader: importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader, min_level: int):
         self._loader = loader
+        self._min_level = min_level
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module) -> None:
         module.__loader__ = module.__spec__.loader = self._loader  # the package sees its own loader
-        with _stderr_filtered():
+        with _stderr_filtered(self._min_level):
             self._loader.exec_module(module)
 
 
 class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
     """Finds `tensorflow` once, the ordinary way, and hands its loading to `_QuietLoader`."""
+
+    def __init__(self, min_level: int):
+        self._min_level = min_level
 
     def find_spec(self, name, path, target=None):
         if name != "tensorflow":
@@ -106,18 +111,21 @@ class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
         sys.meta_path.remove(self)  # once: the nested imports below take the ordinary path
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is not None and spec.loader is not None:
-            spec.loader = _QuietLoader(spec.loader)
+            spec.loader = _QuietLoader(spec.loader, self._min_level)
         return spec
 
 
 def quiet_tensorflow_startup() -> None:
-    """Keeps TensorFlow's start-up INFO lines off the terminal unless the user chose a log level
-    (module docstring). TensorFlow is still imported only when and where the app imports it."""
-    if LOG_LEVEL_VARIABLE in os.environ:
+    """Keeps TensorFlow's start-up lines below the log level (the user's, else INFO is dropped)
+    off the terminal (module docstring). TensorFlow is still imported only where the app does."""
+    try:
+        min_level = int(os.environ.setdefault(LOG_LEVEL_VARIABLE, QUIET_LEVEL))
+    except ValueError:
+        return  # not a level TensorFlow understands either: leave it alone
+    if min_level <= 0 or "tensorflow" in sys.modules:
         return
-    os.environ[LOG_LEVEL_VARIABLE] = QUIET_LEVEL
-    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _QuietTensorFlowFinder())
+    if not any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowFinder(min_level))
 
 
 # --- help and usage errors ------------------------------------------------------------------

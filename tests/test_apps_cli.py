@@ -82,6 +82,9 @@ def test_a_run_keeps_tensorflow_startup_quiet_unless_the_user_sets_the_level():
     assert not any(noise in quiet.stderr for noise in STARTUP_NOISE), quiet.stderr
     chosen = _run(["-c", script], env=_environment(TF_CPP_MIN_LOG_LEVEL="0"))
     assert chosen.returncode == 0 and chosen.stdout.split() == ["0", "6"]  # the user's level stays
+    silenced = _run(["-c", script], env=_environment(TF_CPP_MIN_LOG_LEVEL="3"))
+    assert silenced.returncode == 0 and silenced.stdout.split() == ["3", "6"]
+    assert silenced.stderr == ""
 
 
 def test_a_failed_import_shows_its_error():
@@ -92,21 +95,25 @@ def test_a_failed_import_shows_its_error():
     assert "ModuleNotFoundError" in result.stderr or "ImportError" in result.stderr
 
 
-def test_only_info_messages_are_dropped_from_captured_startup_output():
-    captured = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
-                "I0000 00:00:1796.5 42 port.cc:153] oneDNN custom operations are on.\n"
-                "I0000 00:00:1796.6 42 cpu_feature_guard.cc:227] This TensorFlow binary is optimized.\n"
-                "To enable the following instructions: AVX2 FMA, in other operations, rebuild.\n"
-                "E0000 00:00:1796.7 42 cuda_dnn.cc:1] Unable to register cuDNN factory\n"
-                "2025-09-17 14:44:05.157831: I external/cudart_stub.cc:32] Could not find cuda drivers\n"
-                "2025-09-17 14:44:05.176998: W external/x.cc:1] a real warning\n"
-                "  its second line\n"
-                "a line of the app's own\n")
-    assert cli.without_info_lines(captured) == (
-        "E0000 00:00:1796.7 42 cuda_dnn.cc:1] Unable to register cuDNN factory\n"
-        "2025-09-17 14:44:05.176998: W external/x.cc:1] a real warning\n"
-        "  its second line\n"
-        "a line of the app's own\n")
+CAPTURED = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+            "I0000 00:00:1796.5 42 port.cc:153] oneDNN custom operations are on.\n"
+            "I0000 00:00:1796.6 42 cpu_feature_guard.cc:227] This TensorFlow binary is optimized.\n"
+            "To enable the following instructions: AVX2 FMA, in other operations, rebuild.\n"
+            "E0000 00:00:1796.7 42 cuda_dnn.cc:1] Unable to register cuDNN factory\n"
+            "2025-09-17 14:44:05.157831: I external/cudart_stub.cc:32] Could not find cuda drivers\n"
+            "2025-09-17 14:44:05.176998: W external/x.cc:1] a real warning\n"
+            "  its second line\n")
+
+
+@pytest.mark.parametrize("level, kept", [
+    (0, CAPTURED.splitlines(keepends=True)),
+    (1, CAPTURED.splitlines(keepends=True)[4:5] + CAPTURED.splitlines(keepends=True)[6:]),
+    (2, CAPTURED.splitlines(keepends=True)[4:5]),
+    (3, []),
+])
+def test_captured_startup_output_keeps_what_the_level_lets_through(level, kept):
+    # a line before any message is no message's continuation: kept whatever the level
+    assert cli.log_at_level("a line of its own\n" + CAPTURED, level) == "a line of its own\n" + "".join(kept)
 
 
 # --- a checkpoint that does not fit the config ------------------------------------------------
