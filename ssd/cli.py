@@ -24,7 +24,7 @@ import os
 import re
 import sys
 import tempfile
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NoReturn, Sequence
 
 LOG_LEVEL_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
 QUIET_LEVEL = "1"  # TensorFlow's C++ levels: 0 all, 1 no INFO, 2 no WARNING, 3 no ERROR
@@ -130,7 +130,7 @@ def quiet_tensorflow_startup() -> None:
 
 # --- help and usage errors ------------------------------------------------------------------
 
-def usage_error(message: str) -> None:
+def usage_error(message: str) -> NoReturn:
     """Prints `<app>: error: <message> (see --help)` and exits with status 2."""
     sys.stderr.write(f"{program_name()}: error: {message} (see --help)\n")
     sys.exit(USAGE_EXIT_CODE)
@@ -153,7 +153,6 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
         return flags.FLAGS(list(argv))
     except flags.Error as error:
         usage_error(str(error).replace("\n", " "))
-        raise  # not reached
 
 
 def run(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> None:

@@ -94,7 +94,7 @@ def record_class_names(files: Sequence[str], limit: int = SAMPLE_RECORDS_PER_FIL
         if summary is not None and summaries[summary] is not None:
             found = {label: {name} for label, name in summaries[summary].items()}
         else:
-            found, read, without_text = classes_of_records(path, limit)
+            found, _, without_text = classes_of_records(path, limit)
             if without_text:
                 unnamed.append(path)
         for label, label_names in found.items():
