@@ -25,6 +25,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python eval.py` from anywhere: make `ssd` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ssd import cli  # first: keeps TensorFlow's start-up lines quiet, whoever imports it
+
+cli.quiet_tensorflow_startup()
+
 from absl import app, flags
 
 from ssd import config as config_lib
@@ -55,13 +59,16 @@ def main(argv) -> None:
         if not FLAGS[name].value:
             raise app.UsageError(f"--{name} is required")
 
-    from ssd import checkpoints, evaluation
+    from ssd import checkpoints, evaluation, record_classes
 
     try:
         config = config_lib.load_saved_config(FLAGS.model_dir)
         if FLAGS.batch_size:
-            config = config_lib.from_dict(config_lib.apply_overrides(
-                config_lib.to_dict(config), {"eval.batch_size": FLAGS.batch_size}))
+            config = config_lib.config_from(
+                config_lib.to_dict(config),
+                config_lib.Overrides({"eval.batch_size": FLAGS.batch_size}, {"eval.batch_size": "--batch_size"}),
+                FLAGS.model_dir)
+        record_classes.check_record_classes(FLAGS.data_dir, config.data.class_names)
         timeout = FLAGS.watch_timeout_secs if FLAGS.watch_timeout_secs > 0 else None
         summaries = evaluation.run_evaluation(
             config, FLAGS.model_dir, FLAGS.data_dir, checkpoint_path=FLAGS.checkpoint_path,
@@ -77,4 +84,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -29,6 +29,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python export.py` from anywhere: make `ssd` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ssd import cli  # first: keeps TensorFlow's start-up lines quiet, whoever imports it
+
+cli.quiet_tensorflow_startup()
+
 from absl import app, flags
 
 from ssd import config as config_lib
@@ -69,4 +73,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -31,10 +31,14 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python train.py` from anywhere: make `ssd` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ssd import cli  # first: keeps TensorFlow's start-up lines quiet, whoever imports it
+
+cli.quiet_tensorflow_startup()
+
 from absl import app, flags, logging
 
 from ssd import config as config_lib
-from ssd import resume
+from ssd import record_classes, resume
 
 FLAGS = flags.FLAGS
 
@@ -76,15 +80,16 @@ class TrainingError(Exception):
     """A problem the user can fix; main() prints the message without a traceback."""
 
 
-def explicit_overrides() -> dict:
-    """Dotted config overrides from --set, then from the flags given on the command line."""
-    overrides = {}
+def explicit_overrides() -> config_lib.Overrides:
+    """Dotted config overrides from --set, then from the flags given on the command line, each
+    remembering its origin (an error names the --set or the flag it came from)."""
+    overrides = config_lib.Overrides()
     for text in FLAGS.set:
         key, value = config_lib.parse_override(text)
-        overrides[key] = value
+        overrides.set(key, value, f"--set {text}")
     for flag, field in FLAG_FIELDS.items():
         if FLAGS[flag].present:
-            overrides[field] = FLAGS[flag].value
+            overrides.set(field, FLAGS[flag].value, f"--{flag}")
     return overrides
 
 
@@ -133,6 +138,7 @@ def run(model_dir: str) -> None:
             eval_input_fn = make_input_fn(FLAGS.eval_data_dir, config, ModeKeys.EVAL)
     except FileNotFoundError as e:
         raise TrainingError(f"no data files: {e}") from e
+    record_classes.check_record_classes(FLAGS.data_dir, config.data.class_names)
 
     if is_chief(strategy):
         for field, (old, new) in changes.items():
@@ -175,9 +181,9 @@ def main(argv) -> None:
         raise app.UsageError("--data_dir is required")
     try:
         run(FLAGS.model_dir)
-    except (TrainingError, config_lib.ConfigError) as e:
+    except (TrainingError, config_lib.ConfigError, record_classes.RecordClassesError) as e:
         sys.exit(f"train.py: error: {e}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -31,6 +31,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python visualize.py` from anywhere: make `ssd` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ssd import cli  # first: keeps TensorFlow's start-up lines quiet, whoever imports it
+
+cli.quiet_tensorflow_startup()
+
 import numpy as np
 from absl import app, flags, logging
 from PIL import Image, UnidentifiedImageError
@@ -335,4 +339,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

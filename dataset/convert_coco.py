@@ -65,6 +65,10 @@ from typing import Sequence, TextIO
 if __package__ in (None, ""):  # run as `python dataset/convert_coco.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ssd import cli  # first: keeps TensorFlow's start-up lines quiet, whoever imports it
+
+cli.quiet_tensorflow_startup()
+
 import numpy as np
 from absl import app, flags, logging
 
@@ -478,11 +482,6 @@ def main(argv: Sequence[str]) -> None:
           f"({summary['num_crowd']} crowd), {summary['num_skipped']} skipped -> {FLAGS.output_directory}")
 
 
-HELP_ARGUMENTS = ("--help", "-h", "--helpshort", "-?")
-
 if __name__ == "__main__":
     define_flags()
-    if any(argument in HELP_ARGUMENTS for argument in sys.argv[1:]):
-        app.usage(shorthelp=True, writeto_stdout=True)  # absl's own --help exits with status 1
-        sys.exit(0)
-    app.run(main)
+    cli.run(main)

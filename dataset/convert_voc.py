@@ -57,6 +57,10 @@ from typing import Sequence, TextIO
 if __package__ in (None, ""):  # run as `python dataset/convert_voc.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ssd import cli  # first: keeps TensorFlow's start-up lines quiet, whoever imports it
+
+cli.quiet_tensorflow_startup()
+
 import numpy as np
 from absl import app, flags, logging
 
@@ -465,10 +469,10 @@ def main(argv: Sequence[str]) -> None:
                               skip_missing=FLAGS.skip_missing, exif_policy=FLAGS.exif,
                               shuffle_seed=FLAGS.shuffle_seed if FLAGS.shuffle else None)
     except ConversionError as error:
-        sys.exit(f"error: {error}")
+        sys.exit(f"convert_voc.py: error: {error}")
     print(f"{name}: {summary['num_images']} images, {summary['num_objects']} objects, "
           f"{summary['num_skipped']} skipped -> {FLAGS.output_directory}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -40,6 +40,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Sequence, TextIO
 
+from ssd import cli  # first: keeps TensorFlow's start-up lines quiet, whoever imports it
+
+cli.quiet_tensorflow_startup()
+
 import numpy as np
 from absl import app, flags
 from PIL import Image, ImageDraw
@@ -464,9 +468,9 @@ def main(argv: Sequence[str]) -> None:
                                     overwrite=FLAGS.overwrite, output_format=FLAGS.format,
                                     progress_stream=sys.stderr)
     except FileExistsError as error:
-        sys.exit(f"error: {error}")
+        sys.exit(f"make_shapes.py: error: {error}")
     print(f"{FLAGS.output_dir}: {stats}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -21,6 +21,8 @@ whole, and a process killed at any moment leaves the previous one usable.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import re
 import time
@@ -156,6 +158,17 @@ def listed_checkpoints(model_dir: str) -> list[str]:
 
 # --- restoring for inference ---------------------------------------------------------------
 
+@contextlib.contextmanager
+def _tensorflow_warnings_off() -> Iterator[None]:
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")  # a Python logging level (absl.logging.ERROR is not one)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def restore_checkpoint(model: keras.Model, checkpoint_path: str, config: Config) -> int:
     """Loads the model's variables from a training checkpoint; returns the checkpoint's global step.
 
@@ -167,17 +180,28 @@ def restore_checkpoint(model: keras.Model, checkpoint_path: str, config: Config)
     checkpoint = tf.train.Checkpoint(**{MODEL: model, GLOBAL_STEP: step})
     fields = ", ".join(f"{k}={v}" for k, v in shape_fields(config).items())
     hint = f"the config's model fields must match those the checkpoint was trained with (here: {fields})"
-    try:
-        status = checkpoint.restore(checkpoint_path).expect_partial()
-        status.assert_existing_objects_matched()
-    except (tf.errors.NotFoundError, tf.errors.DataLossError) as e:
-        if not checkpoint_exists(checkpoint_path):
-            raise CheckpointRemovedError(f"checkpoint {checkpoint_path} was removed while being read "
-                                         f"(rotation by max_to_keep?)") from e
-        raise
-    except (ValueError, AssertionError) as e:
+    mismatch = None
+    # A restore that fails half-way leaves TensorFlow's bookkeeping of it behind, and when that is
+    # freed it logs every checkpoint value it did not read (optimizer slots included: over a
+    # hundred lines that would bury the one message that matters). It is freed here, quietly, and
+    # the error below keeps no reference to it.
+    with _tensorflow_warnings_off():
+        try:
+            status = checkpoint.restore(checkpoint_path).expect_partial()
+            status.assert_existing_objects_matched()
+        except (tf.errors.NotFoundError, tf.errors.DataLossError) as e:
+            if not checkpoint_exists(checkpoint_path):
+                raise CheckpointRemovedError(f"checkpoint {checkpoint_path} was removed while being "
+                                             f"read (rotation by max_to_keep?)") from e
+            raise
+        except (ValueError, AssertionError) as e:
+            mismatch = str(e)
+        if mismatch is not None:
+            del checkpoint, step  # they hold the failed restore
+            gc.collect()
+    if mismatch is not None:
         raise CheckpointMismatchError(f"checkpoint {checkpoint_path} does not fit the model built "
-                                      f"from the config: {e}; {hint}") from e
+                                      f"from the config: {mismatch}; {hint}")
     if int(step.numpy()) < 0:
         number = checkpoint_number(checkpoint_path)
         logging.warning("checkpoint %s has no global_step; using %s from its name", checkpoint_path, number)

@@ -15,6 +15,7 @@ class list instead of listing it (`"data": {"class_names": "coco"}`, see
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.resources
 import json
@@ -40,7 +41,7 @@ __all__ = [
     "ConfigError", "DataConfig", "EvalConfig", "LossConfig", "MatchingConfig", "ModelConfig",
     "TrainConfig", "shape_fields", "validate", "CONFIG_FILENAME", "recipe_dir", "recipe_names",
     "recipe_path", "load_config", "from_dict", "to_dict", "to_json", "from_json",
-    "apply_overrides", "parse_override", "save_config", "load_saved_config",
+    "apply_overrides", "Overrides", "override_origin", "config_from", "parse_override", "save_config", "load_saved_config",
 ]
 
 CONFIG_FILENAME = "config.json"
@@ -197,7 +198,7 @@ def _check_value(value: Any, annotation: Any, field: str) -> Any:
 
 def _update_dataclass(obj: Any, values: Mapping[str, Any], prefix: str) -> None:
     if not isinstance(values, Mapping):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in values.items():
@@ -251,6 +252,75 @@ def apply_overrides(values: dict[str, Any], overrides: Mapping[str, Any]) -> dic
     return values
 
 
+class Overrides(dict):
+    """Dotted field -> value (as `apply_overrides` takes), remembering where each value came from
+    (e.g. "--set train.batch_size=8", "--batch_size") so that an error can name it."""
+
+    def __init__(self, values: Mapping[str, Any] | None = None,
+                 origins: Mapping[str, str] | None = None):
+        super().__init__(values or {})
+        self.origins = dict(origins or {})
+
+    def set(self, field: str, value: Any, origin: str) -> None:
+        self[field] = value
+        self.origins[field] = origin
+
+
+def override_origin(overrides: Mapping[str, Any], field: str) -> str:
+    """Where the override of `field` came from; a plain mapping's overrides name themselves."""
+    origin = getattr(overrides, "origins", {}).get(field)
+    if origin:
+        return origin
+    try:
+        shown = json.dumps(overrides[field])
+    except (TypeError, ValueError):
+        shown = repr(overrides[field])
+    return f"override {field}={shown}"
+
+
+def _check_override(field: str, value: Any) -> None:
+    """The checks one override can fail alone: an unknown field or section, a value of the wrong
+    type. Raises ConfigError naming the field."""
+    nested = apply_overrides({}, {field: value})
+    _update_dataclass(Config(), _upgrade_old_values(nested)[0], "")
+
+
+def _leading_field(message: str) -> str:
+    """"train.batch_size[0]: must be ..." -> "train.batch_size"."""
+    return message.split(":", 1)[0].split("[", 1)[0].strip()
+
+
+def config_from(values: Mapping[str, Any], overrides: Mapping[str, Any], origin: str) -> Config:
+    """A validated Config from `values` (read from `origin`, e.g. a recipe file) with the dotted
+    `overrides` applied (`Overrides` tells where each came from).
+
+    A ConfigError names where the bad value came from: the override that sets an unknown field,
+    a value of the wrong type or the field a check refuses; `origin` when the values alone are
+    already refused; else `origin` with the overrides (a combination neither gives alone).
+    """
+    for field in overrides:
+        try:
+            _check_override(field, overrides[field])
+        except ConfigError as e:
+            raise ConfigError(f"{override_origin(overrides, field)}: {e}") from None
+    try:
+        return from_dict(apply_overrides(copy.deepcopy(dict(values)), overrides))
+    except ConfigError as e:
+        error = e
+    blamed = _leading_field(str(error))
+    if blamed in overrides:
+        raise ConfigError(f"{override_origin(overrides, blamed)}: {error}") from None
+    if overrides:
+        try:
+            from_dict(values)
+        except ConfigError:
+            pass
+        else:
+            origins = ", ".join(override_origin(overrides, f) for f in overrides)
+            raise ConfigError(f"{origin} with {origins}: {error}") from None
+    raise ConfigError(f"{origin}: {error}") from None
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Parses 'section.field=value' from the command line; the value is JSON when it parses."""
     if "=" not in text:
@@ -297,11 +367,7 @@ def load_config(name_or_path: str | os.PathLike,
         raise ConfigError(f"{path}: not valid JSON: {e}") from e
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {type(values).__name__}")
-    apply_overrides(values, dict(overrides or {}))
-    try:
-        return from_dict(values)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from e
+    return config_from(values, overrides or {}, str(path))
 
 
 def save_config(config: Config, model_dir: str | os.PathLike) -> Path:

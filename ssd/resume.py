@@ -52,14 +52,13 @@ def resolve_config(model_dir: str | os.PathLike, recipe: str, recipe_given: bool
     """The run's config and the changes against the config saved in model_dir (empty if none).
 
     `recipe` is the base on a fresh start, or when `recipe_given` (named explicitly by the user);
-    otherwise the saved config is. Raises ConfigError when a resumed run would change a field
-    that fixes variable shapes.
+    otherwise the saved config is. `overrides` may be a `config.Overrides`, whose origins errors
+    name. Raises ConfigError when a resumed run would change a field that fixes variable shapes.
     """
     saved_path = Path(model_dir) / config_lib.CONFIG_FILENAME
     saved = config_lib.load_saved_config(model_dir) if saved_path.exists() else None
     if saved is not None and not recipe_given:
-        values = config_lib.apply_overrides(config_lib.to_dict(saved), dict(overrides))
-        config = config_lib.from_dict(values)
+        config = config_lib.config_from(config_lib.to_dict(saved), overrides, str(saved_path))
     else:
         config = config_lib.load_config(recipe, overrides)
     if saved is None:

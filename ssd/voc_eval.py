@@ -166,10 +166,10 @@ def _define_flags() -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    from absl import flags
+    from absl import app, flags
 
     if len(argv) > 1:
-        raise SystemExit(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     flag_values = flags.FLAGS
     default_classes = not flag_values["classes"].present
     try:
@@ -177,18 +177,19 @@ def main(argv: Sequence[str]) -> None:
                                 flag_values.metric, flag_values.classes, flag_values.prefix,
                                 refuse_unknown_classes=default_classes)
     except UnknownClassesError as e:
-        raise SystemExit(f"error: the annotations name classes that are not VOC's: {_object_counts(e.counts)}; "
+        raise SystemExit(f"voc_eval.py: error: the annotations name classes that are not VOC's: {_object_counts(e.counts)}; "
                          f"without --classes the 20 VOC classes are scored. Give the data's class list, "
                          f"e.g. --classes={','.join(e.names_found)}") from None
     except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
+        raise SystemExit(f"voc_eval.py: error: {e}") from None
     print(format_table(result))
     if flag_values.output_json:
         Path(flag_values.output_json).write_text(json.dumps(summary_of(result), indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    from absl import app
+    from ssd import cli
 
+    cli.quiet_tensorflow_startup()
     _define_flags()
-    app.run(main)
+    cli.run(main)

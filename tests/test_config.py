@@ -260,3 +260,85 @@ def test_caffe_recipes_train_biases_at_2x_without_decay():
     for name in ("ssd300_voc0712", "ssd300_shapes_cpu"):  # the TF1 reference's treatment
         config = cfg.load_config(name)
         assert config.train.bias_lr_multiplier == 1.0 and config.loss.decay_biases is True, name
+
+
+# --- where a bad value came from -------------------------------------------------------------
+
+def test_override_typo_names_the_override_not_the_recipe():
+    overrides = cfg.Overrides()
+    overrides.set("train.bach_size", 8, "--set train.bach_size=8")
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.load_config("ssd300_voc0712", overrides)
+    message = str(info.value)
+    assert message.startswith("--set train.bach_size=8: train.bach_size: unknown field (known: batch_size,")
+    assert "ssd300_voc0712.json" not in message
+    # a plain mapping's override names itself
+    with pytest.raises(cfg.ConfigError, match=r"^override train\.bach_size=8: train\.bach_size: unknown field"):
+        cfg.load_config("ssd300_voc0712", {"train.bach_size": 8})
+
+
+@pytest.mark.parametrize("field, value, origin, expected", [
+    ("train.batch_size", -3, "--batch_size", "--batch_size: train.batch_size: must be >= 1, got -3"),
+    ("train.batch_size", "big", "--set train.batch_size=big",
+     "--set train.batch_size=big: train.batch_size: expected an integer, got 'big'"),
+    ("train", 3, "--set train=3", "--set train=3: train: expected a mapping, got 3"),
+    ("model.num_classes", 5, "--set model.num_classes=5",
+     "--set model.num_classes=5: model.num_classes: is 5 but data.class_names has 20 names"),
+])
+def test_bad_override_names_its_origin(field, value, origin, expected):
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.load_config("ssd300_voc0712", cfg.Overrides({field: value}, {field: origin}))
+    assert str(info.value).startswith(expected)
+
+
+def test_errors_of_the_recipe_file_still_name_the_file(tmp_path):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"train": {"bach_size": 3}}))
+    overrides = cfg.Overrides({"train.batch_size": 8}, {"train.batch_size": "--batch_size"})
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.load_config(path, overrides)
+    assert str(info.value).startswith(f"{path}: train.bach_size: unknown field")
+
+
+def test_a_combination_neither_gives_alone_names_both(tmp_path):
+    # the recipe alone is valid and so is each override's value; together the anchors no longer
+    # fit the architecture, which the field of neither override names
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"anchors": {"preset": "caffe"}}))
+    overrides = cfg.Overrides({"anchors.min_sizes": [30.0]}, {"anchors.min_sizes": "--set anchors.min_sizes=[30]"})
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.load_config(path, overrides)
+    assert str(info.value).startswith("--set anchors.min_sizes=[30]: anchors.min_sizes: needs 6 values")
+    overrides = cfg.Overrides({"model.architecture": "ssd512", "model.input_size": 512},
+                              {"model.architecture": "--set model.architecture=ssd512",
+                               "model.input_size": "--set model.input_size=512"})
+    path.write_text(json.dumps({"anchors": {"preset": "caffe", "min_sizes": [30.0, 60, 111, 162, 213, 264],
+                                            "max_sizes": [60.0, 111, 162, 213, 264, 315]}}))
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.load_config(path, overrides)
+    assert str(info.value).startswith(f"{path} with --set model.architecture=ssd512, "
+                                      f"--set model.input_size=512: anchors.")
+
+
+def test_resume_names_the_override_and_the_saved_config(tmp_path):
+    from ssd.resume import resolve_config
+    cfg.save_config(cfg.load_config("ssd300_voc0712"), tmp_path)
+    overrides = cfg.Overrides({"train.bach_size": 8}, {"train.bach_size": "--set train.bach_size=8"})
+    with pytest.raises(cfg.ConfigError, match=r"^--set train\.bach_size=8: train\.bach_size: unknown"):
+        resolve_config(tmp_path, "ssd300_voc0712", False, overrides)
+
+
+def test_train_app_names_the_set_and_the_flag(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    common = [sys.executable, str(root / "train.py"), f"--data_dir={tmp_path}/none-*",
+              f"--model_dir={tmp_path}/model"]
+    typo = subprocess.run(common + ["--set", "train.bach_size=8"], capture_output=True, text=True, timeout=120)
+    assert typo.returncode == 1
+    assert typo.stderr.startswith("train.py: error: --set train.bach_size=8: train.bach_size: unknown field")
+    assert "ssd300_voc0712.json" not in typo.stderr
+    flag = subprocess.run(common + ["--batch_size=0"], capture_output=True, text=True, timeout=120)
+    assert flag.returncode == 1
+    assert flag.stderr.startswith("train.py: error: --batch_size: train.batch_size: must be >= 1, got 0")
