@@ -281,7 +281,7 @@ def override_origin(overrides: Mapping[str, Any], field: str) -> str:
 def _check_override(field: str, value: Any) -> None:
     """The checks one override can fail alone: an unknown field or section, a value of the wrong
     type. Raises ConfigError naming the field."""
-    nested = apply_overrides({}, {field: value})
+    nested = _expand_named_class_list(apply_overrides({}, {field: value}))
     _update_dataclass(Config(), _upgrade_old_values(nested)[0], "")
 
 
