@@ -38,7 +38,7 @@ cli.quiet_tensorflow_startup()
 from absl import app, flags, logging
 
 from ssd import config as config_lib
-from ssd import record_classes, resume
+from ssd import resume
 
 FLAGS = flags.FLAGS
 
@@ -130,6 +130,7 @@ def run(model_dir: str) -> None:
     from ssd.model_fn import SSDModelFn
     from ssd.modes import ModeKeys
     from ssd.pretrained import PretrainedError, initialize_backbone
+    from ssd.record_classes import check_record_classes
 
     try:
         train_input_fn = make_input_fn(FLAGS.data_dir, config, ModeKeys.TRAIN)
@@ -138,7 +139,7 @@ def run(model_dir: str) -> None:
             eval_input_fn = make_input_fn(FLAGS.eval_data_dir, config, ModeKeys.EVAL)
     except FileNotFoundError as e:
         raise TrainingError(f"no data files: {e}") from e
-    record_classes.check_record_classes(FLAGS.data_dir, config.data.class_names)
+    check_record_classes(FLAGS.data_dir, config.data.class_names)
 
     if is_chief(strategy):
         for field, (old, new) in changes.items():
@@ -179,9 +180,11 @@ def main(argv) -> None:
         raise app.UsageError("--model_dir is required")
     if not FLAGS.data_dir:
         raise app.UsageError("--data_dir is required")
+    from ssd.record_classes import RecordClassesError  # TensorFlow loads after flag parsing
+
     try:
         run(FLAGS.model_dir)
-    except (TrainingError, config_lib.ConfigError, record_classes.RecordClassesError) as e:
+    except (TrainingError, config_lib.ConfigError, RecordClassesError) as e:
         sys.exit(f"train.py: error: {e}")
 
 
