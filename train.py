@@ -24,7 +24,9 @@ model_dir must be reachable by all, and only the chief writes it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from absl import app, flags, logging
 
 from ssd import config as config_lib
 from ssd import resume
+from ssd.interrupts import TrainingInterrupted
 
 FLAGS = flags.FLAGS
 
@@ -134,36 +137,64 @@ def run(model_dir: str) -> None:
     except FileNotFoundError as e:
         raise TrainingError(f"no data files: {e}") from e
 
-    if is_chief(strategy):
-        for field, (old, new) in changes.items():
-            logging.info("config change on resume: %s: %r -> %r", field, old, new)
-        path = config_lib.save_config(config, model_dir)
-        logging.info("config written to %s", path)
+    from ssd.checkpoints import DamagedCheckpointError, remove_stale_temporaries
+    from ssd.interrupts import StopSignals
+    from ssd.model_dir_lock import ModelDirLock, ModelDirLockedError
 
-    estimator = Estimator(SSDModelFn, model_config=config,
-                          run_config=run_config_for(config, model_dir, strategy))
-    latest = estimator.latest_checkpoint()
-    if latest is None:
-        try:
-            report = initialize_backbone(estimator.model, FLAGS.pretrained)
-        except PretrainedError as e:
-            raise TrainingError(str(e)) from e
-        logging.info("backbone from %s (%s): copied %s; subsampled %s", report["source"],
-                     report["format"], report["copied"] or "nothing", report["subsampled"] or "nothing")
-    else:
-        logging.info("resuming from %s; --pretrained=%s is not applied", latest, FLAGS.pretrained)
-
+    chief = is_chief(strategy)
+    # Only the chief writes into model_dir, so only it takes the lock; `eval.py --watch` never does.
+    lock = ModelDirLock(model_dir) if chief else contextlib.nullcontext()
     try:
-        if eval_input_fn is not None:
-            metrics = estimator.train_and_evaluate(train_input_fn, eval_input_fn,
-                                                   config.train.max_steps, FLAGS.eval_every_steps)
-            if metrics:
-                logging.info("final evaluation: mAP %s", metrics.get("mAP"))
-        else:
-            estimator.train(train_input_fn, config.train.max_steps)
+        with lock, StopSignals() as signals:
+            if chief:
+                remove_stale_temporaries(model_dir)
+            estimator = Estimator(SSDModelFn, model_config=config,
+                                  run_config=run_config_for(config, model_dir, strategy))
+            latest = estimator.latest_checkpoint()
+            if latest is None:
+                try:
+                    report = initialize_backbone(estimator.model, FLAGS.pretrained)
+                except PretrainedError as e:
+                    raise TrainingError(str(e)) from e
+                logging.info("backbone from %s (%s): copied %s; subsampled %s", report["source"],
+                             report["format"], report["copied"] or "nothing",
+                             report["subsampled"] or "nothing")
+            else:
+                logging.info("resuming from %s; --pretrained=%s is not applied", latest, FLAGS.pretrained)
+            if chief:  # only now: a start that failed above leaves no config to be held to
+                for field, (old, new) in changes.items():
+                    logging.info("config change on resume: %s: %r -> %r", field, old, new)
+                logging.info("config written to %s", config_lib.save_config(config, model_dir))
+            train(estimator, config, train_input_fn, eval_input_fn, signals)
+    except ModelDirLockedError as e:
+        raise TrainingError(str(e)) from e
     except NonFiniteLossError as e:
         raise TrainingError(f"{e}. {NAN_REMEDY}") from e
+    except DamagedCheckpointError as e:
+        raise TrainingError(str(e)) from e
+
+
+def train(estimator, config: config_lib.Config, train_input_fn, eval_input_fn, signals) -> None:
+    if eval_input_fn is not None:
+        metrics = estimator.train_and_evaluate(train_input_fn, eval_input_fn, config.train.max_steps,
+                                               FLAGS.eval_every_steps, stop_signals=signals)
+        if metrics:
+            logging.info("final evaluation: mAP %s", metrics.get("mAP"))
+    else:
+        estimator.train(train_input_fn, config.train.max_steps, stop_signals=signals)
     logging.info("training finished at step %d", estimator.global_step)
+
+
+def interrupted(e) -> int:
+    """Says where an interrupted run saved and how to resume; returns the exit code."""
+    print(f"train.py: {e}. To resume, run the same command again.", file=sys.stderr)
+    return e.exit_code
+
+
+def stopped_at_once() -> int:
+    print("train.py: stopped at once by a second interrupt; steps since the last checkpoint are "
+          "lost. To resume from it, run the same command again.", file=sys.stderr)
+    return 128 + signal.SIGINT
 
 
 def main(argv) -> None:
@@ -177,6 +208,10 @@ def main(argv) -> None:
         run(FLAGS.model_dir)
     except (TrainingError, config_lib.ConfigError) as e:
         sys.exit(f"train.py: error: {e}")
+    except TrainingInterrupted as e:
+        sys.exit(interrupted(e))
+    except KeyboardInterrupt:
+        sys.exit(stopped_at_once())
 
 
 if __name__ == "__main__":
