@@ -66,8 +66,14 @@ class DamagedCheckpointError(RuntimeError):
 
 
 # What TensorFlow raises reading a truncated data file (IndexError: "Read less bytes than
-# requested") or one whose bytes no longer match the index's checksums (DataLossError).
+# requested") or one whose bytes no longer match the index's checksums (DataLossError, or from
+# the checkpoint reader a bare OpError saying so).
 _DAMAGE = (IndexError, tf.errors.DataLossError, tf.errors.OutOfRangeError)
+_READ_ERRORS = (IndexError, tf.errors.OpError)
+
+
+def _is_damage(error: BaseException) -> bool:
+    return isinstance(error, _DAMAGE) or "Checksum does not match" in str(error)
 
 
 def _files_of(checkpoint_path: str) -> list[str]:
@@ -93,7 +99,9 @@ def restore_training_state(items: Mapping, checkpoint_path: str) -> None:
     DamagedCheckpointError when its files cannot be read whole."""
     try:
         tf.train.Checkpoint(**items).restore(checkpoint_path).expect_partial()
-    except _DAMAGE as e:
+    except _READ_ERRORS as e:
+        if not _is_damage(e):
+            raise
         raise DamagedCheckpointError(checkpoint_path, e) from e
 
 
@@ -222,7 +230,7 @@ def read_problem(checkpoint_path: str) -> BaseException | None:
         reader = tf.train.load_checkpoint(checkpoint_path)
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
-    except _DAMAGE as e:
+    except _READ_ERRORS as e:
         return e
     return None
 
@@ -263,11 +271,11 @@ def restore_checkpoint(model: keras.Model, checkpoint_path: str, config: Config)
     try:
         status = checkpoint.restore(checkpoint_path).expect_partial()
         status.assert_existing_objects_matched()
-    except (tf.errors.NotFoundError, *_DAMAGE) as e:
+    except _READ_ERRORS as e:
         if not checkpoint_exists(checkpoint_path):
             raise CheckpointRemovedError(f"checkpoint {checkpoint_path} was removed while being read "
                                          f"(rotation by max_to_keep?)") from e
-        if isinstance(e, _DAMAGE):
+        if _is_damage(e):
             raise DamagedCheckpointError(checkpoint_path, e) from e
         raise
     except (ValueError, AssertionError) as e:
