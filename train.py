@@ -9,7 +9,8 @@ r"""Trains SSD300 / SSD512 from TFRecords (dataset/convert_voc.py writes them).
 The recipe (--config, a name from configs/ or a JSON path) is the base; --set section.field=value
 overrides any field, and the flags given explicitly (batch_size, max_steps, learning_rate,
 mixed_precision, jit_compile) override it last. The resolved config is written to
-model_dir/config.json.
+model_dir/config.json when training starts (after the data and the backbone weights are found),
+so a start that fails earlier leaves the directory free for a corrected command.
 
 Running again with the same --model_dir resumes from the latest checkpoint (step, weights,
 optimizer state); the saved config is then the base unless --config is given. Changes that keep
@@ -20,6 +21,13 @@ maps, boxes per location) is refused. Pretrained backbone weights are only loade
 Multi-GPU: --strategy=mirrored (or auto) splits the global --batch_size over the GPUs, which must
 divide it. Multi-machine: --strategy=multi_worker with TF_CONFIG set on every worker; the same
 model_dir must be reachable by all, and only the chief writes it.
+
+One run per model directory: the chief holds model_dir/train.lock (ssd.model_dir_lock) and a
+second run is refused. Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption; with multi_worker,
+sent to any worker) finishes the step in flight, saves a checkpoint, says where, and exits with
+130 (SIGINT) or 143 (SIGTERM, or another worker was stopped); the same command resumes. A second
+Ctrl-C stops at once without saving. Unfinished saves of a killed run (ckpt-N_temp) are removed,
+and a damaged newest checkpoint is skipped for the newest intact one, with a warning.
 """
 
 from __future__ import annotations

@@ -41,7 +41,10 @@ checkpointable, and a single-device iterator would put its shuffle buffer into e
 a resumed run continues from the restored step with a freshly started, reshuffled pipeline.
 Every worker runs the same steps; only the chief writes checkpoints and summaries into model_dir,
 the others save into a scratch directory `model_dir/.tmp_<task>_*` (saving may involve
-collectives, so they take part) removed when training ends.
+collectives, so they take part) removed when training ends. With `stop_signals`
+(ssd.interrupts), a SIGINT/SIGTERM ends training after a checkpoint of the step reached (on every
+worker, at the same step) with TrainingInterrupted. Resuming skips a damaged newest checkpoint
+for the newest intact one (ssd.checkpoints).
 """
 
 from __future__ import annotations
