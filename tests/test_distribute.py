@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from ssd.distribute import DistributionError, check_batch_divisible, make_strategy, parse_tf_config
 
@@ -151,4 +152,8 @@ def test_sigterm_to_one_worker_makes_every_worker_save_the_same_step_and_stop(tm
     model_dir = tmp_path / "model"
     assert reports[0]["checkpoint"] == str(model_dir / f"ckpt-{step}")
     assert sorted(p.name for p in model_dir.glob("ckpt-*.index")) == [f"ckpt-{step}.index"]
+    # the layout is ours alone: the handler's run counter stays out of it
+    names = tf.train.load_checkpoint(str(model_dir / f"ckpt-{step}")).get_variable_to_shape_map()
+    assert "global_step/.ATTRIBUTES/VARIABLE_VALUE" in names
+    assert not [n for n in names if "checkpointed_runs" in n]
     assert not list(model_dir.glob(".tmp_*"))  # the non-chief's scratch checkpoints are gone
