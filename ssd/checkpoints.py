@@ -129,6 +129,10 @@ def restore_newest_intact(items: Mapping, model_dir: str) -> str | None:
     return None
 
 
+# TensorFlow writes a checkpoint's shards under <prefix>-<N>_temp/ and renames them into place
+_TEMPORARY = re.compile(re.escape(PREFIX) + r"-\d+_temp")
+
+
 def remove_stale_temporaries(directory: str) -> list[str]:
     """Removes `<prefix>-<N>_temp` directories (a save's shards before they are renamed into
     place) left by a process killed while saving; returns what was removed. Only names of that
@@ -142,9 +146,6 @@ def remove_stale_temporaries(directory: str) -> list[str]:
             logging.warning("removed %s, the unfinished save of a run stopped while saving", path)
             removed.append(path)
     return removed
-
-
-_TEMPORARY = re.compile(re.escape(PREFIX) + r"-\d+_temp")
 
 
 class Checkpointer:
