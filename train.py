@@ -174,12 +174,10 @@ def run(model_dir: str) -> None:
                     logging.info("config change on resume: %s: %r -> %r", field, old, new)
                 logging.info("config written to %s", config_lib.save_config(config, model_dir))
             train(estimator, config, train_input_fn, eval_input_fn, signals)
-    except ModelDirLockedError as e:
+    except (ModelDirLockedError, DamagedCheckpointError) as e:
         raise TrainingError(str(e)) from e
     except NonFiniteLossError as e:
         raise TrainingError(f"{e}. {NAN_REMEDY}") from e
-    except DamagedCheckpointError as e:
-        raise TrainingError(str(e)) from e
 
 
 def train(estimator, config: config_lib.Config, train_input_fn, eval_input_fn, signals) -> None:
