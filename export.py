@@ -67,7 +67,8 @@ def main(argv) -> None:
         step = checkpoints.restore_checkpoint(model, checkpoint, config)
         path = export_saved_model(model, config, FLAGS.export_dir, overwrite=FLAGS.overwrite)
     except (config_lib.ConfigError, checkpoints.NoCheckpointError, checkpoints.CheckpointMismatchError,
-            checkpoints.CheckpointRemovedError, FileExistsError) as e:
+            checkpoints.CheckpointRemovedError,
+            checkpoints.DamagedCheckpointError, FileExistsError) as e:
         sys.exit(f"export.py: error: {e}")
     print(f"exported {checkpoint} (step {step}) to {path}")
 

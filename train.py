@@ -9,7 +9,8 @@ r"""Trains SSD300 / SSD512 from TFRecords (dataset/convert_voc.py writes them).
 The recipe (--config, a name from configs/ or a JSON path) is the base; --set section.field=value
 overrides any field, and the flags given explicitly (batch_size, max_steps, learning_rate,
 mixed_precision, jit_compile) override it last. The resolved config is written to
-model_dir/config.json.
+model_dir/config.json when training starts (after the data and the backbone weights are found),
+so a start that fails earlier leaves the directory free for a corrected command.
 
 Running again with the same --model_dir resumes from the latest checkpoint (step, weights,
 optimizer state); the saved config is then the base unless --config is given. Changes that keep
@@ -20,11 +21,20 @@ maps, boxes per location) is refused. Pretrained backbone weights are only loade
 Multi-GPU: --strategy=mirrored (or auto) splits the global --batch_size over the GPUs, which must
 divide it. Multi-machine: --strategy=multi_worker with TF_CONFIG set on every worker; the same
 model_dir must be reachable by all, and only the chief writes it.
+
+One run per model directory: the chief holds model_dir/train.lock (ssd.model_dir_lock) and a
+second run is refused. Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption; with multi_worker,
+sent to any worker) finishes the step in flight, saves a checkpoint, says where, and exits with
+130 (SIGINT) or 143 (SIGTERM, or another worker was stopped); the same command resumes. A second
+Ctrl-C stops at once without saving. Unfinished saves of a killed run (ckpt-N_temp) are removed,
+and a damaged newest checkpoint is skipped for the newest intact one, with a warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -39,6 +49,7 @@ from absl import app, flags, logging
 
 from ssd import config as config_lib
 from ssd import resume
+from ssd.interrupts import TrainingInterrupted
 
 FLAGS = flags.FLAGS
 
@@ -141,36 +152,62 @@ def run(model_dir: str) -> None:
         raise TrainingError(f"no data files: {e}") from e
     check_record_classes(FLAGS.data_dir, config.data.class_names)
 
-    if is_chief(strategy):
-        for field, (old, new) in changes.items():
-            logging.info("config change on resume: %s: %r -> %r", field, old, new)
-        path = config_lib.save_config(config, model_dir)
-        logging.info("config written to %s", path)
+    from ssd.checkpoints import DamagedCheckpointError, remove_stale_temporaries
+    from ssd.interrupts import StopSignals
+    from ssd.model_dir_lock import ModelDirLock, ModelDirLockedError
 
-    estimator = Estimator(SSDModelFn, model_config=config,
-                          run_config=run_config_for(config, model_dir, strategy))
-    latest = estimator.latest_checkpoint()
-    if latest is None:
-        try:
-            report = initialize_backbone(estimator.model, FLAGS.pretrained)
-        except PretrainedError as e:
-            raise TrainingError(str(e)) from e
-        logging.info("backbone from %s (%s): copied %s; subsampled %s", report["source"],
-                     report["format"], report["copied"] or "nothing", report["subsampled"] or "nothing")
-    else:
-        logging.info("resuming from %s; --pretrained=%s is not applied", latest, FLAGS.pretrained)
-
+    chief = is_chief(strategy)
+    # Only the chief writes into model_dir, so only it takes the lock; `eval.py --watch` never does.
+    lock = ModelDirLock(model_dir) if chief else contextlib.nullcontext()
     try:
-        if eval_input_fn is not None:
-            metrics = estimator.train_and_evaluate(train_input_fn, eval_input_fn,
-                                                   config.train.max_steps, FLAGS.eval_every_steps)
-            if metrics:
-                logging.info("final evaluation: mAP %s", metrics.get("mAP"))
-        else:
-            estimator.train(train_input_fn, config.train.max_steps)
+        with lock, StopSignals() as signals:
+            if chief:
+                remove_stale_temporaries(model_dir)
+            estimator = Estimator(SSDModelFn, model_config=config,
+                                  run_config=run_config_for(config, model_dir, strategy))
+            latest = estimator.latest_checkpoint()
+            if latest is None:
+                try:
+                    report = initialize_backbone(estimator.model, FLAGS.pretrained)
+                except PretrainedError as e:
+                    raise TrainingError(str(e)) from e
+                logging.info("backbone from %s (%s): copied %s; subsampled %s", report["source"],
+                             report["format"], report["copied"] or "nothing",
+                             report["subsampled"] or "nothing")
+            else:
+                logging.info("resuming from %s; --pretrained=%s is not applied", latest, FLAGS.pretrained)
+            if chief:  # only now: a start that failed above leaves no config to be held to
+                for field, (old, new) in changes.items():
+                    logging.info("config change on resume: %s: %r -> %r", field, old, new)
+                logging.info("config written to %s", config_lib.save_config(config, model_dir))
+            train(estimator, config, train_input_fn, eval_input_fn, signals)
+    except (ModelDirLockedError, DamagedCheckpointError) as e:
+        raise TrainingError(str(e)) from e
     except NonFiniteLossError as e:
         raise TrainingError(f"{e}. {NAN_REMEDY}") from e
+
+
+def train(estimator, config: config_lib.Config, train_input_fn, eval_input_fn, signals) -> None:
+    if eval_input_fn is not None:
+        metrics = estimator.train_and_evaluate(train_input_fn, eval_input_fn, config.train.max_steps,
+                                               FLAGS.eval_every_steps, stop_signals=signals)
+        if metrics:
+            logging.info("final evaluation: mAP %s", metrics.get("mAP"))
+    else:
+        estimator.train(train_input_fn, config.train.max_steps, stop_signals=signals)
     logging.info("training finished at step %d", estimator.global_step)
+
+
+def interrupted(e) -> int:
+    """Says where an interrupted run saved and how to resume; returns the exit code."""
+    print(f"train.py: {e}. To resume, run the same command again.", file=sys.stderr)
+    return e.exit_code
+
+
+def stopped_at_once() -> int:
+    print("train.py: stopped at once by a second interrupt; steps since the last checkpoint are "
+          "lost. To resume from it, run the same command again.", file=sys.stderr)
+    return 128 + signal.SIGINT
 
 
 def main(argv) -> None:
@@ -186,6 +223,10 @@ def main(argv) -> None:
         run(FLAGS.model_dir)
     except (TrainingError, config_lib.ConfigError, RecordClassesError) as e:
         sys.exit(f"train.py: error: {e}")
+    except TrainingInterrupted as e:
+        sys.exit(interrupted(e))
+    except KeyboardInterrupt:
+        sys.exit(stopped_at_once())
 
 
 if __name__ == "__main__":

@@ -13,7 +13,10 @@ whole, and a process killed at any moment leaves the previous one usable.
 
   * writing: `training_items` + `Checkpointer` (the training loop's saver, which refuses to write
     non-finite weights) and `restore_training_state` (resume: every item);
-  * finding: `find_checkpoint`, `listed_checkpoints`, `checkpoint_number`;
+  * finding: `find_checkpoint` (the newest intact one, skipping damaged ones with a warning),
+    `listed_checkpoints`, `checkpoint_number`; `remove_stale_temporaries` (unfinished saves);
+  * damage: a truncated or corrupted file raises `DamagedCheckpointError` naming it; resume
+    (`restore_newest_intact`) and `find_checkpoint` fall back to the newest intact checkpoint;
   * restoring for inference: `restore_checkpoint` (model and step only, with clear errors for a
     missing checkpoint, one that does not fit the config's model, one removed by rotation);
   * watching: `watch_checkpoints` yields each new complete checkpoint as training writes it.
@@ -54,6 +57,31 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint's variables do not fit the model built from the config."""
 
 
+class DamagedCheckpointError(RuntimeError):
+    """A checkpoint's files cannot be read whole (truncated or corrupted); the message names them."""
+
+    def __init__(self, checkpoint_path: str, cause: BaseException, remedy: str = ""):
+        self.checkpoint_path = checkpoint_path
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        super().__init__(f"checkpoint {checkpoint_path} is damaged ({', '.join(_files_of(checkpoint_path))}: "
+                         f"{reason})" + (f"; {remedy}" if remedy else ""))
+
+
+# What TensorFlow raises reading a truncated data file (IndexError: "Read less bytes than
+# requested") or one whose bytes no longer match the index's checksums (DataLossError, or from
+# the checkpoint reader a bare OpError saying so).
+_DAMAGE = (IndexError, tf.errors.DataLossError, tf.errors.OutOfRangeError)
+_READ_ERRORS = (IndexError, tf.errors.OpError)
+
+
+def _is_damage(error: BaseException) -> bool:
+    return isinstance(error, _DAMAGE) or "Checksum does not match" in str(error)
+
+
+def _files_of(checkpoint_path: str) -> list[str]:
+    return sorted(tf.io.gfile.glob(checkpoint_path + ".data-*")) or [checkpoint_path + ".index"]
+
+
 # --- writing -------------------------------------------------------------------------------
 
 def training_items(model: keras.Model, global_step: tf.Variable,
@@ -69,8 +97,57 @@ def training_items(model: keras.Model, global_step: tf.Variable,
 
 
 def restore_training_state(items: Mapping, checkpoint_path: str) -> None:
-    """Loads every item (weights, step, optimizer slots) from a training checkpoint."""
-    tf.train.Checkpoint(**items).restore(checkpoint_path).expect_partial()
+    """Loads every item (weights, step, optimizer slots) from a training checkpoint; raises
+    DamagedCheckpointError when its files cannot be read whole."""
+    try:
+        tf.train.Checkpoint(**items).restore(checkpoint_path).expect_partial()
+    except _READ_ERRORS as e:
+        if not _is_damage(e):
+            raise
+        raise DamagedCheckpointError(checkpoint_path, e) from e
+
+
+def restore_newest_intact(items: Mapping, model_dir: str) -> str | None:
+    """Restores the newest listed checkpoint of model_dir that reads whole, warning about each
+    damaged one skipped; returns its path (None: no checkpoint). Trying the restore itself costs
+    nothing when the newest is intact, and catches truncation and corruption alike."""
+    damaged, problem = [], None
+    for path in reversed(listed_checkpoints(model_dir)):
+        try:
+            restore_training_state(items, path)
+        except DamagedCheckpointError as e:
+            logging.warning("%s; trying the previous checkpoint", e)
+            damaged.append(path)
+            problem = e.__cause__
+            continue
+        if damaged:
+            logging.warning("resuming from %s: the newer %s damaged", path,
+                            f"{', '.join(damaged)} {'is' if len(damaged) == 1 else 'are'}")
+        return path
+    if damaged:
+        raise DamagedCheckpointError(damaged[0], problem, (
+            f"no checkpoint of {model_dir} reads whole; remove the damaged ones (or use a new "
+            f"--model_dir) to start afresh"))
+    return None
+
+
+# TensorFlow writes a checkpoint's shards under <prefix>-<N>_temp/ and renames them into place
+_TEMPORARY = re.compile(re.escape(PREFIX) + r"-\d+_temp")
+
+
+def remove_stale_temporaries(directory: str) -> list[str]:
+    """Removes `<prefix>-<N>_temp` directories (a save's shards before they are renamed into
+    place) left by a process killed while saving; returns what was removed. Only names of that
+    pattern are touched. Call it only while holding the directory's training lock: a running
+    save's temporaries look the same."""
+    removed = []
+    for name in sorted(tf.io.gfile.listdir(directory)) if tf.io.gfile.isdir(directory) else []:
+        path = os.path.join(directory, name.rstrip("/"))
+        if _TEMPORARY.fullmatch(name.rstrip("/")) and tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+            logging.warning("removed %s, the unfinished save of a run stopped while saving", path)
+            removed.append(path)
+    return removed
 
 
 class Checkpointer:
@@ -129,11 +206,36 @@ def find_checkpoint(model_dir: str | None, checkpoint_path: str | None = None) -
         return checkpoint_path
     if not model_dir:
         raise NoCheckpointError("neither a model directory nor a checkpoint path was given")
-    latest = tf.train.latest_checkpoint(model_dir)
-    if latest is None:
+    listed = listed_checkpoints(model_dir)
+    if not listed:
         raise NoCheckpointError(f"no checkpoint in {model_dir} (no 'checkpoint' file listing one); "
                                 f"train first or pass --checkpoint_path")
-    return latest
+    problems = {}
+    for path in reversed(listed):
+        problems[path] = read_problem(path)
+        if problems[path] is None:
+            if path != listed[-1]:
+                logging.warning("using %s, the newest intact checkpoint of %s", path, model_dir)
+            return path
+        logging.warning("%s; skipping it", DamagedCheckpointError(path, problems[path]))
+    raise DamagedCheckpointError(listed[-1], problems[listed[-1]], (
+        f"no checkpoint listed in {model_dir} reads whole; pass an intact one with --checkpoint_path"))
+
+
+def read_problem(checkpoint_path: str) -> BaseException | None:
+    """The error reading every tensor of the checkpoint raises, or None when it reads whole.
+
+    One full read of the files (about a second for SSD300 with its optimizer slots): it catches
+    truncation and bytes that no longer match the index's checksums alike, where comparing the
+    index's recorded sizes with the file sizes would miss the latter.
+    """
+    try:
+        reader = tf.train.load_checkpoint(checkpoint_path)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except _READ_ERRORS as e:
+        return e
+    return None
 
 
 def checkpoint_number(path: str) -> int | None:
@@ -189,10 +291,12 @@ def restore_checkpoint(model: keras.Model, checkpoint_path: str, config: Config)
         try:
             status = checkpoint.restore(checkpoint_path).expect_partial()
             status.assert_existing_objects_matched()
-        except (tf.errors.NotFoundError, tf.errors.DataLossError) as e:
+        except _READ_ERRORS as e:
             if not checkpoint_exists(checkpoint_path):
                 raise CheckpointRemovedError(f"checkpoint {checkpoint_path} was removed while being "
                                              f"read (rotation by max_to_keep?)") from e
+            if _is_damage(e):
+                raise DamagedCheckpointError(checkpoint_path, e) from e
             raise
         except (ValueError, AssertionError) as e:
             mismatch = str(e)

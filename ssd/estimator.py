@@ -41,7 +41,10 @@ checkpointable, and a single-device iterator would put its shuffle buffer into e
 a resumed run continues from the restored step with a freshly started, reshuffled pipeline.
 Every worker runs the same steps; only the chief writes checkpoints and summaries into model_dir,
 the others save into a scratch directory `model_dir/.tmp_<task>_*` (saving may involve
-collectives, so they take part) removed when training ends.
+collectives, so they take part) removed when training ends. With `stop_signals`
+(ssd.interrupts), a SIGINT/SIGTERM ends training after a checkpoint of the step reached (on every
+worker, at the same step) with TrainingInterrupted. Resuming skips a damaged newest checkpoint
+for the newest intact one (ssd.checkpoints).
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ from ssd import checkpoints, evaluation
 from ssd.detector import Detector, build_inference_model, unbatch
 from ssd.distribute import is_chief, task_name
 from ssd.export import export_saved_model
+from ssd.interrupts import StopSignals, stop_policy
 from ssd.precision import TRAINING_POLICIES, dtype_policy
 from ssd.training import Cadence, Hook, NonFiniteLossError, TrainingSession, make_train_step
 
@@ -204,40 +208,43 @@ class Estimator:
         state = self._state()
         latest = self.latest_checkpoint()
         if latest is not None and latest != state.restored:
-            checkpoints.restore_training_state(state.items, latest)
-            state.restored = latest
-            logging.info("restored %s (step %d)", latest, int(state.global_step.numpy()))
+            restored = checkpoints.restore_newest_intact(state.items, self.model_dir)
+            state.restored = restored
+            logging.info("restored %s (step %d)", restored, int(state.global_step.numpy()))
         return state
 
-    def train(self, input_fn: Callable, max_steps: int, hooks: Sequence[Hook] = ()) -> "Estimator":
+    def train(self, input_fn: Callable, max_steps: int, hooks: Sequence[Hook] = (),
+              stop_signals: StopSignals | None = None) -> "Estimator":
         """Trains until the global step reaches `max_steps` (resuming from model_dir).
 
         Each hook is called as hook(step, scalars) after every applied step (scalars: the summed
-        loss components and the learning rate, as tensors).
+        loss components and the learning rate, as tensors). With active `stop_signals`, a
+        SIGINT/SIGTERM ends training after a checkpoint with TrainingInterrupted (ssd.interrupts).
         """
         self._resume()
         if self.global_step >= max_steps:
             logging.info("global step %d already reaches max_steps %d; nothing to train",
                          self.global_step, max_steps)
             return self
-        with self._session(hooks) as session:
+        with self._session(hooks, stop_signals) as session:
             session.run(self._iterator(input_fn), max_steps)
         return self
 
     def train_and_evaluate(self, train_input_fn: Callable, eval_input_fn: Callable,
-                           max_steps: int, eval_every_steps: int) -> dict:
+                           max_steps: int, eval_every_steps: int,
+                           stop_signals: StopSignals | None = None) -> dict:
         """Alternates training and evaluation every `eval_every_steps` steps up to `max_steps`.
 
         Each evaluation is `evaluate` of the checkpoint just saved: the numbers and TensorBoard
         scalars eval.py gives for it. The input pipeline keeps running across evaluations. Only
         the chief evaluates; the other workers go on and wait for it at the next collective.
-        Returns the last metrics (empty on non-chief workers).
+        Returns the last metrics (empty on non-chief workers). `stop_signals` as in `train`.
         """
         if eval_every_steps < 1:
             raise ValueError(f"eval_every_steps must be >= 1, got {eval_every_steps}")
         self._resume()
         metrics: dict = {}
-        with self._session() as session:
+        with self._session(stop_signals=stop_signals) as session:
             iterator = self._iterator(train_input_fn)
             while session.step < max_steps:
                 target = min((session.step // eval_every_steps + 1) * eval_every_steps, max_steps)
@@ -254,7 +261,8 @@ class Estimator:
         return iter(self.strategy.distribute_datasets_from_function(input_fn))
 
     @contextlib.contextmanager
-    def _session(self, hooks: Sequence[Hook] = ()) -> Iterator[TrainingSession]:
+    def _session(self, hooks: Sequence[Hook] = (),
+                 stop_signals: StopSignals | None = None) -> Iterator[TrainingSession]:
         state = self._state()
         if state.step_fn is None:
             state.step_fn = make_train_step(self.strategy, state.holder, state.optimizer, state.global_step)
@@ -266,12 +274,15 @@ class Estimator:
             directory, writer = scratch, tf.summary.create_noop_writer()
         checkpointer = checkpoints.Checkpointer(state.items, directory, self.config.keep_checkpoint_max)
         summary_images = getattr(state.holder, "summary_images", None) if self.is_chief else None
+        stop = None if stop_signals is None else stop_policy(stop_signals, self.strategy)
         session = TrainingSession(state.step_fn, checkpointer, writer, self.config.cadence(),
                                   self.global_step, on_save=self._saved, hooks=hooks,
-                                  summary_images=summary_images)
+                                  summary_images=summary_images, stop=stop)
         try:
             yield session
         finally:
+            if stop is not None:
+                stop.close()
             writer.close()
             if scratch:
                 shutil.rmtree(scratch, ignore_errors=True)

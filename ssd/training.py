@@ -12,7 +12,8 @@ non-finite loss is fatal. The step returns a `StepResult`.
 a target step, and at the cadences of `Cadence` logs progress (rate, ETA), writes scalar and image
 summaries into `writer` and saves checkpoints with `checkpointer` (every N steps and/or seconds,
 and when a run ends). A non-finite loss raises `NonFiniteLossError` before its update is applied;
-the checkpointer refuses non-finite weights, so no checkpoint ever holds them. Collaborators come
+the checkpointer refuses non-finite weights, so no checkpoint ever holds them. A stop policy
+(ssd.interrupts) may end the run after any step with a checkpoint of it. Collaborators come
 in explicitly: the session knows nothing of the Estimator, the model or the distribution.
 """
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 import keras
 import numpy as np
@@ -33,6 +34,12 @@ from ssd.modes import ModeKeys
 from ssd.summaries import format_metrics, write_images, write_scalar
 
 Hook = Callable[[int, Mapping[str, tf.Tensor]], None]
+
+
+class StopPolicy(Protocol):
+    """Decides after each step whether to save and stop (ssd.interrupts)."""
+
+    def after_step(self, step: int, save: Callable[[], str | None]) -> None: ...
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -154,9 +161,12 @@ class TrainingSession:
     def __init__(self, step_fn: Callable[[object], StepResult], checkpointer: Checkpointer,
                  writer: tf.summary.SummaryWriter, cadence: Cadence, start_step: int,
                  on_save: Callable[[str], None] | None = None, hooks: Sequence[Hook] = (),
-                 summary_images: Callable[[Mapping], Mapping] | None = None):
+                 summary_images: Callable[[Mapping], Mapping] | None = None,
+                 stop: StopPolicy | None = None):
         """`on_save(path)` is called after each checkpoint; each hook(step, scalars) after each
-        applied step; `summary_images(summary_tensors)` -> {tag: images} (None: no images)."""
+        applied step; `summary_images(summary_tensors)` -> {tag: images} (None: no images);
+        `stop.after_step(step, save)` after each applied step (ssd.interrupts: it saves and raises
+        TrainingInterrupted when a stop was requested; None: never stops early)."""
         self._step_fn = step_fn
         self._checkpointer = checkpointer
         self._writer = writer
@@ -164,6 +174,7 @@ class TrainingSession:
         self._on_save = on_save
         self._hooks = list(hooks)
         self._summary_images = summary_images
+        self._stop = stop
         self.step = start_step
         now = time.time()
         self._saved = (start_step, now)  # step and time of the last save
@@ -210,6 +221,8 @@ class TrainingSession:
             self.save()
         for hook in self._hooks:
             hook(step, result.scalars)
+        if self._stop is not None:
+            self._stop.after_step(step, self.save)
 
     def _count_examples(self, examples: int) -> None:
         step, since, count = self._logged

@@ -6,6 +6,7 @@ multi-worker runtime must be configured before TensorFlow initializes its device
   python tests/distributed_worker.py replicas OUT_DIR   # 1 replica vs 2 replicas (2 logical CPUs)
   python tests/distributed_worker.py worker OUT_DIR     # one MultiWorkerMirroredStrategy worker
                                                         # (TF_CONFIG in the environment)
+  python tests/distributed_worker.py preempt OUT_DIR    # a worker training until a signal stops it
 """
 
 from __future__ import annotations
@@ -123,7 +124,35 @@ def multi_worker(out_dir):
                    "global_step": estimator.global_step}, f)
 
 
+def preempted_worker(out_dir):
+    """Trains (up to 10000 steps) with stop signals until a SIGTERM to any worker stops all."""
+    from absl import logging
+    logging.set_verbosity(logging.INFO)  # the progress lines the test waits for
+    tf.get_logger().setLevel("INFO")  # the PreemptionCheckpointHandler's
+    from ssd.estimator import Estimator, RunConfig
+    from ssd.distribute import make_strategy
+    from ssd.interrupts import StopSignals, TrainingInterrupted
+    from ssd.model_fn import SSDModelFn
+    strategy = make_strategy("multi_worker")
+    task = json.loads(os.environ["TF_CONFIG"])["task"]
+    from ssd.config import apply_overrides, from_dict, to_dict
+    config = from_dict(apply_overrides(to_dict(tiny_config()), {"train.learning_rate": 1e-4}))
+    input_fn, _ = make_input_fn(config, 2 * GLOBAL_BATCH)
+    run_config = RunConfig(model_dir=os.path.join(out_dir, "model"), save_checkpoints_steps=5000,
+                           save_summary_steps=0, log_step_count_steps=1, train_distribute=strategy)
+    estimator = Estimator(SSDModelFn, config, run_config)
+    report = {"index": task["index"]}
+    try:
+        with StopSignals() as signals:
+            estimator.train(input_fn, max_steps=10000, stop_signals=signals)
+    except TrainingInterrupted as e:
+        report.update(step=e.step, checkpoint=e.checkpoint, exit_code=e.exit_code)
+    with open(os.path.join(out_dir, f"report_{task['index']}.json"), "w") as f:
+        json.dump(dict(report, global_step=estimator.global_step), f)
+    sys.exit(report.get("exit_code", 0))
+
+
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     mode, directory = sys.argv[1], sys.argv[2]
-    {"replicas": compare_replicas, "worker": multi_worker}[mode](directory)
+    {"replicas": compare_replicas, "worker": multi_worker, "preempt": preempted_worker}[mode](directory)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from ssd.distribute import DistributionError, check_batch_divisible, make_strategy, parse_tf_config
 
@@ -118,3 +120,40 @@ def test_multi_worker_training_keeps_workers_identical_and_only_the_chief_writes
     assert sorted(p.name for p in model_dir.glob("ckpt-*.index")) == ["ckpt-1.index", "ckpt-2.index"]
     # the non-chief's scratch checkpoints are gone
     assert not list(model_dir.glob(".tmp_*"))
+
+
+def test_sigterm_to_one_worker_makes_every_worker_save_the_same_step_and_stop(tmp_path):
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster,
+                                                     "task": {"type": "worker", "index": index}}))
+        processes.append(subprocess.Popen(
+            [sys.executable, str(WORKER), "preempt", str(tmp_path)], cwd=ROOT, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    try:
+        chief_log = []
+        for line in processes[0].stderr:  # wait until the cluster trains
+            chief_log.append(line)
+            if "step 3/10000" in line:
+                break
+        assert "step 3/10000" in chief_log[-1], "".join(chief_log)[-3000:]
+        processes[1].send_signal(signal.SIGTERM)  # the non-chief only
+        outputs = [p.communicate(timeout=120) for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+    errors = ["".join(chief_log) + outputs[0][1], outputs[1][1]]
+    assert [p.returncode for p in processes] == [143, 143], [e[-3000:] for e in errors]
+    reports = [json.loads((tmp_path / f"report_{i}.json").read_text()) for i in range(2)]
+    step = reports[0]["step"]
+    assert step >= 3 and all(r["step"] == r["global_step"] == step for r in reports)
+    model_dir = tmp_path / "model"
+    assert reports[0]["checkpoint"] == str(model_dir / f"ckpt-{step}")
+    assert sorted(p.name for p in model_dir.glob("ckpt-*.index")) == [f"ckpt-{step}.index"]
+    # the layout is ours alone: the handler's run counter stays out of it
+    names = tf.train.load_checkpoint(str(model_dir / f"ckpt-{step}")).get_variable_to_shape_map()
+    assert "global_step/.ATTRIBUTES/VARIABLE_VALUE" in names
+    assert not [n for n in names if "checkpointed_runs" in n]
+    assert not list(model_dir.glob(".tmp_*"))  # the non-chief's scratch checkpoints are gone

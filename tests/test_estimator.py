@@ -420,3 +420,30 @@ def test_training_session_runs_any_step_function_with_the_collaborators_it_is_gi
     with pytest.raises(FloatingPointError, match="not finite at step 4"):
         Checkpointer({"w": weight}, str(tmp_path), max_to_keep=5).save(4)
     assert not (tmp_path / "ckpt-4.index").exists()
+
+
+def test_a_stop_signal_during_a_step_saves_that_step_and_ends_the_session(tmp_path):
+    import signal
+    from ssd.checkpoints import Checkpointer
+    from ssd.interrupts import LocalStop, StopSignals, TrainingInterrupted
+    from ssd.training import Cadence, StepResult, TrainingSession
+    weight = tf.Variable(0.0)
+
+    def step_fn(iterator):
+        weight.assign_add(1.0)
+        if float(weight.numpy()) == 2.0:
+            signal.raise_signal(signal.SIGTERM)  # arrives while the step is in flight
+        return StepResult({"loss": tf.constant(0.5)}, tf.constant(True), tf.constant(2, tf.int64), {})
+
+    saved = []
+    with StopSignals() as signals:
+        session = TrainingSession(step_fn, Checkpointer({"w": weight}, str(tmp_path), max_to_keep=5),
+                                  tf.summary.create_noop_writer(),
+                                  Cadence(save_checkpoints_steps=100, save_summary_steps=0,
+                                          log_step_count_steps=0),
+                                  start_step=0, on_save=saved.append, stop=LocalStop(signals))
+        with pytest.raises(TrainingInterrupted) as stopped:
+            session.run(iterator=None, max_steps=100)
+    assert (stopped.value.step, stopped.value.checkpoint) == (2, str(tmp_path / "ckpt-2"))
+    assert stopped.value.exit_code == 143 and saved == [str(tmp_path / "ckpt-2")]
+    assert float(tf.train.load_checkpoint(str(tmp_path / "ckpt-2")).get_tensor("w/.ATTRIBUTES/VARIABLE_VALUE")) == 2.0

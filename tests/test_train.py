@@ -151,6 +151,7 @@ def test_missing_data_files(tmp_path):
                    f"--model_dir={tmp_path}/model", *TINY])
     assert result.returncode != 0
     assert "no data files" in result.stderr and "nothing-*" in result.stderr
+    assert not (tmp_path / "model" / "config.json").exists()  # a failed start binds nothing
 
 
 def test_resolve_config_keeps_saved_config_as_base_and_lists_changes(tmp_path):
