@@ -136,21 +136,28 @@ def run(model_dir: str) -> None:
     logging.info("strategy %s: %d replica(s), global batch %d (%d per replica)",
                  type(strategy).__name__, replicas, config.train.batch_size, per_replica)
 
+    import tensorflow as tf
+
     from ssd.data import make_input_fn
     from ssd.estimator import Estimator, NonFiniteLossError
     from ssd.model_fn import SSDModelFn
     from ssd.modes import ModeKeys
     from ssd.pretrained import PretrainedError, initialize_backbone
     from ssd.record_classes import check_record_classes
+    from ssd.record_files import DataError, data_error_from
 
     try:
         train_input_fn = make_input_fn(FLAGS.data_dir, config, ModeKeys.TRAIN)
         eval_input_fn = None
         if FLAGS.eval_data_dir and FLAGS.eval_every_steps > 0:
             eval_input_fn = make_input_fn(FLAGS.eval_data_dir, config, ModeKeys.EVAL)
+        check_record_classes(FLAGS.data_dir, config.data.class_names)
+        if eval_input_fn is not None:
+            check_record_classes(FLAGS.eval_data_dir, config.data.class_names)
     except FileNotFoundError as e:
         raise TrainingError(f"no data files: {e}") from e
-    check_record_classes(FLAGS.data_dir, config.data.class_names)
+    except DataError as e:
+        raise TrainingError(str(e)) from e
 
     from ssd.checkpoints import DamagedCheckpointError, remove_stale_temporaries
     from ssd.interrupts import StopSignals
@@ -185,6 +192,11 @@ def run(model_dir: str) -> None:
         raise TrainingError(str(e)) from e
     except NonFiniteLossError as e:
         raise TrainingError(f"{e}. {NAN_REMEDY}") from e
+    except tf.errors.OpError as e:
+        damaged = data_error_from(e)  # a record damaged past the checked start of its file
+        if damaged is None:
+            raise
+        raise TrainingError(str(damaged)) from None
 
 
 def train(estimator, config: config_lib.Config, train_input_fn, eval_input_fn, signals) -> None:

@@ -24,7 +24,7 @@ from typing import Iterable, Mapping, Sequence
 import tensorflow as tf
 from absl import logging
 
-from ssd.data import resolve_files
+from ssd.record_files import DataError, resolve_files
 from ssd.records import LABEL, TEXT
 
 SAMPLE_RECORDS_PER_FILE = 300
@@ -68,7 +68,16 @@ def classes_of_records(path: str, limit: int = SAMPLE_RECORDS_PER_FILE) -> tuple
     first `limit` records of a TFRecord file."""
     names: dict[int, set[str]] = {}
     read = without_text = 0
-    for serialized in tf.data.TFRecordDataset(path).take(limit).as_numpy_iterator():
+    records = tf.data.TFRecordDataset(path).take(limit).as_numpy_iterator()
+    while True:
+        try:
+            serialized = next(records)
+        except StopIteration:
+            break
+        except tf.errors.OpError as e:
+            raise DataError(f"{path}: a record is damaged (truncated or corrupted) after {read} "
+                            f"readable records ({e.message.splitlines()[0]}); run the converter "
+                            f"again to rewrite it") from None
         features = tf.train.Example.FromString(serialized).features.feature
         read += 1
         labels = list(features[LABEL].int64_list.value) if LABEL in features else []

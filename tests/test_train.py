@@ -235,3 +235,35 @@ def test_ssd_evaluate_predict_and_image_summaries(records, tmp_path):
     np.testing.assert_allclose(first["pixel_boxes"], first["boxes"] * [height, width, height, width],
                                rtol=1e-6)
     assert sorted(p["image_id"].decode() for p in predictions) == [f"{i:03d}" for i in range(16)]
+
+
+def test_damaged_training_files_are_named_without_a_traceback(records, tmp_path):
+    # a file that is not a TFRecord file: refused before anything is written into model_dir
+    not_records = tmp_path / "not_records"
+    not_records.mkdir()
+    (not_records / "photos-00000-of-00001").write_bytes(b"\xff\xd8\xff\xe0 a JPEG, not records" * 20)
+    model_dir = tmp_path / "model_a"
+    result = _run(_train_command(not_records, model_dir, "--batch_size=2", "--max_steps=2"))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "train.py: error:" in result.stderr and "photos-00000-of-00001" in result.stderr
+    assert not (model_dir / "config.json").exists()
+
+    # a record damaged in the middle of a shard: named when training reaches it
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for shard in sorted(records.iterdir()):
+        data = shard.read_bytes()
+        if shard.name.endswith("00001-of-00002"):
+            middle = len(data) // 2
+            data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
+        (damaged / shard.name).write_bytes(data)
+    result = _run(_train_command(damaged, tmp_path / "model_b", "--batch_size=2", "--max_steps=40"))
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "shapes-00001-of-00002: a record is damaged" in result.stderr
+    # with the converter's summary beside the shards the class check reads no records: training
+    # itself meets the damaged record, and names its file
+    (damaged / "shapes_summary.json").write_text(json.dumps({"classes": CLASSES}))
+    result = _run(_train_command(damaged, tmp_path / "model_c", "--batch_size=2", "--max_steps=40"))
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "shapes-00001-of-00002: a record is damaged" in result.stderr
+    assert "shapes_summary.json" in result.stderr  # where to find which images the shard held
