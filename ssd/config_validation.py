@@ -151,7 +151,8 @@ def validate_eval(e: EvalConfig) -> None:
     _require(0 < e.nms_iou_threshold <= 1, "eval.nms_iou_threshold", "must be in (0, 1]")
     _require(e.max_detections >= 1, "eval.max_detections", "must be >= 1")
     _require(0 <= e.min_box_size < 1, "eval.min_box_size", "must be in [0, 1)")
-    _require(e.metric in ("voc07", "voc12"), "eval.metric", f"must be voc07 or voc12, got {e.metric!r}")
+    _require(e.metric in ("voc07", "voc12", "coco"), "eval.metric",
+             f"must be voc07, voc12 or coco, got {e.metric!r}")
 
 
 def validate(config: Config) -> None:

@@ -311,7 +311,7 @@ class Estimator:
         summary = evaluation.evaluate_checkpoint(
             self._inference(), checkpoint_path, batches, self.model_config.eval.metric,
             output_dir=None, summary_dir=evaluation.summary_dir(self.model_dir) if self.is_chief else None,
-            print_table=None)
+            print_table=None, data_files=getattr(input_fn, "files", None))
         return dict(summary, global_step=summary["step"])
 
     def predict(self, input_fn: Callable, checkpoint_path: str | None = None) -> Iterator[dict]:
