@@ -1,7 +1,7 @@
-r"""Evaluates a trained SSD on a test set with the PASCAL VOC metric.
+r"""Evaluates a trained SSD on a test set with the PASCAL VOC or the COCO metric.
 
   python eval.py --model_dir=runs/ssd300 --data_dir=tfrecords/voc07_test-* \
-      [--checkpoint_path=runs/ssd300/ckpt-120000] [--metric=voc07|voc12] [--output_dir=DIR]
+      [--checkpoint_path=runs/ssd300/ckpt-120000] [--metric=voc07|voc12|coco] [--output_dir=DIR]
   python eval.py --model_dir=runs/ssd300 --data_dir=tfrecords/voc07_test-* --watch \
       [--watch_timeout_secs=3600] [--watch_interval_secs=30]
 
@@ -11,6 +11,16 @@ into --output_dir (default model_dir/eval_<step>): the VOC result files (results
 comp4_det_test_<class>.txt), summary.json (metric, per-class APs, mAP, step, checkpoint, number
 of images) and precision_recall.png. The mAP and per-class APs also go to TensorBoard
 (model_dir/eval) at the checkpoint's step.
+
+--metric=coco (pycocotools' COCOeval) prints COCO's 12 numbers (AP@[.5:.95], AP50, AP75,
+small/medium/large, AR@1/10/100) and a per-class AP table, and writes detections.json (a COCO
+results JSON: image_id, category_id, bbox [x, y, w, h] in original-image pixels, score), summary.json
+(the numbers unrounded and per-class APs under the keys of `python -m ssd.coco_eval --output_json`,
+plus step and checkpoint) and, for records without a COCO category map (VOC-format data),
+ground_truth.json, the COCO annotations built from the records that the detections were scored
+against. Records converted by dataset/convert_coco.py are scored with COCO's own image and
+category ids (the map `<name>_categories.json` beside the shards; its names must be the model's
+classes). TensorBoard gets the 12 numbers ("coco/AP", ...) and per-class APs ("coco_classes/<name>").
 
 --watch evaluates every new checkpoint as training writes it (the newest when several are
 waiting), each into <output_dir or model_dir>/eval_<step>, and stops after evaluating the
@@ -40,8 +50,8 @@ flags.DEFINE_string("checkpoint_path", None, "A checkpoint prefix (e.g. model_di
                     "directory (its latest); default: the latest in --model_dir.")
 flags.DEFINE_string("data_dir", None, "Test TFRecords: a glob, comma-separated globs, or a directory "
                     "holding one data set's *-of-* shards.")
-flags.DEFINE_enum("metric", None, ["voc07", "voc12"], "voc07: 11-point AP; voc12: all-point AP. "
-                  "Default: eval.metric of the config.")
+flags.DEFINE_enum("metric", None, ["voc07", "voc12", "coco"], "voc07: 11-point AP; voc12: all-point "
+                  "AP; coco: COCO AP@[.5:.95] and its 12 numbers. Default: eval.metric of the config.")
 flags.DEFINE_string("output_dir", None, "Where reports go; default model_dir/eval_<step>.")
 flags.DEFINE_integer("batch_size", None, "Images per inference call; default eval.batch_size.")
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Inference precision.")

@@ -159,7 +159,8 @@ def make_input_fn(file_pattern, config: Config, mode: str):
     records when there are fewer files than pipelines) in per-replica batches.
     Raises FileNotFoundError when nothing matches, DataError (a ValueError) naming a file that
     is not a readable TFRecord file of image examples; a record damaged further into a file
-    fails the reading with an error naming the file.
+    fails the reading with an error naming the file. The function's `files` attribute lists the
+    files it reads (evaluation looks beside them for a COCO category map).
     """
     mode = check_mode(mode)
     files = check_record_files(resolve_files(file_pattern))
@@ -171,4 +172,5 @@ def make_input_fn(file_pattern, config: Config, mode: str):
         return _eval_dataset(files, config, input_context,
                              with_labels=mode == ModeKeys.EVAL)
 
+    input_fn.files = [f.path for f in files]
     return input_fn

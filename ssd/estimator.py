@@ -307,10 +307,13 @@ class Estimator:
 
     def evaluate(self, input_fn: Callable, checkpoint_path: str | None = None,
                  steps: int | None = None) -> dict:
-        """VOC metrics of a checkpoint (default: model_dir's latest) on `input_fn`'s EVAL dataset
-        (all of it, or `steps` batches), computed and written (model_dir/eval) as eval.py does.
+        """The eval.metric numbers (VOC or COCO) of a checkpoint (default: model_dir's latest) on
+        `input_fn`'s EVAL dataset (all of it, or `steps` batches), computed and written
+        (model_dir/eval) as eval.py does; the COCO metric finds the category map beside the files
+        of an input function made by `ssd.data.make_input_fn` (its `files`).
 
-        Returns {"mAP", "classes", "num_images", "metric", "global_step", "checkpoint"}.
+        Returns {"mAP", "classes", "num_images", "metric", "global_step", "checkpoint"} (COCO:
+        also its 12 numbers, "AP", "AP50", ...).
         """
         return self._evaluate(input_fn, checkpoints.find_checkpoint(self.model_dir, checkpoint_path), steps)
 
@@ -322,7 +325,7 @@ class Estimator:
         summary = evaluation.evaluate_checkpoint(
             self._inference(), checkpoint_path, batches, self.model_config.eval.metric,
             output_dir=None, summary_dir=evaluation.summary_dir(self.model_dir) if self.is_chief else None,
-            print_table=None)
+            print_table=None, data_files=getattr(input_fn, "files", None))
         return dict(summary, global_step=summary["step"])
 
     def predict(self, input_fn: Callable, checkpoint_path: str | None = None) -> Iterator[dict]:

@@ -324,6 +324,65 @@ def test_evaluation_during_training_equals_eval_py_on_the_same_checkpoints(ssd_r
         np.testing.assert_array_equal(all_during_training[key], value, err_msg=str(key))
 
 
+def test_coco_evaluation_during_training_equals_eval_py_on_the_same_checkpoints(ssd_run, tmp_path):
+    """With eval.metric=coco on records with a COCO category map: the Estimator's evaluation (the
+    one train_and_evaluate runs after each save) and eval.py's run_evaluation write the same
+    TensorBoard scalars and pictures and report the same numbers; eval.py's results JSON carries
+    the map's category ids and the records' image ids."""
+    import json
+    import shutil
+
+    from ssd.coco_categories import Category, category_map_path, write_category_map
+    from ssd.coco_metric import STAT_KEYS
+    from ssd.data import make_input_fn
+    from ssd.evaluation import DETECTIONS_FILENAME, IMAGES_TAG, run_evaluation
+    from ssd.model_fn import SSDModelFn
+    coco_ids = [7, 2, 30]
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    data = data_dir / os.path.basename(ssd_run["data"])
+    shutil.copy(ssd_run["data"], data)
+    write_category_map(category_map_path(data_dir, "shapes"),
+                       [Category(k + 1, c, n) for k, (c, n) in enumerate(zip(coco_ids, CLASS_NAMES))])
+    config = _ssd_config(**{"eval.metric": "coco"})
+    copies = {}
+    for name in ("training", "eval_py"):
+        copies[name] = tmp_path / name
+        shutil.copytree(ssd_run["model_dir"], copies[name], ignore=shutil.ignore_patterns("eval"))
+    estimator = Estimator(SSDModelFn, model_config=config, run_config=RunConfig(model_dir=str(copies["training"])))
+    metrics = {step: estimator.evaluate(make_input_fn(str(data), config, ModeKeys.EVAL),
+                                        str(copies["training"] / f"ckpt-{step}")) for step in (2, 3)}
+    summaries = {}
+    for step in (2, 3):
+        (summaries[step],) = run_evaluation(config, str(copies["eval_py"]), str(data),
+                                            checkpoint_path=str(copies["eval_py"] / f"ckpt-{step}"),
+                                            output_dir=str(tmp_path / f"report_{step}"), print_table=None,
+                                            progress_stream=io.StringIO())
+        for key in STAT_KEYS + ("classes", "classes_AP50", "num_positives", "num_detections"):
+            assert metrics[step][key] == summaries[step][key], key
+        assert metrics[step]["global_step"] == summaries[step]["step"] == step
+    during_training = _event_tensors(copies["training"] / "eval")
+    by_eval_py = _event_tensors(copies["eval_py"] / "eval")
+    assert set(by_eval_py) == set(during_training)
+    scalar_tags = {tag for (tag, _), value in by_eval_py.items() if value.ndim == 0}
+    assert scalar_tags == ({f"coco/{key}" for key in STAT_KEYS if summaries[3][key] is not None}
+                           | {f"coco_classes/{name}" for name in CLASS_NAMES
+                              if summaries[3]["classes"][name] is not None})
+    assert "coco/AP" in scalar_tags and {tag for tag, _ in by_eval_py} == scalar_tags | {IMAGES_TAG}
+    for key, value in by_eval_py.items():
+        np.testing.assert_array_equal(during_training[key], value, err_msg=str(key))
+    assert during_training[("coco/AP", 3)] == pytest.approx(summaries[3]["AP"])
+    results = json.loads((tmp_path / "report_3" / DETECTIONS_FILENAME).read_text())
+    assert results and {r["category_id"] for r in results} <= set(coco_ids)
+    assert {r["image_id"] for r in results} <= set(range(SSD_IMAGES))  # source ids "00".."05"
+    # evaluation during training reads the category map too: one that does not fit is refused
+    from ssd.record_files import DataError
+    write_category_map(category_map_path(data_dir, "shapes"),
+                       [Category(k + 1, c, n) for k, (c, n) in enumerate(zip(coco_ids, CLASS_NAMES[::-1]))])
+    with pytest.raises(DataError, match="shapes_categories.json.*data.class_names"):
+        estimator.evaluate(make_input_fn(str(data), config, ModeKeys.EVAL), str(copies["training"] / "ckpt-3"))
+
+
 def test_predict_is_the_network_and_postprocessing_of_the_checkpoint(ssd_run):
     from ssd.anchors import generate_anchors
     from ssd.data import make_input_fn

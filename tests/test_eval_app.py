@@ -1,5 +1,6 @@
 """Evaluation of checkpoints (ssd.evaluation) and the eval.py app: numbers, reports, errors, --watch."""
 
+import contextlib
 import io
 import json
 import os
@@ -122,7 +123,7 @@ class _ScriptedDetector:
         out = {"boxes": np.zeros((len(scores), k, 4), np.float32), "scores": np.zeros((len(scores), k), np.float32),
                "classes": np.zeros((len(scores), k), np.int32), "num_detections": np.zeros(len(scores), np.int32)}
         for i, (b, s, c) in enumerate(zip(boxes, scores, classes)):
-            out["boxes"][i, :len(s)] = b
+            out["boxes"][i, :len(s)] = np.reshape(b, (-1, 4))
             out["scores"][i, :len(s)] = s
             out["classes"][i, :len(s)] = c
             out["num_detections"][i] = len(s)
@@ -186,6 +187,169 @@ def test_evaluate_scores_scripted_detections_by_hand(setup, tmp_path, metric, ci
     ids, scores, boxes = read_result_file(tmp_path / "results" / "comp4_det_test_square.txt")
     assert ids == ["im0", "im3", "im3"]
     np.testing.assert_allclose(boxes[0], [45, 31, 80, 60], atol=1e-4)
+
+
+# --- the COCO metric ----------------------------------------------------------------------
+
+COCO_CATEGORY_IDS = [11, 3, 20]  # circle, square, triangle: sparse, not increasing
+COCO_IMAGE_IDS = [17, 4, 250, 9, 31]
+LARGE = 10000.0  # "mask area" given to every object: COCO's large range (> 96^2), boxes are small
+
+
+def _coco_box(voc_box):
+    """The VOC box (1-based inclusive pixels) as COCO's [x, y, width, height] of the same pixels."""
+    xmin, ymin, xmax, ymax = voc_box
+    return [xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]
+
+
+def write_coco_records(directory):
+    """IMAGES as convert_coco.py writes them: COCO image ids as source ids, the difficult circle of
+    image 2 a crowd region, every object's area LARGE, and the category map beside the shard."""
+    from ssd.coco_categories import Category, category_map_path, write_category_map
+
+    directory.mkdir()
+    with tf.io.TFRecordWriter(str(directory / "cocotest-00000-of-00001")) as writer:
+        for i, (height, width, objects) in enumerate(IMAGES):
+            buffer = io.BytesIO()
+            Image.fromarray(_pixels(i)).save(buffer, format="PNG")
+            example = make_example(
+                encoded=buffer.getvalue(), image_format="png", height=height, width=width,
+                filename=f"im{i}.png", source_id=str(COCO_IMAGE_IDS[i]),
+                boxes=[_normalized(b, height, width) for b, _, _ in objects],
+                labels=[label for _, label, _ in objects], texts=[CLASS_NAMES[l - 1] for _, l, _ in objects],
+                difficult=[0] * len(objects), truncated=[0] * len(objects),
+                is_crowd=[d for _, _, d in objects], area=[LARGE] * len(objects))
+            writer.write(example.SerializeToString())
+    write_category_map(category_map_path(directory, "cocotest"),
+                       [Category(label, coco_id, name) for label, (coco_id, name)
+                        in enumerate(zip(COCO_CATEGORY_IDS, CLASS_NAMES), start=1)])
+    return directory
+
+
+def coco_instances():
+    """The COCO annotation file IMAGES would have come from, written here independently."""
+    images, annotations = [], []
+    for i, (height, width, objects) in enumerate(IMAGES):
+        images.append({"id": COCO_IMAGE_IDS[i], "width": width, "height": height, "file_name": f"im{i}.png"})
+        for box, label, crowd in objects:
+            annotations.append({"id": len(annotations) + 1, "image_id": COCO_IMAGE_IDS[i],
+                                "category_id": COCO_CATEGORY_IDS[label - 1], "bbox": _coco_box(box),
+                                "area": LARGE, "iscrowd": crowd})
+    categories = [{"id": c, "name": n} for c, n in zip(COCO_CATEGORY_IDS, CLASS_NAMES)]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def _pycocotools_stats(instances, results):
+    """COCOeval's 12 numbers, pycocotools used directly (None where it reports -1)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth = COCO()
+        truth.dataset = instances
+        truth.createIndex()
+        evaluation = COCOeval(truth, truth.loadRes(results), "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return [None if v == -1 else float(v) for v in evaluation.stats]
+
+
+def test_coco_metric_on_coco_records_writes_coco_ids_and_pixel_boxes(setup, tmp_path):
+    """Ground truth fed as detections through the evaluation loop and the report writer: the
+    results JSON carries COCO's image and category ids and [x, y, w, h] pixel boxes, and
+    pycocotools scores it 1.0 against the annotation file; crowd regions and areas reach the
+    metric (the undetected crowd region costs nothing; every object counts as large)."""
+    from ssd.evaluators import make_evaluator
+
+    config = setup["config"]
+    data = write_coco_records(tmp_path / "data")
+    files = evaluation.resolve_record_files(str(data))
+    evaluator = make_evaluator("coco", config, files)
+    assert list(evaluator.category_ids) == COCO_CATEGORY_IDS
+    per_image = []
+    for height, width, objects in IMAGES:  # every object but the crowd region, the highest score first
+        kept = [(b, label) for b, label, crowd in objects if not crowd]
+        per_image.append(([_normalized(b, height, width) for b, _ in kept], [0.9 - 0.1 * k for k in range(len(kept))],
+                          [label for _, label in kept]))
+    batches = [tuple(list(x) for x in zip(*per_image[s:s + 2])) for s in range(0, len(IMAGES), 2)]
+    evaluation.evaluate(_ScriptedDetector(batches), make_input_fn(files, config, ModeKeys.EVAL)(None),
+                        evaluator, progress_stream=io.StringIO())
+    result = evaluator.result()
+    summary = evaluation.write_report(result, evaluator, tmp_path / "report", step=3, checkpoint_path="ckpt-3")
+
+    results = json.loads((tmp_path / "report" / evaluation.DETECTIONS_FILENAME).read_text())
+    expected = sorted((COCO_IMAGE_IDS[i], COCO_CATEGORY_IDS[label - 1], _coco_box(box))
+                      for i, (_, _, objects) in enumerate(IMAGES) for box, label, crowd in objects if not crowd)
+    assert sorted((r["image_id"], r["category_id"], r["bbox"]) for r in results) == expected
+    assert not (tmp_path / "report" / evaluation.GROUND_TRUTH_FILENAME).exists()  # the COCO file is the truth
+    stats = _pycocotools_stats(coco_instances(), results)
+    saved = json.loads((tmp_path / "report" / "summary.json").read_text())
+    from ssd.coco_metric import STAT_KEYS
+    assert [saved[key] for key in STAT_KEYS] == stats
+    assert stats[:6] == [1.0, 1.0, 1.0, None, None, 1.0]  # AP, AP50, AP75, small, medium, large
+    assert saved["classes"] == pytest.approx({name: 1.0 for name in CLASS_NAMES})
+    assert saved["num_crowd"] == {"circle": 1, "square": 0, "triangle": 0}
+    assert saved["step"] == 3 and saved["checkpoint"] == "ckpt-3" and saved == json.loads(json.dumps(summary))
+
+
+def test_coco_metric_on_voc_records_scores_by_hand_and_writes_its_ground_truth(setup, tmp_path):
+    from ssd.coco_eval import evaluate_files
+    from ssd.coco_metric import STAT_KEYS
+    from ssd.evaluators import make_evaluator
+
+    config = setup["config"]
+    evaluator = make_evaluator("coco", config, evaluation.resolve_record_files(setup["data"]))
+    assert not evaluator.coco_ids  # VOC-format records: no category map
+    evaluation.evaluate(_ScriptedDetector(_scripted_detections()),
+                        make_input_fn(setup["data"], config, ModeKeys.EVAL)(None), evaluator,
+                        progress_stream=io.StringIO())
+    result = evaluator.result()
+    # circle: 2 positives (the difficult one is a crowd region), in score order FP, TP, ignored,
+    # FP: precision 0.5 up to recall 0.5 -> 51 of COCO's 101 recall points at 0.5, at every IoU
+    # (the detections are the ground-truth boxes); square and triangle: precision 1 to recall 1
+    circle = 51 * 0.5 / 101
+    assert result["classes"] == pytest.approx({"circle": circle, "square": 1.0, "triangle": 1.0})
+    assert result["AP"] == pytest.approx((circle + 2) / 3) and result["AP50"] == pytest.approx((circle + 2) / 3)
+    output = tmp_path / "report"
+    evaluation.write_report(result, evaluator, output, step=7, checkpoint_path="ckpt-7")
+    truth = json.loads((output / evaluation.GROUND_TRUTH_FILENAME).read_text())
+    assert [(i["id"], i["file_name"], i["height"], i["width"]) for i in truth["images"]] == [
+        (k + 1, f"im{k}", h, w) for k, (h, w, _) in enumerate(IMAGES)]
+    rescored = evaluate_files(output / evaluation.GROUND_TRUTH_FILENAME, output / evaluation.DETECTIONS_FILENAME)
+    saved = json.loads((output / "summary.json").read_text())
+    assert {key: saved[key] for key in STAT_KEYS} == {key: rescored[key] for key in STAT_KEYS}
+    assert saved["classes"] == rescored["classes"]
+    # the scorer's summary keys, plus the report's
+    assert set(saved) == set(rescored) | {"step", "checkpoint"}
+
+    # TensorBoard: the 12 numbers and per-class APs as scalars, no curves
+    evaluation.write_tensorboard(result, tmp_path / "tb", 7)
+    events = _events(tmp_path / "tb")
+    tags = ({f"coco/{key}" for key in STAT_KEYS if result[key] is not None}
+            | {f"coco_classes/{name}" for name in CLASS_NAMES})
+    assert set(events.PluginTagToContent("scalars")) == tags == set(events.Tags()["tensors"])
+    assert float(_tensor(events, "coco/AP")[1]) == pytest.approx(result["AP"])
+    assert float(_tensor(events, "coco_classes/circle")[1]) == pytest.approx(circle)
+    text = evaluation.format_result(result)
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in text
+    assert "circle" in text and "COCO AP (%), 5 images" in text
+
+
+def test_coco_category_map_that_does_not_fit_the_model_is_named(setup, tmp_path):
+    from ssd.coco_categories import Category, write_category_map
+    from ssd.evaluators import make_evaluator
+
+    config = setup["config"]
+    data = write_coco_records(tmp_path / "data")
+    write_category_map(data / "cocotest_categories.json",
+                       [Category(1, 11, "circle"), Category(2, 20, "triangle"), Category(3, 3, "square")])
+    with pytest.raises(evaluation.DataError, match="cocotest_categories.json.*square.*data.class_names"):
+        evaluation.run_evaluation(config, setup["model_dir"], str(data), metric="coco")
+    make_evaluator("voc07", config, evaluation.resolve_record_files(str(data)))  # VOC ignores the map
+    # COCO-converted records mixed with records without a map
+    with pytest.raises(evaluation.DataError, match="cannot mix"):
+        make_evaluator("coco", config, [str(data / "cocotest-00000-of-00001"), setup["data"] + "/test-00000-of-00001"])
 
 
 def _events(directory):
