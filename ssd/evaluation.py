@@ -39,7 +39,7 @@ from absl import logging
 from PIL import Image
 
 from ssd import coco_metric, voc_metric
-from ssd.checkpoints import (CheckpointRemovedError, find_checkpoint, restore_checkpoint,
+from ssd.checkpoints import (CheckpointRemovedError, DamagedCheckpointError, find_checkpoint, restore_checkpoint,
                              watch_checkpoints)
 from ssd.config import Config
 from ssd.data import make_input_fn
@@ -333,7 +333,7 @@ def run_evaluation(config: Config, model_dir: str, data: str, *, checkpoint_path
             summary = evaluate_checkpoint(detector, path, input_fn, metric, template,
                                           summary_dir(model_dir), num_images, data,
                                           progress_stream, print_table, data_files=files)
-        except CheckpointRemovedError as e:
+        except (CheckpointRemovedError, DamagedCheckpointError) as e:
             if not watch:
                 raise
             logging.warning("%s; waiting for the next one", e)

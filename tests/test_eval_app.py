@@ -598,3 +598,33 @@ def test_watch_stops_after_the_checkpoint_at_max_steps(setup, tmp_path):
                                           print_table=None, progress_stream=io.StringIO())
     assert [s["step"] for s in summaries] == [2]
     assert (model_dir / "eval_2" / "summary.json").is_file()
+
+
+def test_watch_skips_a_damaged_checkpoint_and_waits_for_the_next(setup, tmp_path, monkeypatch):
+    config = setup["config"]  # train.max_steps = 2
+    model_dir = tmp_path / "run"
+    save_config(config, model_dir)
+    save_trainer_checkpoint(config, model_dir, 1, seed=1)
+    data_file = model_dir / "ckpt-1.data-00000-of-00001"
+    data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 2])
+    state = {"saved": False}
+
+    def sleep(_):  # training writes the next checkpoint while the watcher waits
+        if not state["saved"]:
+            save_trainer_checkpoint(config, model_dir, 2, seed=2)
+            state["saved"] = True
+
+    checkpoints_seen = []
+    original = evaluation.watch_checkpoints
+
+    def watching(*args, **kwargs):
+        for path in original(*args, **kwargs, sleep=sleep):
+            checkpoints_seen.append(path)
+            yield path
+
+    monkeypatch.setattr(evaluation, "watch_checkpoints", watching)
+    summaries = evaluation.run_evaluation(config, str(model_dir), setup["data"], watch=True,
+                                          watch_timeout_secs=60, watch_interval_secs=0.01,
+                                          print_table=None, progress_stream=io.StringIO())
+    assert [p.rsplit("/", 1)[-1] for p in checkpoints_seen] == ["ckpt-1", "ckpt-2"]
+    assert [s["step"] for s in summaries] == [2]
