@@ -151,7 +151,7 @@ def convert_to_tflite(model: keras.Model, config: Config, quantize: str | None =
     directory = tempfile.mkdtemp(prefix="ssd_tflite_")
     try:
         converter = _converter(function, directory)
-        _configure(converter, quantize, representative_images, config.model.input_size)
+        configure_converter(converter, quantize, representative_images, config.model.input_size)
         content = converter.convert()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -159,7 +159,7 @@ def convert_to_tflite(model: keras.Model, config: Config, quantize: str | None =
     return content
 
 
-def _configure(converter: tf.lite.TFLiteConverter, quantize: str | None,
+def configure_converter(converter: tf.lite.TFLiteConverter, quantize: str | None,
                representative_images: Iterable[np.ndarray] | None, size: int) -> None:
     """Built-in ops only (no SELECT_TF_OPS: a Flex op fails the conversion), and `quantize`."""
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
