@@ -139,7 +139,9 @@ def postprocess(cls_logits: tf.Tensor, box_encodings: tf.Tensor, anchors, config
     boxes = box_ops.decode(tf.cast(box_encodings, tf.float32), anchors[tf.newaxis], config.matching.variances)
     boxes = tf.clip_by_value(boxes, 0.0, 1.0)
     scores = tf.nn.softmax(tf.cast(cls_logits, tf.float32), axis=-1)
-    scores = tf.transpose(scores[:, :, 1:], [0, 2, 1])  # [B, C-1, A]
+    # the object classes by gather rather than a slice: TFLite's int8 quantizer requantizes a
+    # slice of the softmax to int8 (steps of 1/256) even when told to keep post-processing float
+    scores = tf.transpose(tf.gather(scores, tf.range(1, num_classes), axis=2), [0, 2, 1])  # [B, C-1, A]
 
     eligible = scores > ev.score_threshold
     if ev.min_box_size > 0:

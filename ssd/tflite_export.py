@@ -27,11 +27,13 @@ that needs the full TensorFlow runtime on the phone; `check_builtin_only` verifi
 Quantization:
   None       float32 weights and activations;
   "float16"  float16 weights (half the file), dequantized to float32 at load; float32 compute;
-  "int8"     full-integer network: int8 weights and int8 activations, calibrated on
-             `representative_images` (a few hundred training images, see `representative_images`).
-             Post-processing ops without an int8 kernel (NMS, top-k on scores, box decoding) stay
-             float32, which the converter allows by listing TFLITE_BUILTINS after the int8 set;
-             the uint8 input and the outputs keep their types.
+  "int8"     full-integer network: int8 weights and int8 activations (preprocessing included),
+             calibrated on `representative_images` (a few hundred training images, see
+             `representative_images`). The post-processing stays float32: NMS has no int8 kernel,
+             and int8 softmax scores (steps of 1/256) or box coordinates would change which boxes
+             pass the 0.01 threshold and how close scores rank. TFLITE_BUILTINS listed after the
+             int8 set allows those float kernels; `_quantize_network_only` keeps the quantizer off
+             them. The uint8 input and the outputs keep their types.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.lite.python.convert import mlir_quantize
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from ssd import records
@@ -64,6 +67,11 @@ OUTPUT_NAMES = {
     "num_detections": "num_detections",
 }
 DEFAULT_CALIBRATION_IMAGES = 300
+POSTPROCESS_SCOPE = "postprocess"
+# op types of the post-processing that the networks do not use: kept float by type as well, as
+# the quantizer requantizes some outputs of the denylisted nodes (multi-output ops, the softmax)
+POSTPROCESSING_OPS = ["SOFTMAX", "TOPK_V2", "GATHER", "SELECT_V2", "STRIDED_SLICE", "UNPACK", "PACK",
+                      "EXP", "MINIMUM", "MAXIMUM", "TRANSPOSE", "ONE_HOT", "REDUCE_MAX"]
 
 Preprocess = Callable[[tf.Tensor], tf.Tensor]
 
@@ -90,7 +98,8 @@ def detection_function(model: keras.Model, config: Config, anchors: np.ndarray |
     @tf.function(input_signature=[tf.TensorSpec([1, size, size, 3], tf.uint8, name=INPUT_NAME)])
     def detect(images):
         cls_logits, box_encodings = model(preprocess(images), training=False)
-        detections = postprocess(cls_logits, box_encodings, anchors, config, nms="per_class")
+        with tf.name_scope(POSTPROCESS_SCOPE):  # names the ops int8 quantization leaves float
+            detections = postprocess(cls_logits, box_encodings, anchors, config, nms="per_class")
         return {name: detections[key] for key, name in OUTPUT_NAMES.items()}
 
     return detect.get_concrete_function()
@@ -152,7 +161,7 @@ def convert_to_tflite(model: keras.Model, config: Config, quantize: str | None =
     try:
         converter = _converter(function, directory)
         configure_converter(converter, quantize, representative_images, config.model.input_size)
-        content = converter.convert()
+        content = _quantize_network_only(converter) if quantize == "int8" else converter.convert()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     check_builtin_only(content)
@@ -172,6 +181,24 @@ def configure_converter(converter: tf.lite.TFLiteConverter, quantize: str | None
         # int8 kernels wherever they exist, float built-ins for the rest (post-processing)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                                tf.lite.OpsSet.TFLITE_BUILTINS]
+
+
+def _quantize_network_only(converter: tf.lite.TFLiteConverter) -> bytes:
+    """Full-integer quantization of the network, float post-processing.
+
+    Left to itself, the quantizer also gives int8 kernels to the post-processing ops that have
+    one: the softmax's scores come out in steps of 1/256 (the 0.01 threshold and the ranking of
+    close scores are lost) and the decoded boxes in steps of their tensor's range. So the model is
+    calibrated first, then quantized with every op under POSTPROCESS_SCOPE denylisted (kept
+    float, with a dequantize where the network's int8 outputs enter them).
+    """
+    converter._experimental_calibrate_only = True
+    calibrated = converter.convert()
+    names = [tensor["name"] for tensor in interpreter(calibrated).get_tensor_details()]
+    postprocessing = [name for name in names if name.startswith(POSTPROCESS_SCOPE + "/")]
+    if not postprocessing:
+        raise AssertionError(f"no tensor named {POSTPROCESS_SCOPE}/...: the name scope was lost")
+    return mlir_quantize(calibrated, denylisted_ops=POSTPROCESSING_OPS, denylisted_nodes=postprocessing)
 
 
 def export_tflite(model: keras.Model, config: Config, path: str | os.PathLike,
