@@ -10,8 +10,9 @@ Models (random weights: the network's cost does not depend on them):
 For each: the .tflite model of ssd.tflite_export (uint8 [1, S, S, 3] in, preprocessing, network,
 built-in-only post-processing) run by the TFLite interpreter with --num_threads, float32 and
 int8 (calibrated on --calibration_images random images: enough for timing, not for accuracy), and
-TensorFlow's Detector.detect_uint8 in a tf.function on the same image (TensorFlow's own thread
-pools, combined NMS). Post-processing cost does depend on the scores: random weights put many
+TensorFlow on the same image in a tf.function (its own thread pools, combined NMS):
+Detector.detect_uint8 for SSD300, the network and ssd.postprocess for SSDLite (whose input
+scaling the Detector does not know yet). Post-processing cost does depend on the scores: random weights put many
 boxes above the 0.01 threshold (a heavy case for NMS), the same for every row of the table.
 
 Each figure is the median (and best) of --runs calls after one warm-up call. Other processes may
@@ -35,7 +36,7 @@ from absl import app, flags  # noqa: E402
 from ssd import tflite_export as te  # noqa: E402
 from ssd.anchors import generate_anchors  # noqa: E402
 from ssd.config import load_config  # noqa: E402
-from ssd.detector import build_inference_model  # noqa: E402
+from ssd.detector import Detector, build_inference_model  # noqa: E402
 from ssd.postprocess import postprocess  # noqa: E402
 from ssd.ssdlite_inference import build_ssdlite_model, preprocess_mobilenet, ssdlite_config  # noqa: E402
 
@@ -76,7 +77,6 @@ def _time(call, runs: int) -> tuple[float, float]:
 
 def _tensorflow_call(model, config, anchors, preprocess, image):
     if preprocess is None:
-        from ssd.detector import Detector
         detect = tf.function(Detector(model, config).detect_uint8)
         return lambda: detect(image)["num_detections"].numpy()
     anchors = tf.constant(anchors)
@@ -96,7 +96,7 @@ def measure(name: str, runs: int, num_threads: int, calibration_images: int) -> 
     image = rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     rows = []
     median, best = _time(_tensorflow_call(model, config, anchors, preprocess, tf.constant(image)), runs)
-    rows.append((name, "TensorFlow Detector (float32)", median, best, None))
+    rows.append((name, "TensorFlow float32 (tf.function)", median, best, None))
     calibration = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(calibration_images)]
     for quantize in (None, "int8"):
         content = te.convert_to_tflite(model, config, quantize, calibration if quantize else None,
