@@ -198,11 +198,11 @@ def _voc_map(config, test_images, detections):
     return evaluator.result()["mAP"]
 
 
-# Measured here (250 steps, 80 test images, training runs on a loaded CPU are not repeatable):
-# float32 0.317, 0.225, 0.226, 0.114, 0.320; int8 with int8 post-processing 0.155 against 0.317 (hence
-# float post-processing), with float post-processing 0.227, 0.229, 0.112, 0.316 against 0.225,
-# 0.114. The tiny model is far from converged and its mAP varies from run to run, so the
-# bound is on the difference between the two conversions of the same weights.
+# Measured here (250 steps, 80 test images; training runs on a loaded CPU are not repeatable):
+# float32 0.317, 0.225, 0.226, 0.114, 0.320. int8 with int8 post-processing: 0.155 against 0.317
+# (hence float post-processing); with float post-processing: 0.227, 0.229, 0.112, 0.316 against
+# 0.225, 0.226, 0.114, 0.320. The tiny model is far from converged and its mAP varies from run to
+# run, so the bound is on the difference between the two conversions of the same weights.
 MAX_INT8_MAP_LOSS = 0.01
 
 
