@@ -16,6 +16,16 @@ lower class, then to the earlier survivor of that class.
 
 Outputs are padded to K = eval.max_detections: rows past num_detections have score 0, class 0 and
 an all-zero box.
+
+Step 3 has two implementations with identical results, chosen by `postprocess(..., nms=...)`:
+  "combined"   (default) tf.image.combined_non_max_suppression, one multi-threaded kernel for all
+               (image, class) pairs: the fast path in TensorFlow;
+  "per_class"  one NonMaxSuppressionV4 per (image, class), in a loop unrolled when the graph is
+               built (a tf.map_fn over images when the batch size is unknown). Every op it uses is
+               a TensorFlow Lite built-in, so a model with post-processing inside converts without
+               Flex ops (combined_non_max_suppression has no TFLite kernel).
+Both are given rank keys rather than scores (see `_rank_keys`), so neither depends on how its kernel
+orders equal scores.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from ssd import boxes as box_ops
 from ssd.voc_coords import normalized_to_voc
 
 _NOT_A_CANDIDATE = -1.0  # score given to boxes that failed the threshold or size filter
+NMS_IMPLEMENTATIONS = ("combined", "per_class")
 
 
 def _static_dim(tensor: tf.Tensor, axis: int, what: str) -> int:
@@ -37,24 +48,24 @@ def _static_dim(tensor: tf.Tensor, axis: int, what: str) -> int:
     return int(size)
 
 
-def _per_class_nms(candidate_boxes: tf.Tensor, candidate_scores: tf.Tensor, iou_threshold: float,
-                   score_threshold: float) -> tf.Tensor:
-    """Greedy NMS within each class: [B, C', k, 4] boxes, [B, C', k] scores sorted decreasingly.
+def _rank_keys(candidate_scores: tf.Tensor, k: int, score_threshold: float) -> tf.Tensor:
+    """Scores [..., k] sorted decreasingly -> NMS keys: (k - r) / k for candidate r, -1 when its
+    score is not above score_threshold.
 
-    Returns a [B, C', k] bool mask of the candidates that survive.
-
-    tf.image.combined_non_max_suppression runs all (image, class) pairs in one multi-threaded
-    kernel, but it orders equal scores arbitrarily. It is therefore given rank keys instead of the
-    scores: candidate r of a class gets (k - r) / k, distinct and in the candidates' (deterministic)
-    order, or -1 when its score is not above score_threshold. Its greedy loop then visits exactly
-    the sequence of plain NMS, and the survivors' ranks are read back from the keys.
+    NMS kernels order equal scores in their own ways; the keys are distinct and follow the
+    candidates' (deterministic) order, so the greedy loop visits exactly the sequence of plain NMS.
     """
-    k = _static_dim(candidate_scores, 2, "candidates per class")
-    num_classes = _static_dim(candidate_scores, 1, "object classes")
-    batch_size = tf.shape(candidate_scores)[0]
-    pool = num_classes * k
     rank = tf.range(k, dtype=tf.float32)
-    keys = tf.where(candidate_scores > score_threshold, (k - rank) / k, -1.0)
+    return tf.where(candidate_scores > score_threshold, (k - rank) / k, -1.0)
+
+
+def _combined_nms(candidate_boxes: tf.Tensor, keys: tf.Tensor, iou_threshold: float) -> tf.Tensor:
+    """All (image, class) pairs in tf.image.combined_non_max_suppression; survivors' ranks are
+    read back from their keys."""
+    k = _static_dim(keys, 2, "candidates per class")
+    num_classes = _static_dim(keys, 1, "object classes")
+    batch_size = tf.shape(keys)[0]
+    pool = num_classes * k
     _, kept_keys, kept_classes, num_kept = tf.image.combined_non_max_suppression(
         tf.transpose(candidate_boxes, [0, 2, 1, 3]), tf.transpose(keys, [0, 2, 1]),
         max_output_size_per_class=k, max_total_size=pool, iou_threshold=iou_threshold,
@@ -68,13 +79,47 @@ def _per_class_nms(candidate_boxes: tf.Tensor, candidate_scores: tf.Tensor, iou_
     return tf.reshape(hits[:, :pool] > 0, [batch_size, num_classes, k])
 
 
-def postprocess(cls_logits: tf.Tensor, box_encodings: tf.Tensor, anchors, config) -> dict[str, tf.Tensor]:
+def _image_per_class_nms(boxes: tf.Tensor, keys: tf.Tensor, iou_threshold: float) -> tf.Tensor:
+    """One image: boxes [C', k, 4], keys [C', k] -> [C', k] survivors, one NMS per class.
+
+    NonMaxSuppressionV4 (TFLite's NON_MAX_SUPPRESSION_V4) returns the selected candidates' indices
+    padded to k and how many are valid; as the keys decrease with the rank, an index is the rank.
+    """
+    num_classes = _static_dim(keys, 0, "object classes")
+    k = _static_dim(keys, 1, "candidates per class")
+    masks = []
+    for c in range(num_classes):
+        selected, num_valid = tf.raw_ops.NonMaxSuppressionV4(
+            boxes=boxes[c], scores=keys[c], max_output_size=k, iou_threshold=iou_threshold,
+            score_threshold=0.0, pad_to_max_output_size=True)
+        valid = tf.range(k) < num_valid  # the padding indices (0) are not selections
+        masks.append(tf.reduce_max(tf.one_hot(selected, k) * tf.cast(valid, tf.float32)[:, tf.newaxis],
+                                   axis=0) > 0)
+    return tf.stack(masks)
+
+
+def _per_class_nms(candidate_boxes: tf.Tensor, keys: tf.Tensor, iou_threshold: float) -> tf.Tensor:
+    """[B, C', k, 4] boxes, [B, C', k] keys -> [B, C', k] survivors, with TFLite built-ins only."""
+    batch_size = keys.shape[0]
+    if batch_size is not None:
+        return tf.stack([_image_per_class_nms(candidate_boxes[b], keys[b], iou_threshold)
+                         for b in range(batch_size)])
+    return tf.map_fn(lambda args: _image_per_class_nms(args[0], args[1], iou_threshold),
+                     (candidate_boxes, keys), fn_output_signature=tf.bool)
+
+
+def postprocess(cls_logits: tf.Tensor, box_encodings: tf.Tensor, anchors, config,
+                nms: str = "combined") -> dict[str, tf.Tensor]:
     """cls_logits [B, A, C], box_encodings [B, A, 4], anchors [A, 4] -> padded detections.
+
+    `nms`: "combined" or "per_class", the implementation of step 3 (module docstring).
 
     Returns dict(boxes [B, K, 4] normalized [ymin, xmin, ymax, xmax], scores [B, K] float32,
     classes [B, K] int32 (1-based, 0 on padding), num_detections [B] int32), K = eval.max_detections,
     rows sorted by decreasing score.
     """
+    if nms not in NMS_IMPLEMENTATIONS:
+        raise ValueError(f"postprocess: nms must be one of {NMS_IMPLEMENTATIONS}, got {nms!r}")
     ev = config.eval
     cls_logits = tf.convert_to_tensor(cls_logits)
     box_encodings = tf.convert_to_tensor(box_encodings)
@@ -94,7 +139,9 @@ def postprocess(cls_logits: tf.Tensor, box_encodings: tf.Tensor, anchors, config
     boxes = box_ops.decode(tf.cast(box_encodings, tf.float32), anchors[tf.newaxis], config.matching.variances)
     boxes = tf.clip_by_value(boxes, 0.0, 1.0)
     scores = tf.nn.softmax(tf.cast(cls_logits, tf.float32), axis=-1)
-    scores = tf.transpose(scores[:, :, 1:], [0, 2, 1])  # [B, C-1, A]
+    # the object classes by gather rather than a slice: TFLite's int8 quantizer requantizes a
+    # slice of the softmax to int8 (steps of 1/256) even when told to keep post-processing float
+    scores = tf.transpose(tf.gather(scores, tf.range(1, num_classes), axis=2), [0, 2, 1])  # [B, C-1, A]
 
     eligible = scores > ev.score_threshold
     if ev.min_box_size > 0:
@@ -107,7 +154,11 @@ def postprocess(cls_logits: tf.Tensor, box_encodings: tf.Tensor, anchors, config
     top_scores, top_anchor = tf.math.top_k(scores, k=k, sorted=True)  # [B, C-1, k]
     top_boxes = tf.gather(boxes, top_anchor, batch_dims=1)  # [B, C-1, k, 4]
 
-    survives = _per_class_nms(top_boxes, top_scores, ev.nms_iou_threshold, ev.score_threshold)
+    keys = _rank_keys(top_scores, k, ev.score_threshold)
+    if nms == "combined":
+        survives = _combined_nms(top_boxes, keys, ev.nms_iou_threshold)
+    else:
+        survives = _per_class_nms(top_boxes, keys, ev.nms_iou_threshold)
     kept_scores = tf.where(survives, top_scores, _NOT_A_CANDIDATE)
 
     # all survivors of an image in one row, class-major, so top_k's lower-index rule prefers the

@@ -1,0 +1,317 @@
+"""TFLite export: built-in ops only, and the interpreter's detections against TensorFlow's.
+
+The trained model: SSD300 at 1/8 width (configs/ssd300_shapes_cpu.json) trained from scratch on a
+small synthetic shapes set for TRAIN_STEPS steps by train.py, shared by the tests of this module.
+Random weights give near-equal scores for many boxes, and the order of near-ties is not a property
+of the export; a trained model's scores are spread out.
+"""
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from ssd.anchors import generate_anchors
+from ssd.checkpoints import restore_checkpoint
+from ssd.config import load_config, load_saved_config
+from ssd.detector import Detector, build_inference_model
+from ssd.postprocess import postprocess, to_voc_boxes
+from ssd.records import make_example, parse_example
+from ssd.ssdlite_inference import build_ssdlite_model, preprocess_mobilenet, ssdlite_config
+from ssd import tflite_export as te
+from ssd.voc_coords import normalized_to_voc
+from ssd.voc_metric import VOCEvaluator
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # dataset/ holds scripts, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from dataset.make_shapes import make_shapes_dataset  # noqa: E402
+
+CLASSES = ["circle", "square", "triangle", "star"]
+TRAIN_STEPS = 250
+NUM_TRAIN, NUM_TEST = 400, 80
+
+
+def _run(command, timeout=600):
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """(config, trained model, test record files, training record files)."""
+    base = tmp_path_factory.mktemp("shapes")
+    make_shapes_dataset(base / "voc", NUM_TRAIN, NUM_TEST, seed=0)
+    for split in ("trainval", "test"):
+        _run([sys.executable, "dataset/convert_voc.py", f"--voc_root={base / 'voc'}", f"--splits={split}",
+              f"--classes={','.join(CLASSES)}", f"--output_directory={base / 'records'}",
+              f"--name=shapes_{split}"])
+    model_dir = base / "model"
+    _run([sys.executable, "train.py", "--config=ssd300_shapes_cpu",
+          f"--data_dir={base / 'records'}/shapes_trainval-*", f"--model_dir={model_dir}",
+          "--pretrained=none", f"--max_steps={TRAIN_STEPS}", "--set=train.save_checkpoints_steps=1000"],
+         timeout=900)
+    config = load_saved_config(model_dir)
+    model = build_inference_model(config)
+    restore_checkpoint(model, tf.train.latest_checkpoint(str(model_dir)), config)
+    return (config, model, str(base / "records" / "shapes_test-*"),
+            str(base / "records" / "shapes_trainval-*"))
+
+
+@pytest.fixture(scope="module")
+def test_images(shapes):
+    """[(image id, resized uint8 [S, S, 3], height, width, gt boxes, labels, difficult)]."""
+    config, _, test_files, _ = shapes
+    images = []
+    for record in tf.data.TFRecordDataset(tf.io.gfile.glob(test_files)):
+        example = parse_example(record)
+        image = tf.io.decode_image(example["encoded"], channels=3)
+        images.append((example["source_id"].numpy().decode(),
+                       te.resize_for_tflite(image, config.model.input_size).numpy(),
+                       int(example["height"]), int(example["width"]), example["boxes"].numpy(),
+                       example["labels"].numpy(), example["difficult"].numpy()))
+    return images
+
+
+@pytest.fixture(scope="module")
+def float_model(shapes):
+    config, model, _, _ = shapes
+    return te.convert_to_tflite(model, config)
+
+
+@pytest.fixture(scope="module")
+def int8_model(shapes):
+    config, model, _, train_files = shapes
+    return te.convert_to_tflite(model, config, "int8", te.representative_images(train_files, config))
+
+
+def _tflite_detections(content, images):
+    runner = te.interpreter(content)
+    return [te.detect_tflite(runner, image[np.newaxis]) for image in images]
+
+
+def _check_equal(tflite_out, reference, box_atol=1e-4, score_atol=1e-5):
+    """Same detections: count, and row by row class, score and box, except that rows whose
+    scores differ by less than score_atol may come in either order (float rounding differs
+    between the runtimes by ~1e-7, and a weakly trained model has near-equal scores)."""
+    n = int(reference["num_detections"][0])
+    assert int(tflite_out["num_detections"][0]) == n
+    classes, scores, boxes = (tflite_out[k][0, :n] for k in ("detection_classes", "detection_scores",
+                                                              "detection_boxes"))
+    np.testing.assert_allclose(scores, reference["scores"][0, :n], atol=score_atol)
+    unused = np.ones(n, bool)
+    for i in range(n):
+        same = (unused & (classes == reference["classes"][0, i])
+                & (np.abs(scores - reference["scores"][0, i]) <= score_atol)
+                & (np.abs(boxes - reference["boxes"][0, i]).max(axis=1) <= box_atol))
+        assert same.any(), f"detection {i} of TensorFlow has no counterpart in TFLite"
+        unused[np.flatnonzero(same)[0]] = False
+    assert np.all(tflite_out["detection_scores"][0, n:] == 0)
+    assert np.all(tflite_out["detection_classes"][0, n:] == 0)
+
+
+# --- operators ---------------------------------------------------------------------------
+
+def _foreign_ops(content):
+    return [name for name in te.op_names(content) if name.startswith("Flex") or name == "CUSTOM"]
+
+
+def test_models_have_builtin_operators_only(float_model, int8_model, capfd):
+    for content in (float_model, int8_model):
+        names = te.op_names(content)
+        assert _foreign_ops(content) == []
+        assert "NON_MAX_SUPPRESSION_V4" in names and "CONV_2D" in names
+        capfd.readouterr()
+        tf.lite.experimental.Analyzer.analyze(model_content=content)  # prints every op
+        analysis = capfd.readouterr().out
+        assert "NON_MAX_SUPPRESSION_V4" in analysis and "CONV_2D" in analysis
+        assert "Flex" not in analysis and "CUSTOM" not in analysis
+
+
+def test_flex_op_fails_the_conversion(tmp_path):
+    """The converter settings are those that reject anything outside the built-ins: the combined
+    NMS kernel (the TF fast path) would need the Flex delegate."""
+    config = load_config("ssd300_voc0712", {"model.num_classes": 3, "data.class_names": ["a", "b"]})
+    anchors = np.array([[0.1, 0.1, 0.5, 0.5], [0.2, 0.2, 0.6, 0.6]], np.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 2, 3], tf.float32), tf.TensorSpec([1, 2, 4], tf.float32)])
+    def combined(logits, encodings):
+        return postprocess(logits, encodings, anchors, config, nms="combined")
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([combined.get_concrete_function()])
+    te.configure_converter(converter, None, None, 2)
+    with pytest.raises(Exception, match="CombinedNonMaxSuppression"):
+        converter.convert()
+
+
+def test_int8_network_runs_in_int8(int8_model):
+    runner = te.interpreter(int8_model)
+    tensors = {t["index"]: t for t in runner.get_tensor_details()}
+    convs = [op for op in runner._get_ops_details() if op["op_name"] == "CONV_2D"]
+    assert convs
+    for op in convs:
+        activation, weights = (tensors[i]["dtype"] for i in op["inputs"][:2])
+        assert activation == np.int8 and weights == np.int8
+    details = runner.get_signature_runner(te.SIGNATURE_KEY).get_input_details()
+    assert details[te.INPUT_NAME]["dtype"] == np.uint8
+
+
+# --- detections --------------------------------------------------------------------------
+
+def test_float32_matches_tensorflow(shapes, test_images, float_model):
+    config, model, _, _ = shapes
+    detector = Detector(model, config)
+    images = [image for _, image, *_ in test_images[:12]]
+    for image, out in zip(images, _tflite_detections(float_model, images)):
+        reference = {k: v.numpy() for k, v in detector.detect_uint8(tf.constant(image[np.newaxis])).items()}
+        assert reference["num_detections"][0] > 0
+        _check_equal(out, reference)
+
+
+def test_float16_weights_close_to_float32(shapes, test_images, float_model):
+    config, model, _, _ = shapes
+    content = te.convert_to_tflite(model, config, "float16")
+    assert len(content) < 0.6 * len(float_model)
+    runner = te.interpreter(content)
+    assert any(t["dtype"] == np.float16 for t in runner.get_tensor_details())
+    images = [image for _, image, *_ in test_images[:4]]
+    for half, full in zip(_tflite_detections(content, images), _tflite_detections(float_model, images)):
+        # the best detections survive unchanged to float16 weight precision
+        np.testing.assert_array_equal(half["detection_classes"][0, :3], full["detection_classes"][0, :3])
+        np.testing.assert_allclose(half["detection_boxes"][0, :3], full["detection_boxes"][0, :3], atol=5e-3)
+        np.testing.assert_allclose(half["detection_scores"][0, :3], full["detection_scores"][0, :3], atol=5e-3)
+
+
+def _voc_map(config, test_images, detections):
+    evaluator = VOCEvaluator(config.data.class_names, metric="voc07")
+    for (image_id, _, height, width, gt_boxes, labels, difficult), out in zip(test_images, detections):
+        n = int(out["num_detections"][0])
+        det_boxes = to_voc_boxes(out["detection_boxes"][:, :n], [[height, width]])[0]
+        evaluator.add_image(image_id, normalized_to_voc(gt_boxes, height, width), labels, difficult,
+                            det_boxes, out["detection_scores"][0, :n], out["detection_classes"][0, :n])
+    return evaluator.result()["mAP"]
+
+
+# Measured here (250 steps, 80 test images; training runs on a loaded CPU are not repeatable):
+# float32 0.317, 0.225, 0.226, 0.114, 0.320. int8 with int8 post-processing: 0.155 against 0.317
+# (hence float post-processing); with float post-processing: 0.227, 0.229, 0.112, 0.316 against
+# 0.225, 0.226, 0.114, 0.320. The tiny model is far from converged and its mAP varies from run to
+# run, so the bound is on the difference between the two conversions of the same weights.
+MAX_INT8_MAP_LOSS = 0.01
+
+
+def test_int8_map_within_one_point_of_float32(shapes, test_images, float_model, int8_model):
+    config = shapes[0]
+    images = [image for _, image, *_ in test_images]
+    float_map = _voc_map(config, test_images, _tflite_detections(float_model, images))
+    int8_map = _voc_map(config, test_images, _tflite_detections(int8_model, images))
+    print(f"VOC07 mAP on {len(images)} test images: float32 {float_map:.4f}, int8 {int8_map:.4f}")
+    assert float_map > 0.05  # the model did learn (random weights: ~0): the comparison means something
+    assert int8_map >= float_map - MAX_INT8_MAP_LOSS
+
+
+def test_int8_detections_close_to_float32(test_images, float_model, int8_model):
+    """The best float32 detections of each image are among int8's best: same class, IoU > 0.7."""
+    images = [image for _, image, *_ in test_images[:20]]
+    matched = total = 0
+    for full, quant in zip(_tflite_detections(float_model, images), _tflite_detections(int8_model, images)):
+        best = quant["detection_classes"][0, :TOP_DETECTIONS * 2], quant["detection_boxes"][0, :TOP_DETECTIONS * 2]
+        for box, cls in zip(full["detection_boxes"][0, :TOP_DETECTIONS], full["detection_classes"][0, :TOP_DETECTIONS]):
+            total += 1
+            same = best[0] == cls
+            if same.any() and _iou(box, best[1][same]).max() > 0.7:
+                matched += 1
+    print(f"int8 finds {matched} of the {total} best float32 detections among its {TOP_DETECTIONS * 2} best")
+    assert matched >= MIN_INT8_MATCHED * total
+
+
+TOP_DETECTIONS = 5
+MIN_INT8_MATCHED = 0.8
+
+
+def _iou(box, boxes):
+    inter = (np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+             * np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None))
+    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+    return inter / (area(box) + area(boxes) - inter)
+
+
+def test_ssdlite_float32_matches_tensorflow():
+    base = load_config("ssd300_voc0712", {"model.num_classes": 5, "data.class_names": CLASSES,
+                                          "eval.max_detections": 50})
+    config = ssdlite_config(base, input_size=160)
+    tf.keras.utils.set_random_seed(1)
+    model = build_ssdlite_model(config, width_multiplier=0.35)
+    anchors = generate_anchors(config)
+    assert len(anchors) == model.outputs[0].shape[1]
+    content = te.convert_to_tflite(model, config, anchors=anchors,
+                                   preprocess=lambda images: preprocess_mobilenet(images, config))
+    assert _foreign_ops(content) == []
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 160, 160, 3), dtype=np.uint8)
+    for image, out in zip(images, _tflite_detections(content, images)):
+        logits, encodings = model(preprocess_mobilenet(image[np.newaxis], config), training=False)
+        reference = {k: v.numpy() for k, v in postprocess(logits, encodings, anchors, config).items()}
+        assert reference["num_detections"][0] > 0
+        _check_equal(out, reference)
+
+
+# --- files and arguments -------------------------------------------------------------------
+
+def _write_records(path, sizes):
+    rng = np.random.default_rng(0)
+    arrays = []
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for index, (height, width) in enumerate(sizes):
+            pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format="PNG")
+            arrays.append(pixels)
+            writer.write(make_example(encoded=buffer.getvalue(), image_format="png", height=height,
+                                      width=width, filename=f"{index}.png", source_id=str(index),
+                                      boxes=[[0.1, 0.1, 0.5, 0.5]], labels=[1], texts=["circle"],
+                                      difficult=[0], truncated=[0]).SerializeToString())
+    return arrays
+
+
+def test_representative_images_read_and_resize_records(tmp_path):
+    config = load_config("ssd300_shapes_cpu")
+    arrays = _write_records(tmp_path / "train-00000-of-00001", [(40, 60), (300, 300), (77, 33)])
+    images = te.representative_images(str(tmp_path / "train-*"), config, count=2)
+    assert len(images) == 2
+    for image, array in zip(images, arrays):
+        assert image.dtype == np.uint8 and image.shape == (300, 300, 3)
+        expected = tf.image.resize(array.astype(np.float32), [300, 300]).numpy()
+        np.testing.assert_array_equal(image, np.clip(np.round(expected), 0, 255).astype(np.uint8))
+    np.testing.assert_array_equal(images[1], arrays[1])  # already the input size: unchanged
+    assert len(te.representative_images(str(tmp_path / "train-*"), config, count=300)) == 3
+    with pytest.raises(FileNotFoundError, match="nothing-here"):
+        te.representative_images(str(tmp_path / "nothing-here*"), config)
+
+
+def test_bad_arguments_are_rejected(tmp_path):
+    config = load_config("ssd300_shapes_cpu")
+    model = build_inference_model(config)
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        te.convert_to_tflite(model, config, "int4")
+    with pytest.raises(ValueError, match="representative_images"):
+        te.convert_to_tflite(model, config, "int8")
+    with pytest.raises(ValueError, match=r"uint8 \[300, 300, 3\]"):
+        te.convert_to_tflite(model, config, "int8", [np.zeros((200, 200, 3), np.uint8)])
+
+
+def test_export_tflite_writes_a_loadable_file(tmp_path, shapes, float_model):
+    config, model, _, _ = shapes
+    path = te.export_tflite(model, config, tmp_path / "out" / "ssd.tflite")
+    content = Path(path).read_bytes()
+    runner = te.interpreter(content)
+    signature = runner.get_signature_list()[te.SIGNATURE_KEY]
+    assert signature["inputs"] == [te.INPUT_NAME]
+    assert sorted(signature["outputs"]) == sorted(te.OUTPUT_NAMES.values())
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["ssd.tflite"]
