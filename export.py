@@ -1,7 +1,17 @@
-r"""Exports a trained SSD as a SavedModel for serving (see ssd/export.py for the signatures).
+r"""Exports a trained SSD as a SavedModel for serving, or as a TensorFlow Lite model for phones.
 
   python export.py --model_dir=runs/ssd300 --export_dir=exported/ssd300 \
-      [--checkpoint_path=runs/ssd300/ckpt-120000] [--overwrite]
+      [--checkpoint_path=runs/ssd300/ckpt-120000] [--overwrite] [--score_threshold=0.5]
+  python export.py --model_dir=runs/ssdlite --export_dir=exported/ssdlite_tflite --format=tflite \
+      [--quantize=float16|int8 --calibration_data=tfrecords/train* [--calibration_images=300]]
+
+--format=saved_model (the default) writes the SavedModel of ssd/export.py (its signatures take
+encoded or uint8 images of any size). --format=tflite writes export_dir/model.tflite with
+class_names.txt and config.json beside it (ssd/tflite_export.py): uint8 RGB [1, S, S, 3] images
+already resized to the input size S in, detection_boxes (normalized), detection_classes,
+detection_scores and num_detections out, post-processing inside, TFLite built-in operators only.
+--quantize=float16 halves the file; --quantize=int8 makes the network full-integer, calibrated on
+the first --calibration_images images of --calibration_data (training TFRecords).
 
 The config is model_dir/config.json; the weights come from model_dir's latest checkpoint unless
 --checkpoint_path is given. Serving example (outputs named as the TF Object Detection API names
@@ -47,6 +57,26 @@ flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty --export_di
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Computation precision of the "
                   "exported network; bfloat16 about doubles CPU throughput where the CPU has bf16 "
                   "instructions, with scores differing in the third significant digit.")
+flags.DEFINE_enum("format", "saved_model", ["saved_model", "tflite"], "What to write.")
+flags.DEFINE_float("score_threshold", 0.5, "SavedModel: default of the signatures' score_threshold "
+                   "input (detections below it are padding).")
+flags.DEFINE_enum("quantize", "none", ["none", "float16", "int8"], "TFLite: weight/activation "
+                  "quantization.")
+flags.DEFINE_string("calibration_data", None, "TFLite int8: training TFRecords whose first images "
+                    "calibrate the activation ranges.")
+flags.DEFINE_integer("calibration_images", 300, "TFLite int8: how many images calibrate.")
+
+
+def export_tflite_model(model, config) -> str:
+    from ssd import tflite_export
+
+    quantize = None if FLAGS.quantize == "none" else FLAGS.quantize
+    calibration = None
+    if quantize == "int8":
+        calibration = tflite_export.representative_images(FLAGS.calibration_data, config,
+                                                          FLAGS.calibration_images)
+    return tflite_export.export_tflite(model, config, FLAGS.export_dir, quantize, calibration,
+                                       overwrite=FLAGS.overwrite)
 
 
 def main(argv) -> None:
@@ -55,20 +85,33 @@ def main(argv) -> None:
     for name in ("model_dir", "export_dir"):
         if not FLAGS[name].value:
             raise app.UsageError(f"--{name} is required")
+    if not 0.0 <= FLAGS.score_threshold <= 1.0:
+        raise app.UsageError(f"--score_threshold must be in [0, 1], got {FLAGS.score_threshold}")
+    if FLAGS.format != "tflite" and FLAGS["quantize"].present:
+        raise app.UsageError("--quantize goes with --format=tflite")
+    if FLAGS.quantize == "int8" and not FLAGS.calibration_data:
+        raise app.UsageError("--quantize=int8 needs --calibration_data (training TFRecords)")
+    if FLAGS.format == "tflite" and FLAGS.precision != "float32":
+        raise app.UsageError("--format=tflite exports float32 (use --quantize for smaller models)")
 
     from ssd import checkpoints
     from ssd.detector import build_inference_model
     from ssd.export import export_saved_model
+    from ssd.record_files import DataError
 
     try:
         config = config_lib.load_saved_config(FLAGS.model_dir)
         checkpoint = checkpoints.find_checkpoint(FLAGS.model_dir, FLAGS.checkpoint_path)
         model = build_inference_model(config, FLAGS.precision)
         step = checkpoints.restore_checkpoint(model, checkpoint, config)
-        path = export_saved_model(model, config, FLAGS.export_dir, overwrite=FLAGS.overwrite)
+        if FLAGS.format == "tflite":
+            path = export_tflite_model(model, config)
+        else:
+            path = export_saved_model(model, config, FLAGS.export_dir, overwrite=FLAGS.overwrite,
+                                      score_threshold=FLAGS.score_threshold)
     except (config_lib.ConfigError, checkpoints.NoCheckpointError, checkpoints.CheckpointMismatchError,
-            checkpoints.CheckpointRemovedError,
-            checkpoints.DamagedCheckpointError, FileExistsError) as e:
+            checkpoints.CheckpointRemovedError, checkpoints.DamagedCheckpointError, FileExistsError,
+            FileNotFoundError, DataError) as e:
         sys.exit(f"export.py: error: {e}")
     print(f"exported {checkpoint} (step {step}) to {path}")
 

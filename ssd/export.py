@@ -47,9 +47,11 @@ and the resolved config as `assets/config.json`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from typing import Iterator
 
 import keras
 import tensorflow as tf
@@ -114,18 +116,11 @@ class DetectionModule(tf.Module):
         return {"class_names": self._object_names}
 
 
-def export_saved_model(model: keras.Model, config: Config, export_dir: str | os.PathLike,
-                       overwrite: bool = False,
-                       score_threshold: float = DEFAULT_SCORE_THRESHOLD) -> str:
-    """Writes the serving SavedModel of `model` (its current weights) to `export_dir`.
-
-    `score_threshold` is the default of the signatures' score_threshold input.
-
-    The directory appears complete or not at all (written aside, then renamed). An existing
-    non-empty export_dir is an error unless `overwrite`.
-    """
-    if not 0.0 <= score_threshold <= 1.0:
-        raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
+@contextlib.contextmanager
+def directory_written_aside(export_dir: str | os.PathLike, overwrite: bool) -> Iterator[str]:
+    """Yields a fresh directory beside `export_dir` to write into; on success it replaces
+    `export_dir` in one rename, so an export appears complete or not at all. An existing
+    non-empty export_dir is an error unless `overwrite`."""
     export_dir = os.fspath(export_dir)
     if tf.io.gfile.exists(export_dir) and tf.io.gfile.listdir(export_dir):
         if not overwrite:
@@ -133,26 +128,48 @@ def export_saved_model(model: keras.Model, config: Config, export_dir: str | os.
                                   f"(choose another, or replace it with --overwrite / overwrite=True)")
     parent = os.path.dirname(os.path.abspath(export_dir))
     os.makedirs(parent, exist_ok=True)
-    assets_dir = tempfile.mkdtemp(prefix="ssd_export_assets_")
     tmp_dir = tempfile.mkdtemp(prefix=".export_", dir=parent)
     try:
-        with open(os.path.join(assets_dir, CLASS_NAMES_ASSET), "w") as f:
-            f.write("\n".join(config.data.class_names) + "\n")
-        with open(os.path.join(assets_dir, CONFIG_ASSET), "w") as f:
-            f.write(to_json(config) + "\n")
-        module = DetectionModule(model, config, assets_dir, score_threshold)
-        # the tf.functions themselves, not concrete functions: only then are defaults recorded
-        signatures = {
-            SIGNATURE_ENCODED: module.serve_encoded,
-            SIGNATURE_IMAGES: module.serve_images,
-            SIGNATURE_CLASS_NAMES: module.class_names,
-        }
-        tf.saved_model.save(module, tmp_dir, signatures=signatures)
+        yield tmp_dir
         if tf.io.gfile.exists(export_dir):
             shutil.rmtree(export_dir)
         os.replace(tmp_dir, export_dir)
     finally:
-        shutil.rmtree(assets_dir, ignore_errors=True)
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def write_descriptions(config: Config, directory: str) -> None:
+    """The class names (one per line, label order) and the resolved config beside a model."""
+    with open(os.path.join(directory, CLASS_NAMES_ASSET), "w") as f:
+        f.write("\n".join(config.data.class_names) + "\n")
+    with open(os.path.join(directory, CONFIG_ASSET), "w") as f:
+        f.write(to_json(config) + "\n")
+
+
+def export_saved_model(model: keras.Model, config: Config, export_dir: str | os.PathLike,
+                       overwrite: bool = False,
+                       score_threshold: float = DEFAULT_SCORE_THRESHOLD) -> str:
+    """Writes the serving SavedModel of `model` (its current weights) to `export_dir`.
+
+    `score_threshold` is the default of the signatures' score_threshold input. The directory
+    appears complete or not at all; an existing non-empty export_dir is an error unless
+    `overwrite`.
+    """
+    if not 0.0 <= score_threshold <= 1.0:
+        raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
+    assets_dir = tempfile.mkdtemp(prefix="ssd_export_assets_")
+    try:
+        write_descriptions(config, assets_dir)
+        with directory_written_aside(export_dir, overwrite) as tmp_dir:
+            module = DetectionModule(model, config, assets_dir, score_threshold)
+            # the tf.functions themselves, not concrete functions: only then are defaults recorded
+            signatures = {
+                SIGNATURE_ENCODED: module.serve_encoded,
+                SIGNATURE_IMAGES: module.serve_images,
+                SIGNATURE_CLASS_NAMES: module.class_names,
+            }
+            tf.saved_model.save(module, tmp_dir, signatures=signatures)
+    finally:
+        shutil.rmtree(assets_dir, ignore_errors=True)
     logging.info("exported SavedModel to %s", export_dir)
-    return export_dir
+    return os.fspath(export_dir)

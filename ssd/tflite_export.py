@@ -52,12 +52,14 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 from ssd import records
 from ssd.anchors import generate_anchors
 from ssd.config import Config
+from ssd.export import directory_written_aside, write_descriptions
 from ssd.postprocess import postprocess
 from ssd.preprocessing import decode_image, preprocess_image
 from ssd.record_files import resolve_files
 
 QUANTIZATIONS = (None, "float16", "int8")
 SIGNATURE_KEY = "serving_default"
+TFLITE_FILENAME = "model.tflite"
 INPUT_NAME = "images"
 # library detection key -> output name in the TFLite signature (the SavedModel's names)
 OUTPUT_NAMES = {
@@ -202,24 +204,20 @@ def _quantize_network_only(converter: tf.lite.TFLiteConverter) -> bytes:
     return mlir_quantize(calibrated, denylisted_ops=POSTPROCESSING_OPS, denylisted_nodes=postprocessing)
 
 
-def export_tflite(model: keras.Model, config: Config, path: str | os.PathLike,
+def export_tflite(model: keras.Model, config: Config, export_dir: str | os.PathLike,
                   quantize: str | None = None,
                   representative_images: Iterable[np.ndarray] | None = None,
-                  anchors: np.ndarray | None = None, preprocess: Preprocess | None = None) -> str:
-    """Writes `convert_to_tflite(...)` to `path` (complete or not at all); returns the path."""
+                  anchors: np.ndarray | None = None, preprocess: Preprocess | None = None,
+                  overwrite: bool = False) -> str:
+    """Writes `export_dir/model.tflite` (`convert_to_tflite(...)`) with the class names and the
+    config beside it, as the SavedModel export does: complete or not at all. Returns the
+    .tflite file's path."""
     content = convert_to_tflite(model, config, quantize, representative_images, anchors, preprocess)
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tflite_", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with directory_written_aside(export_dir, overwrite) as directory:
+        with open(os.path.join(directory, TFLITE_FILENAME), "wb") as f:
             f.write(content)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+        write_descriptions(config, directory)
+    return os.path.join(os.fspath(export_dir), TFLITE_FILENAME)
 
 
 def interpreter(content: bytes, num_threads: int | None = None):

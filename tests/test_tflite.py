@@ -308,10 +308,38 @@ def test_bad_arguments_are_rejected(tmp_path):
 
 def test_export_tflite_writes_a_loadable_file(tmp_path, shapes, float_model):
     config, model, _, _ = shapes
-    path = te.export_tflite(model, config, tmp_path / "out" / "ssd.tflite")
+    path = te.export_tflite(model, config, tmp_path / "out")
+    assert path == str(tmp_path / "out" / te.TFLITE_FILENAME)
     content = Path(path).read_bytes()
     runner = te.interpreter(content)
     signature = runner.get_signature_list()[te.SIGNATURE_KEY]
     assert signature["inputs"] == [te.INPUT_NAME]
     assert sorted(signature["outputs"]) == sorted(te.OUTPUT_NAMES.values())
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["ssd.tflite"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["class_names.txt", "config.json",
+                                                                  te.TFLITE_FILENAME]
+    assert (tmp_path / "out" / "class_names.txt").read_text().split() == list(config.data.class_names)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        te.export_tflite(model, config, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing left aside
+
+
+def test_export_app_writes_tflite_models_that_detect_like_the_library(shapes, test_images, float_model,
+                                                                      tmp_path):
+    config, _, _, train_files = shapes
+    model_dir = Path(train_files).parent.parent / "model"
+    export_dir = tmp_path / "tflite"
+    command = [sys.executable, "export.py", f"--model_dir={model_dir}", f"--export_dir={export_dir}",
+               "--format=tflite"]
+    _run(command)
+    exported = (export_dir / te.TFLITE_FILENAME).read_bytes()
+    images = [image for _, image, *_ in test_images[:3]]
+    for ours, library in zip(_tflite_detections(exported, images), _tflite_detections(float_model, images)):
+        for name in te.OUTPUT_NAMES.values():
+            np.testing.assert_array_equal(ours[name], library[name])
+    int8_dir = tmp_path / "int8"
+    _run(command[:-2] + [f"--export_dir={int8_dir}", "--format=tflite", "--quantize=int8",
+                         f"--calibration_data={train_files}", "--calibration_images=20"])
+    details = te.interpreter((int8_dir / te.TFLITE_FILENAME).read_bytes()).get_tensor_details()
+    assert any(d["dtype"] == np.int8 for d in details)
+    refused = subprocess.run(command[:-1] + ["--quantize=int8"], cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--quantize goes with --format=tflite" in refused.stderr
