@@ -27,6 +27,8 @@ bench: install
 	$(PY) bench/train_step.py
 	$(PY) bench/predict.py
 	$(PY) bench/voc_eval.py
+	$(PY) bench/model_size.py
+	$(PY) bench/tflite_latency.py
 
 clean:
 	rm -rf $(VENV) *.egg-info demo_output
