@@ -181,10 +181,13 @@ def test_old_saved_config_with_seed_values_resumes_as_tf1(deprecation_warnings, 
 def test_recipes_are_listed_and_every_one_loads():
     names = cfg.recipe_names()
     assert names == sorted(p.stem for p in (cfg.recipe_dir()).glob("*.json"))
-    assert {"ssd300_voc0712", "ssd512_voc0712", "ssd300_shapes_cpu"} <= set(names)
+    assert {"ssd300_voc0712", "ssd512_voc0712", "ssd300_shapes_cpu", "ssdlite320_shapes_cpu",
+            "ssdlite320_mobilenetv2_coco", "ssdlite320_mobilenetv2_voc"} <= set(names)
     for name in names:
         config = cfg.load_config(name)
-        assert config.anchors.preset in ("tf1", "caffe")
+        # VGG16 recipes use the SSD papers' anchors, SSDLite ones the TF Object Detection API's
+        expected_presets = {"vgg16": ("tf1", "caffe"), "mobilenet_v2": ("tfod",)}
+        assert config.anchors.preset in expected_presets[config.model.backbone], name
 
 
 def test_recipe_that_is_not_an_object_is_refused(tmp_path):
