@@ -55,6 +55,10 @@ class ModelConfig:
     width_multiplier: float = 1.0  # scales backbone and extra-layer channels
     extra_batch_norm: bool = False  # vgg16: batch norm after each extra-layer conv
     l2_norm_scale_init: float = 20.0  # vgg16: conv4_3's normalization scale
+    # mobilenet_v2: the moving-average momentum of every batch norm; null keeps the defaults
+    # (Keras' 0.999 in the backbone, the TF Object Detection API's 0.9997 elsewhere), made for
+    # long runs: a short run needs less (ssd.ssdlite)
+    batch_norm_momentum: float | None = None
 
 
 @dataclasses.dataclass

@@ -40,6 +40,11 @@ def validate_model(m: ModelConfig) -> None:
              f"(leave model.backbone out to get the architecture's)")
     _require(not (m.extra_batch_norm and m.backbone == MOBILENET_V2), "model.extra_batch_norm",
              "is a vgg16 option; SSDLite's extra layers always have batch norm, leave it false")
+    if m.batch_norm_momentum is not None:
+        _require(0 <= m.batch_norm_momentum < 1, "model.batch_norm_momentum",
+                 f"must be in [0, 1), got {m.batch_norm_momentum}")
+        _require(m.backbone == MOBILENET_V2, "model.batch_norm_momentum",
+                 "is a mobilenet_v2 option; leave it null for vgg16")
     expected_size = ARCHITECTURES[m.architecture].input_size
     _require(m.input_size == expected_size, "model.input_size",
              f"{m.architecture} takes {expected_size}x{expected_size} inputs, got {m.input_size}")

@@ -193,7 +193,8 @@ def _build_ssdlite(config: Config) -> keras.Model:
     model = build_ssdlite_mobilenet_v2(
         model_config.num_classes, config.anchors.boxes_per_location,
         input_size=model_config.input_size, width_multiplier=model_config.width_multiplier,
-        extra_channels=architecture.extra_channels)
+        extra_channels=architecture.extra_channels,
+        batch_norm_momentum=model_config.batch_norm_momentum)
     return model
 
 

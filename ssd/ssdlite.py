@@ -103,8 +103,15 @@ def _head(feature, index, boxes, components, prefix):
 
 def build_ssdlite_mobilenet_v2(num_classes: int, boxes_per_location: Sequence[int],
                                input_size: int = 320, width_multiplier: float = 1.0,
-                               extra_channels: Sequence[int] = EXTRA_CHANNELS) -> keras.Model:
+                               extra_channels: Sequence[int] = EXTRA_CHANNELS,
+                               batch_norm_momentum: float | None = None) -> keras.Model:
     """Builds SSDLite-MobileNetV2 under the current global Keras dtype policy.
+
+    `batch_norm_momentum`, when given, replaces the moving-average momentum of every batch norm
+    (backbone included; by default Keras' 0.999 in the backbone and the TF Object Detection API's
+    0.9997 elsewhere). Those keep about 0.9997^n of the initial statistics after n steps, fine
+    for a long run but far from the data after a short one: inference would normalize with
+    almost the initial mean 0 and variance 1.
 
     `boxes_per_location` has one entry per source map: 2 backbone maps + one per extra layer.
     `extra_channels` are the extra layers' widths at multiplier 1.
@@ -141,4 +148,9 @@ def build_ssdlite_mobilenet_v2(num_classes: int, boxes_per_location: Sequence[in
     # float32 concatenation layers also cast the mixed-precision head outputs to float32
     cls_logits = layers.Concatenate(axis=1, dtype="float32", name="cls_logits")(cls_parts)
     box_encodings = layers.Concatenate(axis=1, dtype="float32", name="box_encodings")(loc_parts)
-    return keras.Model(images, (cls_logits, box_encodings), name="ssdlite_mobilenet_v2")
+    model = keras.Model(images, (cls_logits, box_encodings), name="ssdlite_mobilenet_v2")
+    if batch_norm_momentum is not None:
+        for layer in model.layers:  # read at every call: setting it after building is enough
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = float(batch_norm_momentum)
+    return model

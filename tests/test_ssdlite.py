@@ -518,3 +518,19 @@ def test_a_few_training_steps_of_the_shapes_recipe_through_the_estimator(tmp_pat
     predictions = list(estimator.predict(make_input_fn(str(data), config, ModeKeys.PREDICT)))
     assert len(predictions) == 4
     assert all(np.all(np.isfinite(p["scores"])) for p in predictions)
+
+
+def test_batch_norm_momentum_from_the_config_reaches_every_batch_norm():
+    from ssd.config import ConfigError, load_config
+    from ssd.model import build_model
+
+    def momenta(config):
+        return {layer.momentum for layer in build_model(config).layers
+                if isinstance(layer, keras.layers.BatchNormalization)}
+
+    assert momenta(_ssdlite_config()) == {0.99}  # the shapes recipe's, backbone included
+    assert momenta(_ssdlite_config(**{"model.batch_norm_momentum": None})) == {0.999, 0.9997}
+    with pytest.raises(ConfigError, match="^override model.batch_norm_momentum=1.*must be in"):
+        load_config("ssdlite320_shapes_cpu", {"model.batch_norm_momentum": 1.0})
+    with pytest.raises(ConfigError, match="model.batch_norm_momentum: is a mobilenet_v2 option"):
+        load_config("ssd300_voc0712", {"model.batch_norm_momentum": 0.9})
