@@ -2,9 +2,11 @@
 
     python bench/model_size.py
 
-Builds SSD300-VGG16 and SSD512-VGG16 from the `ssd300_voc0712` / `ssd512_voc0712` recipes (21
-classes, and 81 classes as on COCO) and SSDLite-MobileNetV2 at 320x320 (81 and 21 classes; 6
-boxes at every map, and the TF Object Detection API's 3 boxes on the first map), and prints
+Builds every network through `ssd.model.build_model` from a recipe: SSD300-VGG16 and
+SSD512-VGG16 from `ssd300_voc0712` / `ssd512_voc0712` (21 classes, and 81 classes as on COCO)
+and SSDLite-MobileNetV2 320 from `ssdlite320_mobilenetv2_coco` / `_voc` (81 and 21 classes; the
+TF Object Detection API's anchors: 3 boxes on the first map, 6 elsewhere), plus SSDLite with 6
+boxes at every map for comparison, and prints
 their parameters (Keras' count_params: batch-norm moving statistics included; and the trainable
 ones alone, which is what the published figures match best) and multiply-adds
 per image (`ssd.model_size.count_multiply_adds`: convolutions and dense layers only, as the
@@ -28,35 +30,35 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from ssd.config import load_config  # noqa: E402
 from ssd.model import build_model  # noqa: E402
 from ssd.model_size import count_multiply_adds  # noqa: E402
-from ssd.ssdlite import build_ssdlite_mobilenet_v2  # noqa: E402
 
 COCO_CLASSES = 81  # 80 object classes + background
 
 
-def _vgg(recipe: str, num_classes: int):
-    overrides = {}
-    if num_classes != 21:
-        overrides = {"model.num_classes": num_classes,
-                     "data.class_names": [f"class_{i}" for i in range(1, num_classes)]}
+# the lowest map with the 5 ratios and the extra square too, instead of the reduced 3 boxes
+_SIX_BOXES_EVERYWHERE = {"anchors.aspect_ratios": [[1.0, 2.0, 0.5, 3.0, 1.0 / 3.0]] * 6}
+
+
+def _recipe(recipe: str, num_classes: int | None = None, **overrides):
+    if num_classes is not None:
+        overrides.update({"model.num_classes": num_classes,
+                          "data.class_names": [f"class_{i}" for i in range(1, num_classes)]})
     return lambda: build_model(load_config(recipe, overrides))
-
-
-def _ssdlite(num_classes: int, boxes: list[int]):
-    return lambda: build_ssdlite_mobilenet_v2(num_classes, boxes, input_size=320)
 
 
 # (name, builder, published parameters, published multiply-adds); None: not published
 NETWORKS = (
-    ("SSD300-VGG16, 21 classes", _vgg("ssd300_voc0712", 21), None, None),
-    ("SSD300-VGG16, 81 classes", _vgg("ssd300_voc0712", COCO_CLASSES), 36.1e6, 35.2e9),
-    ("SSD512-VGG16, 21 classes", _vgg("ssd512_voc0712", 21), None, None),
-    ("SSD512-VGG16, 81 classes", _vgg("ssd512_voc0712", COCO_CLASSES), 36.1e6, 99.5e9),
-    ("SSDLite-MobileNetV2 320, 81 classes, boxes 6x6", _ssdlite(COCO_CLASSES, [6] * 6),
+    ("SSD300-VGG16, 21 classes", _recipe("ssd300_voc0712"), None, None),
+    ("SSD300-VGG16, 81 classes", _recipe("ssd300_voc0712", COCO_CLASSES), 36.1e6, 35.2e9),
+    ("SSD512-VGG16, 21 classes", _recipe("ssd512_voc0712"), None, None),
+    ("SSD512-VGG16, 81 classes", _recipe("ssd512_voc0712", COCO_CLASSES), 36.1e6, 99.5e9),
+    ("SSDLite-MobileNetV2 320, 81 classes, boxes 3,6x5", _recipe("ssdlite320_mobilenetv2_coco"),
      4.3e6, 0.8e9),
-    ("SSDLite-MobileNetV2 320, 81 classes, boxes 3,6x5", _ssdlite(COCO_CLASSES, [3] + [6] * 5),
-     4.3e6, 0.8e9),
-    ("SSDLite-MobileNetV2 320, 21 classes, boxes 6x6", _ssdlite(21, [6] * 6), None, None),
-    ("SSDLite-MobileNetV2 320, 21 classes, boxes 3,6x5", _ssdlite(21, [3] + [6] * 5), None, None),
+    ("SSDLite-MobileNetV2 320, 81 classes, boxes 6x6",
+     _recipe("ssdlite320_mobilenetv2_coco", **_SIX_BOXES_EVERYWHERE), 4.3e6, 0.8e9),
+    ("SSDLite-MobileNetV2 320, 21 classes, boxes 3,6x5", _recipe("ssdlite320_mobilenetv2_voc"),
+     None, None),
+    ("SSDLite-MobileNetV2 320, 21 classes, boxes 6x6",
+     _recipe("ssdlite320_mobilenetv2_voc", **_SIX_BOXES_EVERYWHERE), None, None),
 )
 
 

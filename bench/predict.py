@@ -1,7 +1,10 @@
-"""Inference speed of the full SSD300 (21 classes) at batch 8: network, post-processing, end to end.
+"""Inference speed of a recipe's network at batch 8: network, post-processing, end to end.
 
-    python bench/predict.py [--batch_size=8] [--repeats=3] [--iterations=2] [--nojpeg]
-        [--precisions=float32,bfloat16]
+    python bench/predict.py [--config=ssd300_voc0712] [--batch_size=8] [--repeats=3]
+        [--iterations=2] [--nojpeg] [--precisions=float32,bfloat16]
+
+--config takes any recipe name or path (SSD300/SSD512-VGG16, SSDLite-MobileNetV2); the network
+is built by `ssd.model.build_model` for the recipe's backbone and fed in its input convention.
 
 Prints, for each inference precision (float32; bfloat16 = Keras mixed_bfloat16, float32 weights),
 images/s of
@@ -42,6 +45,7 @@ from ssd.anchors import generate_anchors  # noqa: E402
 from ssd.config import load_config  # noqa: E402
 from ssd.detector import Detector, build_inference_model  # noqa: E402
 from ssd.postprocess import postprocess  # noqa: E402
+from ssd.preprocessing import preprocess_image  # noqa: E402
 
 flags.DEFINE_integer("batch_size", 8, "Images per call.")
 flags.DEFINE_integer("repeats", 3, "Timed measurements per figure.")
@@ -119,11 +123,15 @@ def main(argv) -> None:
     config = load_config(FLAGS.config)
     batch, repeats, iterations = FLAGS.batch_size, FLAGS.repeats, FLAGS.iterations
     size = config.model.input_size
-    print(f"{config.model.architecture}, {config.model.num_classes} classes, batch {batch}, "
-          f"{os.cpu_count()} CPUs, TensorFlow {tf.__version__}", flush=True)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"{FLAGS.config}: {config.model.architecture} ({config.model.backbone}), "
+          f"{config.model.num_classes} classes, batch {batch}, {os.cpu_count()} CPUs, "
+          f"load average {load}, TensorFlow {tf.__version__}", flush=True)
     anchors = tf.constant(generate_anchors(config), tf.float32)
     rng = np.random.default_rng(0)
-    images = tf.constant(rng.normal(0.0, 60.0, size=(batch, size, size, 3)).astype(np.float32))
+    # random pixels in the recipe's input convention (data.preprocessing)
+    pixels = rng.integers(0, 256, size=(batch, size, size, 3), dtype=np.uint8)
+    images = tf.constant(preprocess_image(pixels, config))
 
     post = tf.function(lambda logits, enc: postprocess(logits, enc, anchors, config))
     num_anchors = int(anchors.shape[0])
@@ -143,7 +151,8 @@ def main(argv) -> None:
             network = tf.function(lambda x: model(x, training=False), jit_compile=jit)
             report(f"network {precision}{', XLA' if jit else ''}",
                    measure(network, images, iterations, repeats), batch)
-        # XLA's CPU convolutions do not use oneDNN: end to end runs the plain network
+        # XLA's CPU convolutions do not use oneDNN: end to end runs the plain network (through
+        # the Detector: network + post-processing)
         detector = Detector(model, config, jit_compile=False)
         shapes = tf.fill([batch, 2], size)
         report(f"end to end {precision}, preprocessed input",
@@ -153,6 +162,7 @@ def main(argv) -> None:
 
             report(f"end to end {precision}, JPEG bytes (~500x375)",
                    measure(from_jpeg, encoded, iterations, repeats), batch)
+    print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@ outputs: source layer by layer, then row-major over the cells (y, x) of that lay
 then the box index at the location. Cell (i, j) of a layer with step `s` pixels has its centre at
 ((i + offset) * s / input_size, (j + offset) * s / input_size).
 
-Per-location boxes, for the two presets of `AnchorConfig`:
+Per-location boxes, for the presets of `AnchorConfig`:
   tf1:   the extra square of side extra_scales[l], then one box per ratio r in aspect_ratios[l]
          with h = scales[l] / sqrt(r), w = scales[l] * sqrt(r);
+  tfod:  the same boxes in the TF Object Detection API's order: one box per ratio first, the
+         extra square last (SSDLite's lowest map: (s_1, 2), (s_1, 1/2), then the 0.1 square);
   caffe: the square of side min_size, the square of side sqrt(min_size * max_size), then one box per
          remaining ratio r in aspect_ratios[l][1:] with h = min_size / sqrt(r), w = min_size * sqrt(r);
          sizes are pixels, truncated to whole pixels first (`caffe_pixel_size`), and are divided
@@ -20,7 +22,7 @@ import math
 
 import numpy as np
 
-from ssd.config import TF1, Config
+from ssd.config import TF1, TFOD, Config
 
 
 def caffe_pixel_size(size: float) -> int:
@@ -37,7 +39,7 @@ def location_box_sizes(config: Config, layer: int) -> np.ndarray:
     """[K, 2] (height, width) of the boxes at one location of `layer`, normalized, in box order."""
     anchors = config.anchors
     ratios = np.asarray(anchors.aspect_ratios[layer], dtype=np.float64)
-    if anchors.preset == TF1:
+    if anchors.preset in (TF1, TFOD):
         extra = anchors.extra_scales[layer]
         square = [(extra, extra)]
         scale = anchors.scales[layer]
@@ -51,10 +53,14 @@ def location_box_sizes(config: Config, layer: int) -> np.ndarray:
         scale = min_size
         ratios = ratios[1:]  # the ratio-1 box is the min_size square above
     else:
-        raise ValueError(f"anchors.preset: must be {TF1!r} or 'caffe', got {anchors.preset!r}")
+        raise ValueError(f"anchors.preset: must be {TF1!r}, 'caffe' or {TFOD!r}, "
+                         f"got {anchors.preset!r}")
     root = np.sqrt(ratios)
     ratio_boxes = np.stack([scale / root, scale * root], axis=-1)
-    return np.concatenate([np.asarray(square, dtype=np.float64), ratio_boxes], axis=0)
+    squares = np.asarray(square, dtype=np.float64)
+    if anchors.preset == TFOD:
+        return np.concatenate([ratio_boxes, squares], axis=0)
+    return np.concatenate([squares, ratio_boxes], axis=0)
 
 
 def layer_anchors(config: Config, layer: int) -> np.ndarray:

@@ -1,11 +1,17 @@
-"""The facts of each SSD architecture, stated once: input size, extra layers, steps, box layout.
+"""The facts of each SSD architecture, stated once: backbone, input size, extra layers, steps,
+box layout, and each backbone's input convention.
 
 Everything else is derived from this table: the source feature map sizes (by running the layer
 geometry below), the anchor presets' defaults (`ssd.config`), the validation of a config
-(`ssd.config_validation`) and the network itself (`ssd.model`). Pure Python: loading a config
-needs neither TensorFlow nor Keras.
+(`ssd.config_validation`) and the networks themselves (`ssd.model`, `ssd.ssdlite`). Pure Python:
+loading a config needs neither TensorFlow nor Keras.
 
-Source maps, in head order: conv4_3, fc7, then every extra layer marked `is_source`.
+Backbones:
+  vgg16 (ssd300, ssd512): source maps conv4_3, fc7, then every extra layer marked `is_source`;
+    Caffe geometry (ceil-mode pooling, symmetric padding).
+  mobilenet_v2 (ssdlite320): source maps `block_13_expand_relu` (stride 16), `out_relu`
+    (stride 32), then one per SSDLite extra layer (`extra_channels`), all with TensorFlow's
+    'same' padding (see `ssd.ssdlite`).
 """
 
 from __future__ import annotations
@@ -29,18 +35,36 @@ class ExtraLayer:
     is_source: bool  # its output feeds a head
 
 
+VGG16 = "vgg16"
+MOBILENET_V2 = "mobilenet_v2"
+BACKBONES = (VGG16, MOBILENET_V2)
+
+# The input convention of each backbone's pretrained weights (`data.preprocessing`):
+#   caffe_bgr_mean: BGR on the 0..255 scale minus the ImageNet mean (`data.mean_rgb`): Caffe's
+#     VGG16 read images with OpenCV and subtracted the mean without scaling;
+#   tf_rgb_unit: RGB scaled to [-1, 1] (x / 127.5 - 1): Keras' and TF-slim's MobileNetV2.
+CAFFE_BGR_MEAN = "caffe_bgr_mean"
+TF_RGB_UNIT = "tf_rgb_unit"
+PREPROCESSINGS = (CAFFE_BGR_MEAN, TF_RGB_UNIT)
+BACKBONE_PREPROCESSING = {VGG16: CAFFE_BGR_MEAN, MOBILENET_V2: TF_RGB_UNIT}
+
+
 @dataclass(frozen=True)
 class Architecture:
     name: str
+    backbone: str  # one of BACKBONES
     input_size: int  # square inputs of this side, in pixels
-    extra_layers: tuple[ExtraLayer, ...]
     steps: tuple[float, ...]  # pixels between anchor centres, one per source map
-    # per source map: whether the default boxes use the ratios 3 and 1/3 too (six boxes per
-    # location instead of four)
+    # per source map: whether the tf1 / caffe presets' default boxes use the ratios 3 and 1/3
+    # too (six boxes per location instead of four)
     ratio_3_layers: tuple[bool, ...]
+    extra_layers: tuple[ExtraLayer, ...] = ()  # vgg16: the Caffe extra layers
+    extra_channels: tuple[int, ...] = ()  # mobilenet_v2: SSDLite extra layer widths at 1.0
 
     @property
     def num_sources(self) -> int:
+        if self.backbone == MOBILENET_V2:
+            return 2 + len(self.extra_channels)
         return 2 + sum(extra.is_source for extra in self.extra_layers)
 
 
@@ -67,13 +91,68 @@ _EXTRAS_512 = (
     ExtraLayer("conv12_2", 4, 256, 1, 1, True),  # 2 -> 1, which 'same' padding cannot express
 )
 
+
+# --- SSDLite-MobileNetV2 geometry ----------------------------------------------------------
+
+# MobileNetV2's body (paper Table 2): expansion t, output channels c, repeats n, first stride s,
+# after the initial 3x3/s2 convolution. Only the strides are used here (map sizes); Keras builds
+# the layers.
+MOBILENET_V2_BLOCKS = (
+    (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+_FIRST_SOURCE_STAGE = 5  # the 160-channel stage: the source is its first block's expansion
+SSDLITE_EXTRA_CHANNELS = (512, 256, 256, 128)
+MIN_INPUT_SIZE = 32  # keras.applications.MobileNetV2's smallest input
+
+
+def _same_stride2(size: int) -> int:
+    return -(-size // 2)
+
+
+def ssdlite_feature_map_sizes(input_size: int,
+                              num_extra_layers: int = len(SSDLITE_EXTRA_CHANNELS)) -> list[int]:
+    """Side lengths of SSDLite-MobileNetV2's source maps for a square input: 320 -> [20, 10, 5,
+    3, 2, 1]. Every stride-2 layer pads 'same', which turns n into ceil(n / 2)."""
+    if input_size < MIN_INPUT_SIZE:
+        raise ValueError(f"input size {input_size}: SSDLite-MobileNetV2 needs at least "
+                         f"{MIN_INPUT_SIZE} pixels (keras.applications.MobileNetV2's minimum)")
+    strides_before_first = [2] + [s for _, _, _, s in MOBILENET_V2_BLOCKS[:_FIRST_SOURCE_STAGE]]
+    size = input_size
+    for stride in strides_before_first:
+        if stride == 2:
+            size = _same_stride2(size)
+    sizes = [size]
+    size = _same_stride2(size)  # the 160-channel stage's stride 2; later layers keep the size
+    sizes.append(size)
+    for _ in range(num_extra_layers):
+        size = _same_stride2(size)
+        sizes.append(size)
+    return sizes
+
+
+def _even_steps(input_size: int, map_sizes: list[int]) -> tuple[float, ...]:
+    """The TF Object Detection API spreads each map's anchor centres evenly over the image:
+    the step is the input size over the map size (320 / 3 on the 3x3 map)."""
+    return tuple(input_size / size for size in map_sizes)
+
+
+_SSDLITE_SIZE = 320
+
 ARCHITECTURES = {
-    "ssd300": Architecture("ssd300", 300, _EXTRAS_300,
+    "ssd300": Architecture("ssd300", VGG16, 300,
                            steps=(8.0, 16.0, 32.0, 64.0, 100.0, 300.0),
-                           ratio_3_layers=(False, True, True, True, False, False)),
-    "ssd512": Architecture("ssd512", 512, _EXTRAS_512,
+                           ratio_3_layers=(False, True, True, True, False, False),
+                           extra_layers=_EXTRAS_300),
+    "ssd512": Architecture("ssd512", VGG16, 512,
                            steps=(8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0),
-                           ratio_3_layers=(False, True, True, True, True, False, False)),
+                           ratio_3_layers=(False, True, True, True, True, False, False),
+                           extra_layers=_EXTRAS_512),
+    "ssdlite320": Architecture(
+        "ssdlite320", MOBILENET_V2, _SSDLITE_SIZE,
+        steps=_even_steps(_SSDLITE_SIZE, ssdlite_feature_map_sizes(_SSDLITE_SIZE)),
+        ratio_3_layers=(True,) * (2 + len(SSDLITE_EXTRA_CHANNELS)),
+        extra_channels=SSDLITE_EXTRA_CHANNELS),
 }
 
 
@@ -94,15 +173,19 @@ def _conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
 def feature_map_sizes(name: str, input_size: int) -> list[int]:
     """Side lengths of the source feature maps the network produces for a square input.
 
-    ssd300 at 300 gives [38, 19, 10, 5, 3, 1]; ssd512 at 512 gives [64, 32, 16, 8, 4, 2, 1].
+    ssd300 at 300 gives [38, 19, 10, 5, 3, 1]; ssd512 at 512 gives [64, 32, 16, 8, 4, 2, 1];
+    ssdlite320 at 320 gives [20, 10, 5, 3, 2, 1].
     """
+    architecture = get_architecture(name)
+    if architecture.backbone == MOBILENET_V2:
+        return ssdlite_feature_map_sizes(input_size, len(architecture.extra_channels))
     size = input_size
     for _ in range(POOLINGS_BEFORE_CONV4_3):
         size = _ceil_pool_size(size)
     sizes = [size]  # conv4_3
     size = _ceil_pool_size(size)  # pool4
     sizes.append(size)  # fc7
-    for extra in get_architecture(name).extra_layers:
+    for extra in architecture.extra_layers:
         size = _conv_output_size(size, extra.kernel, extra.stride, extra.padding)
         if size < 1:
             raise ValueError(f"input size {input_size} is too small for {name}: "

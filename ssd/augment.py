@@ -23,7 +23,9 @@ image the window shows is decoded and distorted; every photometric operation is 
 distorting that part equals distorting the whole image and cropping it afterwards, and the
 canvas keeps its undistorted mean colour as in the original. After mean subtraction the canvas
 is exactly zero, and ssd.window_resize.render_window resizes the window with the canvas filled
-in implicitly. Saturation and hue rebuild the channels in BGR order for free; flip and any
+in implicitly; `ssd.preprocessing.from_bgr_minus_mean` then converts the result to the
+config's input convention, so the canvas is the mean colour in pixel space whatever the
+backbone (0 in caffe_bgr_mean, mean_rgb / 127.5 - 1 in tf_rgb_unit). Saturation and hue rebuild the channels in BGR order for free; flip and any
 remaining channel swap are one reverse of the small output. The deviations from the Caffe
 release are listed where they happen (ssd.photometric, ssd.expand_crop, ssd.window_resize).
 """
@@ -37,7 +39,7 @@ from ssd.expand_crop import (crop_boxes, flip_boxes, sample_crop_window, sample_
                              tf1_box_filter)
 from ssd.image_files import decode_region, image_size
 from ssd.photometric import distort_colors_bgr, distort_colors_fast_bgr
-from ssd.preprocessing import subtract_mean, to_bgr
+from ssd.preprocessing import from_bgr_minus_mean, subtract_mean, to_bgr
 from ssd.stateless_random import split_seed, uniform
 from ssd.window_resize import BILINEAR, INTERPOLATIONS, render_window
 
@@ -100,7 +102,7 @@ def augment_for_training(encoded: tf.Tensor, boxes: tf.Tensor, labels: tf.Tensor
     Args:
       boxes: [N, 4] normalized; labels [N]; difficult [N] (they travel with the boxes).
       seed: [2] integer stateless seed; the result is a pure function of the inputs and it.
-    Returns dict: image [S, S, 3] float32 BGR minus the mean (the model input), boxes [M, 4]
+    Returns dict: image [S, S, 3] float32 model input (`config.preprocessing`), boxes [M, 4]
     normalized to the output, labels [M], difficult [M], image_size [2] int32 (height, width of
     the encoded image).
     """
@@ -116,7 +118,8 @@ def augment_for_training(encoded: tf.Tensor, boxes: tf.Tensor, labels: tf.Tensor
     if mode == "none":
         image = tf.image.resize(tf.cast(decode_region(encoded, tf.concat([[0, 0], size], 0)),
                                         tf.float32), out)
-        return dict(image=to_bgr(subtract_mean(image, config.mean_rgb)), boxes=boxes,
+        image = to_bgr(subtract_mean(image, config.mean_rgb))
+        return dict(image=from_bgr_minus_mean(image, config), boxes=boxes,
                     labels=labels, difficult=difficult, image_size=size)
 
     geometry = _paper_geometry if mode == "paper" else _tf1_geometry
@@ -155,6 +158,7 @@ def augment_for_training(encoded: tf.Tensor, boxes: tf.Tensor, labels: tf.Tensor
 
     image, reversed_ = tf.cond(tf.reduce_all(visible_size > 0), render,
                                lambda: (tf.zeros(out + (3,), tf.float32), tf.constant(True)))
-    return dict(image=to_bgr(image, reversed_, flip), boxes=kept_boxes,
+    return dict(image=from_bgr_minus_mean(to_bgr(image, reversed_, flip), config),
+                boxes=kept_boxes,
                 labels=tf.boolean_mask(labels, keep), difficult=tf.boolean_mask(difficult, keep),
                 image_size=size)

@@ -28,16 +28,16 @@ from typing import Any, Mapping
 
 from absl import logging
 
-from ssd.architectures import ARCHITECTURES, feature_map_sizes
+from ssd.architectures import BACKBONE_PREPROCESSING, ARCHITECTURES, feature_map_sizes
 from ssd.config_schema import (ANCHOR_PRESETS, AUGMENTATIONS, COCO_CLASSES, EVAL_METRICS,
-                               NAMED_CLASS_LISTS, OPTIMIZERS, TF1, VOC_CLASSES, AnchorConfig,
+                               NAMED_CLASS_LISTS, OPTIMIZERS, TF1, TFOD, VOC_CLASSES, AnchorConfig,
                                Config, ConfigError, DataConfig, EvalConfig, LossConfig,
                                MatchingConfig, ModelConfig, TrainConfig, shape_fields)
 from ssd.config_validation import validate
 
 __all__ = [
     "ANCHOR_PRESETS", "AUGMENTATIONS", "COCO_CLASSES", "EVAL_METRICS", "NAMED_CLASS_LISTS",
-    "OPTIMIZERS", "TF1", "VOC_CLASSES", "AnchorConfig", "Config",
+    "OPTIMIZERS", "TF1", "TFOD", "VOC_CLASSES", "AnchorConfig", "Config",
     "ConfigError", "DataConfig", "EvalConfig", "LossConfig", "MatchingConfig", "ModelConfig",
     "TrainConfig", "shape_fields", "validate", "CONFIG_FILENAME", "recipe_dir", "recipe_names",
     "recipe_path", "load_config", "from_dict", "to_dict", "to_json", "from_json",
@@ -71,16 +71,40 @@ def _tf1_scales(architecture: str) -> tuple[list[float], list[float]]:
             [math.sqrt(a * b) / input_size for a, b in zip(mins, maxs)])
 
 
+# the TF Object Detection API's ssdlite_mobilenet_v2 anchors: scales linear over the maps, the
+# ratios in its order, and its reduced lowest layer (2 ratio boxes at s_1 and a 0.1 square)
+_TFOD_MIN_SCALE, _TFOD_MAX_SCALE = 0.2, 0.95
+_TFOD_RATIOS = [1.0, 2.0, 0.5, 3.0, 1.0 / 3.0]
+_TFOD_LOWEST_RATIOS = [2.0, 0.5]
+_TFOD_LOWEST_SQUARE = 0.1
+
+
+def tfod_scales(num_maps: int) -> tuple[list[float], list[float]]:
+    """(scales, extra_scales): s_k = min + (max - min)(k - 1)/(n - 1), extra square sqrt(s_k
+    s_k+1) with s_n+1 = 1, except on the lowest map, whose extra square is 0.1."""
+    step = (_TFOD_MAX_SCALE - _TFOD_MIN_SCALE) / (num_maps - 1)
+    scales = [_TFOD_MIN_SCALE + step * k for k in range(num_maps)]
+    following = scales[1:] + [1.0]
+    extra = [math.sqrt(a * b) for a, b in zip(scales, following)]
+    return scales, [_TFOD_LOWEST_SQUARE] + extra[1:]
+
+
 def _preset_values(preset: str, architecture: str) -> dict[str, Any]:
     spec = ARCHITECTURES[architecture]
+    maps = feature_map_sizes(architecture, spec.input_size)
+    values: dict[str, Any] = dict(feature_map_sizes=maps, steps=list(spec.steps))
+    if preset == TFOD:
+        values["aspect_ratios"] = ([list(_TFOD_LOWEST_RATIOS)]
+                                   + [list(_TFOD_RATIOS) for _ in maps[1:]])
+        values["scales"], values["extra_scales"] = tfod_scales(len(maps))
+        return values
     wide_ratios = _TF1_R6 if preset == TF1 else _CAFFE_R6
-    values: dict[str, Any] = dict(
-        feature_map_sizes=feature_map_sizes(architecture, spec.input_size),
-        steps=list(spec.steps),
-        aspect_ratios=[list(wide_ratios) if wide else list(_R4) for wide in spec.ratio_3_layers])
-    if preset == TF1:
+    values["aspect_ratios"] = [list(wide_ratios) if wide else list(_R4)
+                               for wide in spec.ratio_3_layers]
+    # the tf1 / caffe tables know the VGG architectures only; elsewhere the sizes must be given
+    if preset == TF1 and architecture in _CAFFE_SIZES:
         values["scales"], values["extra_scales"] = _tf1_scales(architecture)
-    else:
+    elif architecture in _CAFFE_SIZES:
         mins, maxs = _CAFFE_SIZES[architecture]
         values.update(min_sizes=list(mins), max_sizes=list(maxs))
     return values
@@ -93,6 +117,25 @@ def _fill_anchor_preset(config: Config) -> None:
     for name, value in _preset_values(anchors.preset, config.model.architecture).items():
         if not getattr(anchors, name):
             setattr(anchors, name, value)
+
+
+# --- fields derived from the architecture ---------------------------------------------------
+
+def _fill_derived_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with `model.backbone` and `data.preprocessing` filled in when absent: the
+    architecture's backbone and that backbone's input convention (ssd.architectures). Configs
+    saved before these fields existed are VGG16 ones and get exactly what they used."""
+    model = values.get("model", {})
+    data = values.get("data", {})
+    if not isinstance(model, Mapping) or not isinstance(data, Mapping):
+        return values  # reported by the type checks
+    model, data = dict(model), dict(data)
+    architecture = model.get("architecture", ModelConfig.architecture)
+    if "backbone" not in model and architecture in ARCHITECTURES:
+        model["backbone"] = ARCHITECTURES[architecture].backbone
+    if "preprocessing" not in data and model.get("backbone") in BACKBONE_PREPROCESSING:
+        data["preprocessing"] = BACKBONE_PREPROCESSING[model["backbone"]]
+    return {**values, "model": model, "data": data}
 
 
 # --- values written by earlier versions ----------------------------------------------------
@@ -218,6 +261,7 @@ def from_dict(values: Mapping[str, Any]) -> Config:
         raise ConfigError(f"config: expected a mapping, got {values!r}")
     values, old_boxes = _upgrade_old_values(values)
     values = _expand_named_class_list(values)
+    values = _fill_derived_fields(values)
     config = Config()
     _update_dataclass(config, values, "")
     _fill_anchor_preset(config)

@@ -34,7 +34,8 @@ NAMED_CLASS_LISTS = {"voc": VOC_CLASSES, "coco": COCO_CLASSES}
 
 # the values of `anchors.preset` and `data.augmentation` that name the TF1 reference recipe
 TF1 = "tf1"
-ANCHOR_PRESETS = (TF1, "caffe")
+TFOD = "tfod"  # the TF Object Detection API's ssd_anchor_generator (SSDLite)
+ANCHOR_PRESETS = (TF1, "caffe", TFOD)
 AUGMENTATIONS = ("paper", TF1, "none")
 EVAL_METRICS = ("voc07", "voc12", "coco")
 OPTIMIZERS = ("momentum", "sgd", "adam")
@@ -46,12 +47,18 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class ModelConfig:
-    architecture: str = "ssd300"  # "ssd300" or "ssd512"
+    architecture: str = "ssd300"  # "ssd300", "ssd512" or "ssdlite320" (ssd.architectures)
+    # "vgg16" or "mobilenet_v2"; a recipe that leaves it out gets its architecture's backbone
+    backbone: str = "vgg16"
     input_size: int = 300
     num_classes: int = 21  # object classes + background (label 0)
     width_multiplier: float = 1.0  # scales backbone and extra-layer channels
-    extra_batch_norm: bool = False  # batch norm after each extra-layer conv
-    l2_norm_scale_init: float = 20.0
+    extra_batch_norm: bool = False  # vgg16: batch norm after each extra-layer conv
+    l2_norm_scale_init: float = 20.0  # vgg16: conv4_3's normalization scale
+    # mobilenet_v2: the moving-average momentum of every batch norm; null keeps the defaults
+    # (Keras' 0.999 in the backbone, the TF Object Detection API's 0.9997 elsewhere), made for
+    # long runs: a short run needs less (ssd.ssdlite)
+    batch_norm_momentum: float | None = None
 
 
 @dataclasses.dataclass
@@ -64,10 +71,16 @@ class AnchorConfig:
     caffe: the paper's Caffe anchors: sizes from `min_sizes` / `max_sizes` (pixels, truncated to
            whole pixels as Caffe's PriorBox layer does: 35.84 gives 35); at each location the
            square of min_size, then the square of sqrt(min_size * max_size), then the other ratios.
+    tfod:  the TF Object Detection API's anchors (ssdlite_mobilenet_v2): sizes from `scales` /
+           `extra_scales` like tf1, but at each location one box per aspect ratio in the listed
+           order comes first and the extra square last. Its table: scales linear from 0.2 to 0.95
+           over the maps, ratios 1, 2, 1/2, 3, 1/3 and an extra square of sqrt(s_k * s_k+1)
+           (s_n+1 = 1); the lowest map has 3 boxes ("reduce boxes in lowest layer"): ratios 2 and
+           1/2 at s_1 and a square of 0.1 (the API puts that square first, here it is last).
     Fields left empty in a recipe are filled from the preset's table for the architecture.
     """
 
-    preset: str = "tf1"  # "tf1" or "caffe" ("seed", the old name of "tf1", is still read)
+    preset: str = "tf1"  # "tf1", "caffe" or "tfod" ("seed", the old name of "tf1", is still read)
     feature_map_sizes: list[int] = dataclasses.field(default_factory=list)
     steps: list[float] = dataclasses.field(default_factory=list)  # pixels between centres
     offset: float = 0.5  # centre offset in units of a step
@@ -80,7 +93,7 @@ class AnchorConfig:
 
     @property
     def boxes_per_location(self) -> list[int]:
-        """Boxes at each location of each source map: both presets add one extra square box to
+        """Boxes at each location of each source map: every preset adds one extra square box to
         the boxes of the aspect ratios (Caffe's ratio-1 box is its min_size square)."""
         return [len(ratios) + 1 for ratios in self.aspect_ratios]
 
@@ -106,6 +119,10 @@ class LossConfig:
 class DataConfig:
     class_names: list[str] = dataclasses.field(default_factory=lambda: list(VOC_CLASSES))
     mean_rgb: list[float] = dataclasses.field(default_factory=lambda: [123.68, 116.78, 103.94])
+    # the model input convention, "caffe_bgr_mean" or "tf_rgb_unit" (ssd.preprocessing); it must
+    # be the backbone's, and a recipe that leaves it out gets it. mean_rgb is the zoom-out
+    # canvas colour in both, and the subtracted mean in caffe_bgr_mean.
+    preprocessing: str = "caffe_bgr_mean"
     augmentation: str = "paper"  # "paper", "tf1" or "none" ("seed": old name of "tf1")
     photometric: bool = True
     expansion_probability: float = 0.5
@@ -171,6 +188,7 @@ def shape_fields(config: Config) -> dict[str, Any]:
     """The fields that fix the model's variable shapes; a resumed run may not change them."""
     return {
         "model.architecture": config.model.architecture,
+        "model.backbone": config.model.backbone,
         "model.input_size": config.model.input_size,
         "model.num_classes": config.model.num_classes,
         "model.width_multiplier": config.model.width_multiplier,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from ssd.architectures import ARCHITECTURES, feature_map_sizes
+from ssd.architectures import (ARCHITECTURES, BACKBONE_PREPROCESSING, BACKBONES, MOBILENET_V2,
+                               PREPROCESSINGS, feature_map_sizes)
 from ssd.config_schema import (ANCHOR_PRESETS, AUGMENTATIONS, EVAL_METRICS, OPTIMIZERS,
                                AnchorConfig, Config, ConfigError, DataConfig, EvalConfig,
                                LossConfig, MatchingConfig, ModelConfig, TrainConfig)
@@ -32,6 +33,18 @@ def _choice(value: str, choices: tuple[str, ...], field: str) -> None:
 def validate_model(m: ModelConfig) -> None:
     _require(m.architecture in ARCHITECTURES, "model.architecture",
              f"must be one of {sorted(ARCHITECTURES)}, got {m.architecture!r}")
+    _choice(m.backbone, BACKBONES, "model.backbone")
+    backbone = ARCHITECTURES[m.architecture].backbone
+    _require(m.backbone == backbone, "model.backbone",
+             f"model.architecture {m.architecture} is built on {backbone}, got {m.backbone!r} "
+             f"(leave model.backbone out to get the architecture's)")
+    _require(not (m.extra_batch_norm and m.backbone == MOBILENET_V2), "model.extra_batch_norm",
+             "is a vgg16 option; SSDLite's extra layers always have batch norm, leave it false")
+    if m.batch_norm_momentum is not None:
+        _require(0 <= m.batch_norm_momentum < 1, "model.batch_norm_momentum",
+                 f"must be in [0, 1), got {m.batch_norm_momentum}")
+        _require(m.backbone == MOBILENET_V2, "model.batch_norm_momentum",
+                 "is a mobilenet_v2 option; leave it null for vgg16")
     expected_size = ARCHITECTURES[m.architecture].input_size
     _require(m.input_size == expected_size, "model.input_size",
              f"{m.architecture} takes {expected_size}x{expected_size} inputs, got {m.input_size}")
@@ -40,7 +53,12 @@ def validate_model(m: ModelConfig) -> None:
     _require(m.l2_norm_scale_init > 0, "model.l2_norm_scale_init", "must be positive")
 
 
-def _validate_anchor_sizes(a: AnchorConfig, n: int) -> None:
+def _validate_anchor_sizes(a: AnchorConfig, n: int, architecture: str) -> None:
+    sizes = ("min_sizes", "max_sizes") if a.preset == "caffe" else ("scales", "extra_scales")
+    for name in sizes:
+        _require(bool(getattr(a, name)), f"anchors.{name}",
+                 f"the {a.preset!r} preset has no table for {architecture}: give the sizes, or "
+                 f"use a preset that has one")
     if a.preset == "caffe":
         _require_length(a.min_sizes, n, "anchors.min_sizes")
         _require_length(a.max_sizes, n, "anchors.max_sizes")
@@ -78,7 +96,7 @@ def validate_anchors(a: AnchorConfig, m: ModelConfig) -> None:
         _positive_list(ratios, field)
         if a.preset == "caffe":
             _require(ratios[0] == 1.0, field, "the caffe preset puts the ratio-1 box first")
-    _validate_anchor_sizes(a, n)
+    _validate_anchor_sizes(a, n, m.architecture)
 
 
 def validate_matching(mt: MatchingConfig) -> None:
@@ -100,6 +118,15 @@ def validate_class_count(m: ModelConfig, d: DataConfig) -> None:
     _require(len(d.class_names) == m.num_classes - 1, "model.num_classes",
              f"is {m.num_classes} but data.class_names has {len(d.class_names)} names "
              f"(num_classes counts the background too)")
+
+
+def validate_preprocessing(m: ModelConfig, d: DataConfig) -> None:
+    """The input convention is the one the backbone's pretrained weights were trained with."""
+    _choice(d.preprocessing, PREPROCESSINGS, "data.preprocessing")
+    expected = BACKBONE_PREPROCESSING[m.backbone]
+    _require(d.preprocessing == expected, "data.preprocessing",
+             f"model.backbone {m.backbone} takes {expected!r} inputs, got {d.preprocessing!r} "
+             f"(leave data.preprocessing out to get the backbone's)")
 
 
 def validate_data(d: DataConfig) -> None:
@@ -171,5 +198,6 @@ def validate(config: Config) -> None:
     validate_loss(config.loss)
     validate_class_count(config.model, config.data)
     validate_data(config.data)
+    validate_preprocessing(config.model, config.data)
     validate_train(config.train)
     validate_eval(config.eval)

@@ -26,7 +26,8 @@ import math
 import keras
 from keras import layers, ops
 
-from ssd.architectures import POOLINGS_BEFORE_CONV4_3, feature_map_sizes, get_architecture
+from ssd.architectures import (MOBILENET_V2, POOLINGS_BEFORE_CONV4_3, feature_map_sizes,
+                               get_architecture)
 from ssd.config import Config
 
 MIN_CHANNELS = 8
@@ -170,11 +171,34 @@ def check_feature_map_sizes(config: Config, produced: list[int]) -> None:
 
 
 def build_model(config: Config) -> keras.Model:
-    """Builds SSD for `config` under the current global Keras dtype policy.
+    """Builds the network of `config.model.backbone` under the current global Keras dtype policy:
+    SSD300/SSD512-VGG16 here, SSDLite-MobileNetV2 from `ssd.ssdlite`.
 
-    Input: preprocessed images [B, H, W, 3] (BGR, mean subtracted), H = W = model.input_size.
-    Output: (cls_logits [B, A, num_classes], box_encodings [B, A, 4]), always float32.
+    Input: images [B, H, W, 3] in the config's `data.preprocessing` convention (ssd.preprocessing),
+    H = W = model.input_size.
+    Output: (cls_logits [B, A, num_classes], box_encodings [B, A, 4]), always float32, A the
+    number of default boxes of `ssd.anchors.generate_anchors(config)`, in its order.
     """
+    if config.model.backbone == MOBILENET_V2:
+        return _build_ssdlite(config)
+    return _build_vgg_ssd(config)
+
+
+def _build_ssdlite(config: Config) -> keras.Model:
+    from ssd.ssdlite import build_ssdlite_mobilenet_v2
+
+    model_config = config.model
+    architecture = get_architecture(model_config.architecture)
+    check_feature_map_sizes(config, feature_map_sizes(architecture.name, model_config.input_size))
+    model = build_ssdlite_mobilenet_v2(
+        model_config.num_classes, config.anchors.boxes_per_location,
+        input_size=model_config.input_size, width_multiplier=model_config.width_multiplier,
+        extra_channels=architecture.extra_channels,
+        batch_norm_momentum=model_config.batch_norm_momentum)
+    return model
+
+
+def _build_vgg_ssd(config: Config) -> keras.Model:
     model_config = config.model
     architecture = model_config.architecture
     size = model_config.input_size

@@ -1,14 +1,20 @@
-"""The model's input convention, and the way from an encoded picture to it and back.
+"""The model's input conventions, and the way from an encoded picture to them and back.
 
-The network takes float32 BGR pixels on the 0..255 scale minus the per-channel mean of the
-ImageNet training images (`data.mean_rgb`, given in RGB order), resized to `model.input_size`
-squared. Why: the VGG16 backbone's pretrained weights come from Caffe, which reads images with
-OpenCV (BGR) and subtracted that mean without scaling, so its first convolution expects exactly
-those numbers; every other input convention would throw away what pretraining learnt.
+The network takes float32 images resized to `model.input_size` squared, in the convention its
+backbone's pretrained weights were trained with (`data.preprocessing`, fixed by the backbone,
+see `ssd.architectures`), because every other convention would throw away what pretraining learnt:
 
-`preprocess_image` is that convention for evaluation, prediction and export (plain bilinear
-resize); the training augmentation (ssd.augment) produces the same convention from its
-randomly cropped window. `to_display` goes back to RGB in [0, 1] for pictures.
+  caffe_bgr_mean (VGG16): BGR pixels on the 0..255 scale minus the per-channel mean of the
+    ImageNet training images (`data.mean_rgb`, given in RGB order). Caffe read images with
+    OpenCV (BGR) and subtracted that mean without scaling.
+  tf_rgb_unit (MobileNetV2): RGB pixels scaled to [-1, 1], x / 127.5 - 1 (Keras' and TF-slim's
+    MobileNetV2 preprocessing).
+
+`preprocess_image` is the convention for evaluation, prediction and export (plain bilinear
+resize). The training augmentation (ssd.augment) computes in caffe_bgr_mean, where its
+zoom-out canvas of the mean colour is exactly zero, and `from_bgr_minus_mean` converts its
+result: the canvas stays the mean colour in pixel space in either convention. `to_display`
+goes back to RGB in [0, 1] for pictures.
 """
 
 from __future__ import annotations
@@ -17,7 +23,11 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from ssd.config import Config
+from ssd.architectures import CAFFE_BGR_MEAN, TF_RGB_UNIT
+from ssd.config import Config, DataConfig
+
+# tf_rgb_unit: x / UNIT_SCALE - 1 maps 0..255 onto [-1, 1]
+UNIT_SCALE = 127.5
 
 
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:
@@ -54,16 +64,44 @@ def to_bgr(image: tf.Tensor, channels_reversed: tf.Tensor | bool = False,
                                  finish(True, False), finish(True, True)])
 
 
+def _unknown(preprocessing: str) -> ValueError:
+    return ValueError(f"data.preprocessing: must be {CAFFE_BGR_MEAN!r} or {TF_RGB_UNIT!r}, "
+                      f"got {preprocessing!r}")
+
+
 def preprocess_image(image: tf.Tensor, config: Config) -> tf.Tensor:
     """uint8 (or float) RGB [H, W, 3] or [B, H, W, 3] -> the model input: resized (bilinear) to
-    the input size, mean subtracted, channels reversed to BGR, float32."""
+    the input size, then in the `data.preprocessing` convention, float32."""
     size = config.model.input_size
     image = tf.image.resize(tf.cast(image, tf.float32), [size, size])
-    return tf.reverse(subtract_mean(image, config.data.mean_rgb), [-1])
+    preprocessing = config.data.preprocessing
+    if preprocessing == CAFFE_BGR_MEAN:
+        return tf.reverse(subtract_mean(image, config.data.mean_rgb), [-1])
+    if preprocessing == TF_RGB_UNIT:
+        return image / UNIT_SCALE - 1.0
+    raise _unknown(preprocessing)
+
+
+def from_bgr_minus_mean(images: tf.Tensor, data_config: DataConfig) -> tf.Tensor:
+    """Images in caffe_bgr_mean [..., 3] -> the same images in `data_config.preprocessing`."""
+    preprocessing = data_config.preprocessing
+    if preprocessing == CAFFE_BGR_MEAN:
+        return images
+    if preprocessing == TF_RGB_UNIT:
+        rgb = tf.reverse(images, [-1]) + tf.constant(data_config.mean_rgb, tf.float32)
+        return rgb / UNIT_SCALE - 1.0
+    raise _unknown(preprocessing)
 
 
 def to_display(images: tf.Tensor, config: Config) -> tf.Tensor:
-    """Model inputs (BGR minus the mean, [..., 3]) -> RGB float32 in [0, 1] for pictures."""
-    mean_bgr = tf.constant(config.data.mean_rgb[::-1], tf.float32)
-    bgr = tf.cast(images, tf.float32) + mean_bgr
-    return tf.clip_by_value(tf.reverse(bgr, axis=[-1]) / 255.0, 0.0, 1.0)
+    """Model inputs ([..., 3], in `data.preprocessing`) -> RGB float32 in [0, 1] for pictures."""
+    images = tf.cast(images, tf.float32)
+    preprocessing = config.data.preprocessing
+    if preprocessing == CAFFE_BGR_MEAN:
+        bgr = images + tf.constant(config.data.mean_rgb[::-1], tf.float32)
+        rgb = tf.reverse(bgr, axis=[-1])
+    elif preprocessing == TF_RGB_UNIT:
+        rgb = (images + 1.0) * UNIT_SCALE
+    else:
+        raise _unknown(preprocessing)
+    return tf.clip_by_value(rgb / 255.0, 0.0, 1.0)

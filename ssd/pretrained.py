@@ -1,5 +1,8 @@
 """Initializes SSD's VGG16 backbone from ImageNet-trained VGG16 weights.
 
+`initialize_for_config(model, config, source)` is the entry point for any backbone: it hands
+MobileNetV2 to `ssd.pretrained_mobilenet_v2` and VGG16 to `initialize_backbone` below.
+
 Sources:
 * "imagenet": Keras' own VGG16 ImageNet weights. Keras downloads them once into its cache,
   `keras_cache_file()`; a file already there is read without any network access, so an offline
@@ -41,6 +44,8 @@ from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
+
+from ssd.architectures import MOBILENET_V2, VGG16
 
 CONV_LAYERS = (
     "conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
@@ -358,3 +363,22 @@ def initialize_backbone(model: keras.Model, source: str) -> dict:
     raise PretrainedError(
         f"pretrained source {source!r}: no such Keras weights file (.h5, .hdf5, .keras) or "
         f"TensorFlow checkpoint; use 'imagenet', 'none', a file path or a checkpoint prefix")
+
+
+def initialize_for_config(model: keras.Model, config, source: str) -> dict:
+    """Loads the pretrained backbone of `config.model.backbone` into `model` (built by
+    `ssd.model.build_model(config)`) and reports what was done, as `initialize_backbone` does.
+
+    vgg16: `initialize_backbone`; mobilenet_v2: `ssd.pretrained_mobilenet_v2.
+    initialize_mobilenet_v2_backbone` at the config's width multiplier. Raises PretrainedError
+    for a source that cannot be used (a missing file, ImageNet weights offline).
+    """
+    backbone = config.model.backbone
+    if backbone == MOBILENET_V2:
+        # imported here: that module builds on this one's loading helpers
+        from ssd.pretrained_mobilenet_v2 import initialize_mobilenet_v2_backbone
+
+        return initialize_mobilenet_v2_backbone(model, source, config.model.width_multiplier)
+    if backbone == VGG16:
+        return initialize_backbone(model, source)
+    raise PretrainedError(f"model.backbone {backbone!r}: no pretrained weights known")

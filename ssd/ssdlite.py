@@ -40,46 +40,19 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
-# MobileNetV2's body (paper Table 2): expansion t, output channels c, repeats n, first stride s,
-# after the initial 3x3/s2 convolution. Only the strides are used here (map sizes); Keras builds
-# the layers.
-MOBILENET_V2_BLOCKS = (
-    (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-    (6, 320, 1, 1),
-)
-_FIRST_SOURCE_STAGE = 5  # the 160-channel stage: the source is its first block's expansion
+# the geometry is pure Python (a config loads without Keras); re-exported here
+from ssd.architectures import (MIN_INPUT_SIZE, MOBILENET_V2_BLOCKS,  # noqa: F401
+                               SSDLITE_EXTRA_CHANNELS)
+from ssd.architectures import ssdlite_feature_map_sizes as feature_map_sizes
+
 BACKBONE_SOURCE_LAYERS = ("block_13_expand_relu", "out_relu")
-EXTRA_CHANNELS = (512, 256, 256, 128)
+EXTRA_CHANNELS = SSDLITE_EXTRA_CHANNELS
 MIN_EXTRA_CHANNELS = 16
-MIN_INPUT_SIZE = 32  # keras.applications.MobileNetV2's smallest input
 
 KERNEL_STDDEV = 0.03
 BN_MOMENTUM = 0.9997
 BN_EPSILON = 1e-3
 RELU6 = 6.0
-
-
-def _same_stride2(size: int) -> int:
-    return -(-size // 2)
-
-
-def feature_map_sizes(input_size: int, num_extra_layers: int = len(EXTRA_CHANNELS)) -> list[int]:
-    """Side lengths of the source maps for a square input: 320 -> [20, 10, 5, 3, 2, 1]."""
-    if input_size < MIN_INPUT_SIZE:
-        raise ValueError(f"input size {input_size}: SSDLite-MobileNetV2 needs at least "
-                         f"{MIN_INPUT_SIZE} pixels (keras.applications.MobileNetV2's minimum)")
-    strides_before_first = [2] + [s for _, _, _, s in MOBILENET_V2_BLOCKS[:_FIRST_SOURCE_STAGE]]
-    size = input_size
-    for stride in strides_before_first:
-        if stride == 2:
-            size = _same_stride2(size)
-    sizes = [size]
-    size = _same_stride2(size)  # the 160-channel stage's stride 2; later layers keep the size
-    sizes.append(size)
-    for _ in range(num_extra_layers):
-        size = _same_stride2(size)
-        sizes.append(size)
-    return sizes
 
 
 def extra_layer_channels(channels: int, width_multiplier: float) -> int:
@@ -130,8 +103,15 @@ def _head(feature, index, boxes, components, prefix):
 
 def build_ssdlite_mobilenet_v2(num_classes: int, boxes_per_location: Sequence[int],
                                input_size: int = 320, width_multiplier: float = 1.0,
-                               extra_channels: Sequence[int] = EXTRA_CHANNELS) -> keras.Model:
+                               extra_channels: Sequence[int] = EXTRA_CHANNELS,
+                               batch_norm_momentum: float | None = None) -> keras.Model:
     """Builds SSDLite-MobileNetV2 under the current global Keras dtype policy.
+
+    `batch_norm_momentum`, when given, replaces the moving-average momentum of every batch norm
+    (backbone included; by default Keras' 0.999 in the backbone and the TF Object Detection API's
+    0.9997 elsewhere). Those keep about 0.9997^n of the initial statistics after n steps, fine
+    for a long run but far from the data after a short one: inference would normalize with
+    almost the initial mean 0 and variance 1.
 
     `boxes_per_location` has one entry per source map: 2 backbone maps + one per extra layer.
     `extra_channels` are the extra layers' widths at multiplier 1.
@@ -168,4 +148,9 @@ def build_ssdlite_mobilenet_v2(num_classes: int, boxes_per_location: Sequence[in
     # float32 concatenation layers also cast the mixed-precision head outputs to float32
     cls_logits = layers.Concatenate(axis=1, dtype="float32", name="cls_logits")(cls_parts)
     box_encodings = layers.Concatenate(axis=1, dtype="float32", name="box_encodings")(loc_parts)
-    return keras.Model(images, (cls_logits, box_encodings), name="ssdlite_mobilenet_v2")
+    model = keras.Model(images, (cls_logits, box_encodings), name="ssdlite_mobilenet_v2")
+    if batch_norm_momentum is not None:
+        for layer in model.layers:  # read at every call: setting it after building is enough
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = float(batch_norm_momentum)
+    return model

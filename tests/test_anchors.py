@@ -254,3 +254,62 @@ def test_clip():
     assert unclipped.min() < 0 and unclipped.max() > 1
     inside = np.all((unclipped >= 0) & (unclipped <= 1), axis=1)
     np.testing.assert_array_equal(anchors[inside], unclipped[inside])
+
+
+# --- the tfod preset: the TF Object Detection API's ssdlite_mobilenet_v2 anchors -------------
+
+SSDLITE_MAPS = [20, 10, 5, 3, 2, 1]
+TFOD_SCALES = [0.2, 0.35, 0.5, 0.65, 0.8, 0.95]  # 0.2 + (0.95 - 0.2)(k - 1) / 5, by hand
+
+
+def test_tfod_preset_scales_ratios_and_count_by_hand():
+    config = load_config("ssdlite320_mobilenetv2_coco")
+    a = config.anchors
+    np.testing.assert_allclose(a.scales, TFOD_SCALES, atol=1e-12)
+    next_scales = TFOD_SCALES[1:] + [1.0]
+    np.testing.assert_allclose(a.extra_scales[1:], [math.sqrt(s * t) for s, t in
+                                                    zip(TFOD_SCALES[1:], next_scales[1:])])
+    assert a.extra_scales[0] == 0.1
+    assert a.aspect_ratios[0] == [2.0, 0.5]
+    assert a.aspect_ratios[1:] == [[1.0, 2.0, 0.5, 3.0, 1.0 / 3.0]] * 5
+    assert num_anchors_per_layer(config) == [1200, 600, 150, 54, 24, 6]
+    assert generate_anchors(config).shape == (20 * 20 * 3 + (100 + 25 + 9 + 4 + 1) * 6, 4) == (2034, 4)
+
+
+def test_tfod_lowest_layer_boxes_by_hand():
+    config = load_config("ssdlite320_mobilenetv2_voc")
+    boxes = generate_anchors(config)
+    r2 = math.sqrt(2.0)
+    # location (y=0, x=0) of the 20x20 map: centre 0.5 * 16 / 320 = 0.025
+    c = 0.025
+    expected = [_box(c, c, 0.2 / r2, 0.2 * r2),  # (s_1, ratio 2): wider than tall
+                _box(c, c, 0.2 * r2, 0.2 / r2),  # (s_1, ratio 1/2)
+                _box(c, c, 0.1, 0.1)]  # the 0.1 square, last
+    np.testing.assert_allclose(boxes[:3], expected, atol=1e-6)
+    # location (y=3, x=7): centres (3.5 / 20, 7.5 / 20)
+    index = _flat_index(SSDLITE_MAPS, [3, 6, 6, 6, 6, 6], 0, 3, 7, 0)
+    np.testing.assert_allclose(boxes[index + 2], _box(3.5 / 20, 7.5 / 20, 0.1, 0.1), atol=1e-6)
+
+
+def test_tfod_order_at_a_location_is_ratios_then_the_extra_square():
+    config = load_config("ssdlite320_mobilenetv2_voc")
+    boxes = generate_anchors(config)
+    per_location = [3, 6, 6, 6, 6, 6]
+    # the 3x3 map (layer 3): centres evenly spread, (i + 0.5) / 3, the step being 320 / 3
+    index = _flat_index(SSDLITE_MAPS, per_location, 3, 2, 1, 0)
+    cy, cx, s = 2.5 / 3, 1.5 / 3, 0.65
+    expected = [_box(cy, cx, s / math.sqrt(r), s * math.sqrt(r)) for r in (1, 2, 0.5, 3, 1 / 3)]
+    extra = math.sqrt(0.65 * 0.8)
+    expected.append(_box(cy, cx, extra, extra))
+    np.testing.assert_allclose(boxes[index:index + 6], expected, atol=1e-6)
+    # the last box of all: the 1x1 map's extra square of sqrt(0.95 * 1.0), centred
+    np.testing.assert_allclose(boxes[-1], _box(0.5, 0.5, math.sqrt(0.95), math.sqrt(0.95)),
+                               atol=1e-6)
+
+
+def test_tfod_preset_on_ssd300_uses_linear_scales_over_its_six_maps():
+    config = _config(preset="tfod", **{"anchors.aspect_ratios": [], "anchors.scales": [],
+                                       "anchors.extra_scales": []})
+    assert config.anchors.boxes_per_location == [3, 6, 6, 6, 6, 6]
+    np.testing.assert_allclose(config.anchors.scales, TFOD_SCALES, atol=1e-12)
+    assert generate_anchors(config).shape[0] == 38 * 38 * 3 + (19 * 19 + 100 + 25 + 9 + 1) * 6

@@ -181,10 +181,13 @@ def test_old_saved_config_with_seed_values_resumes_as_tf1(deprecation_warnings, 
 def test_recipes_are_listed_and_every_one_loads():
     names = cfg.recipe_names()
     assert names == sorted(p.stem for p in (cfg.recipe_dir()).glob("*.json"))
-    assert {"ssd300_voc0712", "ssd512_voc0712", "ssd300_shapes_cpu"} <= set(names)
+    assert {"ssd300_voc0712", "ssd512_voc0712", "ssd300_shapes_cpu", "ssdlite320_shapes_cpu",
+            "ssdlite320_mobilenetv2_coco", "ssdlite320_mobilenetv2_voc"} <= set(names)
     for name in names:
         config = cfg.load_config(name)
-        assert config.anchors.preset in ("tf1", "caffe")
+        # VGG16 recipes use the SSD papers' anchors, SSDLite ones the TF Object Detection API's
+        expected_presets = {"vgg16": ("tf1", "caffe"), "mobilenet_v2": ("tfod",)}
+        assert config.anchors.preset in expected_presets[config.model.backbone], name
 
 
 def test_recipe_that_is_not_an_object_is_refused(tmp_path):
@@ -342,3 +345,103 @@ def test_train_app_names_the_set_and_the_flag(tmp_path):
     flag = subprocess.run(common + ["--batch_size=0"], capture_output=True, text=True, timeout=120)
     assert flag.returncode == 1
     assert flag.stderr.startswith("train.py: error: --batch_size: train.batch_size: must be >= 1, got 0")
+
+
+# --- backbones: model.backbone and data.preprocessing ----------------------------------------
+
+def _ssdlite_values(**model):
+    return {"model": {"architecture": "ssdlite320", "input_size": 320, "num_classes": 3, **model},
+            "anchors": {"preset": "tfod"}, "data": {"class_names": ["a", "b"]}}
+
+
+def test_ssdlite_recipes_resolve_backbone_preprocessing_and_anchors():
+    for name, classes in (("ssdlite320_mobilenetv2_coco", 81), ("ssdlite320_mobilenetv2_voc", 21),
+                          ("ssdlite320_shapes_cpu", 5)):
+        config = cfg.load_config(name)
+        assert (config.model.architecture, config.model.backbone) == ("ssdlite320", "mobilenet_v2")
+        assert config.model.input_size == 320 and config.model.num_classes == classes
+        assert config.data.preprocessing == "tf_rgb_unit"
+        assert config.anchors.feature_map_sizes == [20, 10, 5, 3, 2, 1]
+        assert config.anchors.boxes_per_location == [3, 6, 6, 6, 6, 6]
+    coco = cfg.load_config("ssdlite320_mobilenetv2_coco")
+    assert len(coco.data.class_names) == 80 and coco.eval.metric == "coco"
+
+
+def test_vgg_recipes_get_vgg16_and_the_caffe_convention():
+    for name in ("ssd300_voc0712", "ssd512_voc0712", "ssd300_coco", "ssd300_shapes_cpu"):
+        config = cfg.load_config(name)
+        assert config.model.backbone == "vgg16"
+        assert config.data.preprocessing == "caffe_bgr_mean"
+
+
+def test_backbone_and_preprocessing_are_derived_when_left_out():
+    config = cfg.from_dict(_ssdlite_values())
+    assert config.model.backbone == "mobilenet_v2"
+    assert config.data.preprocessing == "tf_rgb_unit"
+    # an override of the architecture alone is a whole SSDLite config
+    config = cfg.load_config("ssd300_voc0712", {"model.architecture": "ssdlite320",
+                                                "model.input_size": 320, "anchors.preset": "tfod"})
+    assert (config.model.backbone, config.data.preprocessing) == ("mobilenet_v2", "tf_rgb_unit")
+
+
+def test_ssdlite_json_round_trip_is_lossless():
+    config = cfg.load_config("ssdlite320_shapes_cpu", {"train.seed": 3})
+    text = cfg.to_json(config)
+    assert json.loads(text)["model"]["backbone"] == "mobilenet_v2"
+    assert json.loads(text)["data"]["preprocessing"] == "tf_rgb_unit"
+    assert cfg.from_json(text) == config
+
+
+def test_config_saved_before_the_backbone_fields_loads_as_vgg16(tmp_path):
+    config = cfg.load_config("ssd300_voc0712", {"train.seed": 7})
+    old = cfg.to_dict(config)
+    del old["model"]["backbone"], old["data"]["preprocessing"]
+    (tmp_path / cfg.CONFIG_FILENAME).write_text(json.dumps(old))
+    assert cfg.load_saved_config(tmp_path) == config
+
+
+@pytest.mark.parametrize("values, field, message", [
+    (_ssdlite_values(backbone="vgg16"), "model.backbone",
+     "model.architecture ssdlite320 is built on mobilenet_v2, got 'vgg16'"),
+    ({"model": {"backbone": "mobilenet_v2"}}, "model.backbone",
+     "model.architecture ssd300 is built on vgg16, got 'mobilenet_v2'"),
+    ({"model": {"backbone": "resnet50"}}, "model.backbone", "must be 'vgg16' or 'mobilenet_v2'"),
+    (_ssdlite_values(extra_batch_norm=True), "model.extra_batch_norm", "is a vgg16 option"),
+    ({**_ssdlite_values(), "data": {"class_names": ["a", "b"], "preprocessing": "caffe_bgr_mean"}},
+     "data.preprocessing", "model.backbone mobilenet_v2 takes 'tf_rgb_unit' inputs"),
+    ({"data": {"preprocessing": "tf_rgb_unit"}}, "data.preprocessing",
+     "model.backbone vgg16 takes 'caffe_bgr_mean' inputs"),
+    ({"data": {"preprocessing": "rgb"}}, "data.preprocessing", "must be 'caffe_bgr_mean' or"),
+    ({**_ssdlite_values(), "anchors": {"preset": "tf1"}}, "anchors.scales",
+     "the 'tf1' preset has no table for ssdlite320"),
+    ({**_ssdlite_values(), "anchors": {"preset": "caffe"}}, "anchors.min_sizes",
+     "the 'caffe' preset has no table for ssdlite320"),
+    ({**_ssdlite_values(input_size=300)}, "model.input_size", "ssdlite320 takes 320x320 inputs"),
+])
+def test_backbone_errors_name_the_field(values, field, message):
+    with pytest.raises(cfg.ConfigError) as error:
+        cfg.from_dict(values)
+    assert str(error.value).startswith(f"{field}: ")
+    assert message in str(error.value)
+
+
+def test_preprocessing_override_against_the_backbone_names_the_override():
+    with pytest.raises(cfg.ConfigError, match=r"^override data.preprocessing=\"caffe_bgr_mean\": "
+                                              r"data.preprocessing: model.backbone mobilenet_v2"):
+        cfg.load_config("ssdlite320_shapes_cpu", {"data.preprocessing": "caffe_bgr_mean"})
+
+
+def test_shape_fields_include_the_backbone():
+    vgg = cfg.shape_fields(cfg.load_config("ssd300_voc0712"))
+    lite = cfg.shape_fields(cfg.load_config("ssdlite320_mobilenetv2_voc"))
+    assert vgg["model.backbone"] == "vgg16" and lite["model.backbone"] == "mobilenet_v2"
+    assert lite["anchors.boxes_per_location"] == [3, 6, 6, 6, 6, 6]
+
+
+def test_resuming_a_vgg_model_as_ssdlite_is_refused(tmp_path):
+    from ssd.resume import resolve_config
+
+    cfg.save_config(cfg.load_config("ssd300_voc0712"), tmp_path)
+    with pytest.raises(cfg.ConfigError, match="^model.architecture: .* trained with "
+                                              "model.architecture='ssd300'"):
+        resolve_config(tmp_path, "ssdlite320_mobilenetv2_voc", True, {})

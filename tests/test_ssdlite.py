@@ -412,3 +412,125 @@ def test_none_and_unknown_sources(voc, tmp_path):
         initialize_mobilenet_v2_backbone(voc, str(tmp_path / "absent.h5"))
     with pytest.raises(PretrainedError, match="no such Keras MobileNetV2 weights file"):
         initialize_mobilenet_v2_backbone(voc, str(tmp_path / "checkpoint"))
+
+
+# --- wired into the library: build_model, the pretrained dispatch, the Estimator -------------
+
+def _ssdlite_config(**overrides):
+    from ssd.config import load_config
+
+    values = {"model.width_multiplier": 0.25, "data.seed": 1, "data.shuffle_buffer": 8,
+              "train.batch_size": 2, "train.lr_boundaries": [], "train.lr_factors": [1.0],
+              "eval.batch_size": 2}
+    values.update(overrides)
+    return load_config("ssdlite320_shapes_cpu", values)
+
+
+@pytest.fixture(scope="module")
+def tiny_ssdlite():
+    from ssd.model import build_model
+
+    config = _ssdlite_config()
+    return config, build_model(config)
+
+
+def test_build_model_dispatches_on_the_backbone(tiny_ssdlite):
+    from ssd.anchors import generate_anchors
+
+    config, model = tiny_ssdlite
+    assert model.name == "ssdlite_mobilenet_v2"
+    assert model.get_layer("block_13_expand_relu") is not None
+    num_anchors = generate_anchors(config).shape[0]
+    assert num_anchors == 2034
+    cls_logits, box_encodings = model(np.zeros((2, 320, 320, 3), np.float32))
+    assert cls_logits.shape == (2, num_anchors, 5) and box_encodings.shape == (2, num_anchors, 4)
+    # the anchor preset's 3 boxes on the lowest map reach the heads
+    assert model.get_layer("cls_head_0_pw").filters == 3 * 5
+    assert model.get_layer("box_head_1_pw").filters == 6 * 4
+
+
+def test_build_model_of_the_coco_recipe_matches_the_direct_builder():
+    from ssd.config import load_config
+    from ssd.model import build_model
+
+    from_config = build_model(load_config("ssdlite320_mobilenetv2_coco"))
+    assert from_config.count_params() == ssdlite_params(81, TF_OD_API_BOXES)
+    assert from_config.output_shape == [(None, 2034, 81), (None, 2034, 4)]
+
+
+def test_pretrained_dispatch_goes_to_the_backbone_loader(tiny_ssdlite, monkeypatch, keras_home):
+    from ssd import pretrained
+
+    config, model = tiny_ssdlite
+    monkeypatch.setattr(keras_mobilenet_v2, "BASE_WEIGHT_PATH", UNREACHABLE_BASE)
+    report = pretrained.initialize_for_config(model, config, "none")
+    assert report["format"] == "none" and "Conv1" in report["left_initialized"]
+    # the MobileNetV2 loader's errors, at the config's width multiplier (0.25: none published)
+    with pytest.raises(PretrainedError, match="width multipliers .* this model's is 0.25"):
+        pretrained.initialize_for_config(model, config, "imagenet")
+    full = _ssdlite_config(**{"model.width_multiplier": 1.0})
+    full_model = build_ssdlite_mobilenet_v2(5, TF_OD_API_BOXES, 320)
+    with pytest.raises(PretrainedError, match="could not download"):
+        pretrained.initialize_for_config(full_model, full, "imagenet")
+    # a VGG16 config goes to initialize_backbone
+    calls = []
+    monkeypatch.setattr(pretrained, "initialize_backbone",
+                        lambda model, source: calls.append(source) or {"format": "seen"})
+    from ssd.config import load_config
+
+    assert pretrained.initialize_for_config(None, load_config("ssd300_voc0712"),
+                                            "x.h5") == {"format": "seen"}
+    assert calls == ["x.h5"]
+
+
+def test_a_few_training_steps_of_the_shapes_recipe_through_the_estimator(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from ssd.data import make_input_fn
+    from ssd.estimator import Estimator, RunConfig
+    from ssd.model_fn import SSDModelFn
+    from ssd.modes import ModeKeys
+    from ssd.records import make_example
+
+    config = _ssdlite_config()
+    data = tmp_path / "shapes-00000-of-00001"
+    rng = np.random.default_rng(5)
+    with tf.io.TFRecordWriter(str(data)) as writer:
+        for index in range(4):
+            pixels = rng.integers(0, 50, size=(64, 64, 3), dtype=np.uint8)
+            pixels[16:48, 8:40] = 200
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+            writer.write(make_example(
+                encoded=buffer.getvalue(), image_format="jpeg", height=64, width=64,
+                filename=f"{index}.jpg", source_id=f"{index}", boxes=[[0.25, 0.125, 0.75, 0.625]],
+                labels=[2], texts=["square"], difficult=[0], truncated=[0]).SerializeToString())
+    run_config = RunConfig(model_dir=str(tmp_path / "model"), save_checkpoints_steps=None,
+                           save_summary_steps=1, log_step_count_steps=1, tf_random_seed=3)
+    estimator = Estimator(SSDModelFn, model_config=config, run_config=run_config)
+    before = [w.numpy().copy() for w in estimator.model.get_layer("cls_head_0_pw").weights]
+    estimator.train(make_input_fn(str(data), config, ModeKeys.TRAIN), max_steps=2)
+    assert estimator.global_step == 2 and estimator.latest_checkpoint() is not None
+    after = estimator.model.get_layer("cls_head_0_pw").weights
+    assert any(not np.array_equal(b, a.numpy()) for b, a in zip(before, after))
+    predictions = list(estimator.predict(make_input_fn(str(data), config, ModeKeys.PREDICT)))
+    assert len(predictions) == 4
+    assert all(np.all(np.isfinite(p["scores"])) for p in predictions)
+
+
+def test_batch_norm_momentum_from_the_config_reaches_every_batch_norm():
+    from ssd.config import ConfigError, load_config
+    from ssd.model import build_model
+
+    def momenta(config):
+        return {layer.momentum for layer in build_model(config).layers
+                if isinstance(layer, keras.layers.BatchNormalization)}
+
+    assert momenta(_ssdlite_config()) == {0.99}  # the shapes recipe's, backbone included
+    assert momenta(_ssdlite_config(**{"model.batch_norm_momentum": None})) == {0.999, 0.9997}
+    with pytest.raises(ConfigError, match="^override model.batch_norm_momentum=1.*must be in"):
+        load_config("ssdlite320_shapes_cpu", {"model.batch_norm_momentum": 1.0})
+    with pytest.raises(ConfigError, match="model.batch_norm_momentum: is a mobilenet_v2 option"):
+        load_config("ssd300_voc0712", {"model.batch_norm_momentum": 0.9})
