@@ -64,7 +64,8 @@ flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker", "one_
                   "Distribution strategy.")
 flags.DEFINE_integer("num_gpus", None, "Use at most this many local GPUs (default: all).")
 flags.DEFINE_string("pretrained", "imagenet", "Backbone initialization on a fresh start: imagenet, "
-                    "a Keras VGG16 weights file, a TF-slim vgg_16 checkpoint, or none.")
+                    "a Keras VGG16 (or MobileNetV2) weights file, a TF-slim vgg_16 checkpoint, "
+                    "or none.")
 flags.DEFINE_enum("mixed_precision", None, ["none", "float16", "bfloat16"], "Mixed precision policy.")
 flags.DEFINE_bool("jit_compile", None, "XLA-compile the network.")
 flags.DEFINE_multi_string("set", [], "Config override section.field=value (value parsed as JSON "
@@ -142,7 +143,7 @@ def run(model_dir: str) -> None:
     from ssd.estimator import Estimator, NonFiniteLossError
     from ssd.model_fn import SSDModelFn
     from ssd.modes import ModeKeys
-    from ssd.pretrained import PretrainedError, initialize_backbone
+    from ssd.pretrained import PretrainedError, initialize_for_config
     from ssd.record_classes import check_record_classes
     from ssd.record_files import DataError, data_error_from
 
@@ -175,7 +176,7 @@ def run(model_dir: str) -> None:
             latest = estimator.latest_checkpoint()
             if latest is None:
                 try:
-                    report = initialize_backbone(estimator.model, FLAGS.pretrained)
+                    report = initialize_for_config(estimator.model, config, FLAGS.pretrained)
                 except PretrainedError as e:
                     raise TrainingError(str(e)) from e
                 logging.info("backbone from %s (%s): copied %s; subsampled %s", report["source"],

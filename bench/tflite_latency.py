@@ -5,14 +5,13 @@
 
 Models (random weights: the network's cost does not depend on them):
   ssd300_vgg16             SSD300-VGG16, 21 classes (configs/ssd300_voc0712.json), 8732 boxes;
-  ssdlite320_mobilenet_v2  SSDLite-MobileNetV2 at 320, 81 classes, width 1.0, default boxes of
-                           ssd.ssdlite_inference (SSD300's tf1 scales on the 20, 10, 5, 3, 2, 1 maps).
+  ssdlite320_mobilenet_v2  SSDLite-MobileNetV2 at 320, 81 classes (configs/ssdlite320_mobilenetv2_coco.json),
+                           2034 boxes.
 For each: the .tflite model of ssd.tflite_export (uint8 [1, S, S, 3] in, preprocessing, network,
 built-in-only post-processing) run by the TFLite interpreter with --num_threads, float32 and
 int8 (calibrated on --calibration_images random images: enough for timing, not for accuracy), and
 TensorFlow on the same image in a tf.function (its own thread pools, combined NMS):
-Detector.detect_uint8 for SSD300, the network and ssd.postprocess for SSDLite (whose input
-scaling the Detector does not know yet). Post-processing cost does depend on the scores: random weights put many
+Detector.detect_uint8. Post-processing cost does depend on the scores: random weights put many
 boxes above the 0.01 threshold (a heavy case for NMS), the same for every row of the table.
 
 Each figure is the median (and best) of --runs calls after one warm-up call. Other processes may
@@ -34,34 +33,25 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from ssd import tflite_export as te  # noqa: E402
-from ssd.anchors import generate_anchors  # noqa: E402
 from ssd.config import load_config  # noqa: E402
 from ssd.detector import Detector, build_inference_model  # noqa: E402
-from ssd.postprocess import postprocess  # noqa: E402
-from ssd.ssdlite_inference import build_ssdlite_model, preprocess_mobilenet, ssdlite_config  # noqa: E402
 
-MODELS = ("ssd300_vgg16", "ssdlite320_mobilenet_v2")
 COCO_CLASSES = 81  # 80 object classes + background
 
 flags.DEFINE_integer("runs", 5, "Timed calls per figure (after one warm-up call).")
 flags.DEFINE_integer("num_threads", 2, "TFLite interpreter threads.")
 flags.DEFINE_integer("calibration_images", 8, "Random images for the int8 calibration.")
-flags.DEFINE_list("models", list(MODELS), "Which models to measure.")
+RECIPES = {"ssd300_vgg16": "ssd300_voc0712", "ssdlite320_mobilenet_v2": "ssdlite320_mobilenetv2_coco"}
+flags.DEFINE_list("models", list(RECIPES), "Which models to measure.")
 FLAGS = flags.FLAGS
 
 
 def _setup(name: str):
-    """(config, keras model, anchors, preprocess for uint8 batches)."""
-    if name == "ssd300_vgg16":
-        config = load_config("ssd300_voc0712")
-        return config, build_inference_model(config), generate_anchors(config), None
-    if name == "ssdlite320_mobilenet_v2":
-        names = [f"class{i}" for i in range(1, COCO_CLASSES)]
-        base = load_config("ssd300_voc0712", {"model.num_classes": COCO_CLASSES, "data.class_names": names})
-        config = ssdlite_config(base, input_size=320)
-        return (config, build_ssdlite_model(config), generate_anchors(config),
-                lambda images: preprocess_mobilenet(images, config))
-    raise app.UsageError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    """(config, keras model with random weights)."""
+    if name not in RECIPES:
+        raise app.UsageError(f"unknown model {name!r}; choose from {', '.join(RECIPES)}")
+    config = load_config(RECIPES[name])
+    return config, build_inference_model(config)
 
 
 def _time(call, runs: int) -> tuple[float, float]:
@@ -75,32 +65,22 @@ def _time(call, runs: int) -> tuple[float, float]:
     return statistics.median(times), min(times)
 
 
-def _tensorflow_call(model, config, anchors, preprocess, image):
-    if preprocess is None:
-        detect = tf.function(Detector(model, config).detect_uint8)
-        return lambda: detect(image)["num_detections"].numpy()
-    anchors = tf.constant(anchors)
-
-    @tf.function
-    def detect(images):
-        logits, encodings = model(preprocess(images), training=False)
-        return postprocess(logits, encodings, anchors, config)
-
+def _tensorflow_call(model, config, image):
+    detect = tf.function(Detector(model, config).detect_uint8)
     return lambda: detect(image)["num_detections"].numpy()
 
 
 def measure(name: str, runs: int, num_threads: int, calibration_images: int) -> list[tuple]:
-    config, model, anchors, preprocess = _setup(name)
+    config, model = _setup(name)
     size = config.model.input_size
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     rows = []
-    median, best = _time(_tensorflow_call(model, config, anchors, preprocess, tf.constant(image)), runs)
+    median, best = _time(_tensorflow_call(model, config, tf.constant(image)), runs)
     rows.append((name, "TensorFlow float32 (tf.function)", median, best, None))
     calibration = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(calibration_images)]
     for quantize in (None, "int8"):
-        content = te.convert_to_tflite(model, config, quantize, calibration if quantize else None,
-                                       anchors=anchors, preprocess=preprocess)
+        content = te.convert_to_tflite(model, config, quantize, calibration if quantize else None)
         runner = te.interpreter(content, num_threads=num_threads)
         median, best = _time(lambda: te.detect_tflite(runner, image), runs)
         rows.append((name, f"TFLite {quantize or 'float32'} ({num_threads} threads)", median, best,

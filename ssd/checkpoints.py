@@ -253,9 +253,9 @@ def listed_checkpoints(model_dir: str) -> list[str]:
     state = tf.train.get_checkpoint_state(model_dir)
     if state is None:
         return []
+    # get_checkpoint_state already puts model_dir in front of the relative paths the file holds
     paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
-    paths = [p if os.path.isabs(p) else os.path.join(model_dir, p) for p in paths if p]
-    return [p for p in paths if checkpoint_exists(p)]
+    return [p for p in paths if p and checkpoint_exists(p)]
 
 
 # --- restoring for inference ---------------------------------------------------------------

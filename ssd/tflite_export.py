@@ -76,7 +76,6 @@ POSTPROCESS_SCOPE = "postprocess"
 POSTPROCESSING_OPS = ["SOFTMAX", "TOPK_V2", "GATHER", "SELECT_V2", "STRIDED_SLICE", "UNPACK", "PACK",
                       "EXP", "MINIMUM", "MAXIMUM", "TRANSPOSE", "ONE_HOT", "REDUCE_MAX"]
 
-Preprocess = Callable[[tf.Tensor], tf.Tensor]
 
 
 def resize_for_tflite(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -86,21 +85,17 @@ def resize_for_tflite(image: tf.Tensor, size: int) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
-def detection_function(model: keras.Model, config: Config, anchors: np.ndarray | None = None,
-                       preprocess: Preprocess | None = None):
+def detection_function(model: keras.Model, config: Config):
     """The concrete function that is converted: uint8 [1, S, S, 3] -> the outputs named above.
 
-    `anchors` default to the config's default boxes; `preprocess` (uint8 [1, S, S, 3] -> the
-    network's input) defaults to ssd.preprocessing's convention for the VGG16 networks.
+    The config gives the default boxes and the input convention (ssd.preprocessing).
     """
     size = config.model.input_size
-    anchors = tf.constant(generate_anchors(config) if anchors is None else anchors, tf.float32)
-    if preprocess is None:
-        preprocess = lambda images: preprocess_image(images, config)  # noqa: E731
+    anchors = tf.constant(generate_anchors(config), tf.float32)
 
     @tf.function(input_signature=[tf.TensorSpec([1, size, size, 3], tf.uint8, name=INPUT_NAME)])
     def detect(images):
-        cls_logits, box_encodings = model(preprocess(images), training=False)
+        cls_logits, box_encodings = model(preprocess_image(images, config), training=False)
         with tf.name_scope(POSTPROCESS_SCOPE):  # names the ops int8 quantization leaves float
             detections = postprocess(cls_logits, box_encodings, anchors, config, nms="per_class")
         return {name: detections[key] for key, name in OUTPUT_NAMES.items()}
@@ -147,7 +142,7 @@ def _converter(function, directory: str) -> tf.lite.TFLiteConverter:
 
 def convert_to_tflite(model: keras.Model, config: Config, quantize: str | None = None,
                       representative_images: Iterable[np.ndarray] | None = None,
-                      anchors: np.ndarray | None = None, preprocess: Preprocess | None = None) -> bytes:
+                      ) -> bytes:
     """The .tflite model (module docstring) of `model` with its current weights, as bytes.
 
     `representative_images` (uint8 [S, S, 3] arrays, e.g. from `representative_images`) is
@@ -159,7 +154,7 @@ def convert_to_tflite(model: keras.Model, config: Config, quantize: str | None =
     if quantize == "int8" and representative_images is None:
         raise ValueError("int8 quantization needs representative_images to calibrate the "
                          "activation ranges (a few hundred training images)")
-    function = detection_function(model, config, anchors, preprocess)
+    function = detection_function(model, config)
     directory = tempfile.mkdtemp(prefix="ssd_tflite_")
     try:
         converter = _converter(function, directory)
@@ -207,12 +202,11 @@ def _quantize_network_only(converter: tf.lite.TFLiteConverter) -> bytes:
 def export_tflite(model: keras.Model, config: Config, export_dir: str | os.PathLike,
                   quantize: str | None = None,
                   representative_images: Iterable[np.ndarray] | None = None,
-                  anchors: np.ndarray | None = None, preprocess: Preprocess | None = None,
                   overwrite: bool = False) -> str:
     """Writes `export_dir/model.tflite` (`convert_to_tflite(...)`) with the class names and the
     config beside it, as the SavedModel export does: complete or not at all. Returns the
     .tflite file's path."""
-    content = convert_to_tflite(model, config, quantize, representative_images, anchors, preprocess)
+    content = convert_to_tflite(model, config, quantize, representative_images)
     with directory_written_aside(export_dir, overwrite) as directory:
         with open(os.path.join(directory, TFLITE_FILENAME), "wb") as f:
             f.write(content)

@@ -106,3 +106,10 @@ def test_eval_falls_back_export_names_the_file_resume_skips_it(records, tmp_path
     assert resumed.global_step == 3
     assert checkpoints.read_problem(str(model_dir / "ckpt-2")) is None
     assert _all_finite(str(model_dir / "ckpt-3"))
+
+
+def test_a_relative_model_dir_finds_its_checkpoints(tmp_path, monkeypatch):
+    small_run(tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    assert checkpoints.listed_checkpoints("run") == [os.path.join("run", f"ckpt-{n}") for n in (1, 2, 3)]
+    assert checkpoints.find_checkpoint("run") == os.path.join("run", "ckpt-3")

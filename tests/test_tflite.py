@@ -22,7 +22,6 @@ from ssd.config import load_config, load_saved_config
 from ssd.detector import Detector, build_inference_model
 from ssd.postprocess import postprocess, to_voc_boxes
 from ssd.records import make_example, parse_example
-from ssd.ssdlite_inference import build_ssdlite_model, preprocess_mobilenet, ssdlite_config
 from ssd import tflite_export as te
 from ssd.voc_coords import normalized_to_voc
 from ssd.voc_metric import VOCEvaluator
@@ -243,20 +242,20 @@ def _iou(box, boxes):
 
 
 def test_ssdlite_float32_matches_tensorflow():
-    base = load_config("ssd300_voc0712", {"model.num_classes": 5, "data.class_names": CLASSES,
-                                          "eval.max_detections": 50})
-    config = ssdlite_config(base, input_size=160)
+    config = load_config("ssdlite320_shapes_cpu", {"eval.max_detections": 50})
     tf.keras.utils.set_random_seed(1)
-    model = build_ssdlite_model(config, width_multiplier=0.35)
+    model = build_inference_model(config)
     anchors = generate_anchors(config)
     assert len(anchors) == model.outputs[0].shape[1]
-    content = te.convert_to_tflite(model, config, anchors=anchors,
-                                   preprocess=lambda images: preprocess_mobilenet(images, config))
+    content = te.convert_to_tflite(model, config)
     assert _foreign_ops(content) == []
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (3, 160, 160, 3), dtype=np.uint8)
+    size = config.model.input_size
+    images = rng.integers(0, 256, (3, size, size, 3), dtype=np.uint8)
     for image, out in zip(images, _tflite_detections(content, images)):
-        logits, encodings = model(preprocess_mobilenet(image[np.newaxis], config), training=False)
+        # the network's own input convention: RGB scaled to [-1, 1]
+        inputs = tf.constant(image[np.newaxis], tf.float32) / 127.5 - 1.0
+        logits, encodings = model(inputs, training=False)
         reference = {k: v.numpy() for k, v in postprocess(logits, encodings, anchors, config).items()}
         assert reference["num_detections"][0] > 0
         _check_equal(out, reference)
