@@ -3,7 +3,7 @@ r"""Trains SSD300 / SSD512 from TFRecords (dataset/convert_voc.py writes them).
   python train.py --data_dir=tfrecords/voc0712_trainval-* --model_dir=runs/ssd300 \
       [--config=ssd300_voc0712] [--batch_size=32] [--max_steps=120000] [--learning_rate=1e-3] \
       [--strategy=auto] [--pretrained=imagenet] [--mixed_precision=none] [--jit_compile] \
-      [--set train.lr_boundaries=[2000,80000,100000] --set data.augmentation=seed] \
+      [--set train.lr_boundaries=[2000,80000,100000] --set data.augmentation=tf1] \
       [--eval_data_dir=tfrecords/voc07_test-* --eval_every_steps=10000]
 
 The recipe (--config, a name from configs/ or a JSON path) is the base; --set section.field=value
@@ -53,7 +53,8 @@ from ssd.interrupts import TrainingInterrupted
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("config", "ssd300_voc0712", "Recipe name (configs/*.json) or path to a config JSON.")
+flags.DEFINE_string("config", "ssd300_voc0712", "Recipe name (one of "
+                    f"{', '.join(config_lib.recipe_names())}) or path to a config JSON.")
 flags.DEFINE_string("data_dir", None, "Training TFRecords: a glob, comma-separated globs, or a "
                     "directory (its *-of-* shards).")
 flags.DEFINE_string("model_dir", None, "Where checkpoints, summaries and config.json go.")
