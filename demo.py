@@ -401,8 +401,8 @@ def format_summary(summary: dict, cwd: Path = REPO_ROOT) -> str:
              f"  pictures                {p(summary['pictures_dir'])}  (detections | ground truth)",
              f"  logs of every stage     {p(summary['logs_dir'])}",
              "",
-             "TensorBoard (not a dependency of this package):",
-             f"  pip install tensorboard && tensorboard --logdir {p(summary['model_dir'])}",
+             "TensorBoard (scalars, precision/recall curves, detections beside ground truth):",
+             f"  {p(str(Path(sys.executable).parent / 'tensorboard'))} --logdir {p(summary['model_dir'])}",
              "",
              "Stages and their commands (run them again by hand from the repository root):"]
     for stage in summary["stages"]:
