@@ -337,6 +337,12 @@ def _assign(model: keras.Model, arrays, source: str, source_format: str,
     }
 
 
+def nothing_loaded(model: keras.Model) -> dict:
+    """The report of `--pretrained=none`: every layer keeps its initialization."""
+    return {"source": "none", "format": "none", "copied": [], "subsampled": [],
+            "input_channels_flipped": [], "left_initialized": [la.name for la in model.layers if la.weights]}
+
+
 def initialize_backbone(model: keras.Model, source: str) -> dict:
     """Loads VGG16 weights into `model`'s conv1_1..fc7 and reports what was done.
 
@@ -346,9 +352,7 @@ def initialize_backbone(model: keras.Model, source: str) -> dict:
     """
     source = str(source)
     if source == "none":
-        return {"source": source, "format": "none", "copied": [], "subsampled": [],
-                "input_channels_flipped": [],
-                "left_initialized": [la.name for la in model.layers if la.weights]}
+        return nothing_loaded(model)
     if source == "imagenet":
         return _assign(model, _imagenet_arrays(), source, "keras", flip_input_channels=False)
     if source.endswith(KERAS_SUFFIXES):

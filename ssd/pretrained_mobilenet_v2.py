@@ -25,7 +25,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ssd.pretrained import KERAS_SUFFIXES, KerasImagenetFile, PretrainedError, fetch_keras_imagenet
+from ssd.pretrained import (KERAS_SUFFIXES, KerasImagenetFile, PretrainedError, fetch_keras_imagenet,
+                            nothing_loaded)
 
 KERAS_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
 IMAGENET_WIDTH_MULTIPLIERS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
@@ -125,9 +126,7 @@ def initialize_mobilenet_v2_backbone(model: keras.Model, source: str,
     """
     source = str(source)
     if source == "none":
-        return {"source": source, "format": "none", "copied": [], "subsampled": [],
-                "input_channels_flipped": [],
-                "left_initialized": [la.name for la in model.layers if la.weights]}
+        return nothing_loaded(model)
     if source == "imagenet":
         if width_multiplier not in IMAGENET_WIDTH_MULTIPLIERS:
             raise PretrainedError(
