@@ -95,12 +95,25 @@ def _tflite_detections(content, images):
     return [te.detect_tflite(runner, image[np.newaxis]) for image in images]
 
 
-def _check_equal(tflite_out, reference, box_atol=1e-4, score_atol=1e-5):
+# the trained model's detections compared between the runtimes (see _check_equal)
+MIN_COMPARED_SCORE = 0.1
+
+
+def _check_equal(tflite_out, reference, box_atol=1e-4, score_atol=1e-5, min_score=None):
     """Same detections: count, and row by row class, score and box, except that rows whose
     scores differ by less than score_atol may come in either order (float rounding differs
-    between the runtimes by ~1e-7, and a weakly trained model has near-equal scores)."""
+    between the runtimes by ~1e-7, and a weakly trained model has near-equal scores).
+
+    With `min_score`, only the detections scoring at least that are compared: far down the
+    list, among a weakly trained model's hundreds of overlapping low-score boxes, a pair whose
+    IoU lies within rounding of the NMS threshold can be kept by one runtime and suppressed by
+    the other, which changes the tail of the 200 kept."""
     n = int(reference["num_detections"][0])
-    assert int(tflite_out["num_detections"][0]) == n
+    if min_score is None:
+        assert int(tflite_out["num_detections"][0]) == n
+    else:
+        n = int(np.count_nonzero(reference["scores"][0, :n] >= min_score))
+        assert n > 0 and tflite_out["detection_scores"][0, n - 1] >= min_score - score_atol
     classes, scores, boxes = (tflite_out[k][0, :n] for k in ("detection_classes", "detection_scores",
                                                               "detection_boxes"))
     np.testing.assert_allclose(scores, reference["scores"][0, :n], atol=score_atol)
@@ -111,8 +124,9 @@ def _check_equal(tflite_out, reference, box_atol=1e-4, score_atol=1e-5):
                 & (np.abs(boxes - reference["boxes"][0, i]).max(axis=1) <= box_atol))
         assert same.any(), f"detection {i} of TensorFlow has no counterpart in TFLite"
         unused[np.flatnonzero(same)[0]] = False
-    assert np.all(tflite_out["detection_scores"][0, n:] == 0)
-    assert np.all(tflite_out["detection_classes"][0, n:] == 0)
+    if min_score is None:
+        assert np.all(tflite_out["detection_scores"][0, n:] == 0)
+        assert np.all(tflite_out["detection_classes"][0, n:] == 0)
 
 
 # --- operators ---------------------------------------------------------------------------
@@ -170,7 +184,7 @@ def test_float32_matches_tensorflow(shapes, test_images, float_model):
     for image, out in zip(images, _tflite_detections(float_model, images)):
         reference = {k: v.numpy() for k, v in detector.detect_uint8(tf.constant(image[np.newaxis])).items()}
         assert reference["num_detections"][0] > 0
-        _check_equal(out, reference)
+        _check_equal(out, reference, min_score=MIN_COMPARED_SCORE)
 
 
 def test_float16_weights_close_to_float32(shapes, test_images, float_model):
