@@ -25,7 +25,11 @@ Step 3 has two implementations with identical results, chosen by `postprocess(..
                a TensorFlow Lite built-in, so a model with post-processing inside converts without
                Flex ops (combined_non_max_suppression has no TFLite kernel).
 Both are given rank keys rather than scores (see `_rank_keys`), so neither depends on how its kernel
-orders equal scores.
+orders equal scores, and both stop a class's greedy loop after min(pre_nms_top_k, max_detections)
+survivors: a class's survivors beyond its first max_detections cannot reach step 4, where at least
+max_detections of the same class score as high and come first. The result is unchanged; the loop,
+which compares each candidate with every survivor so far, does a fraction of the work when many
+candidates survive (an untrained network, or many classes).
 """
 
 from __future__ import annotations
@@ -59,52 +63,56 @@ def _rank_keys(candidate_scores: tf.Tensor, k: int, score_threshold: float) -> t
     return tf.where(candidate_scores > score_threshold, (k - rank) / k, -1.0)
 
 
-def _combined_nms(candidate_boxes: tf.Tensor, keys: tf.Tensor, iou_threshold: float) -> tf.Tensor:
-    """All (image, class) pairs in tf.image.combined_non_max_suppression; survivors' ranks are
-    read back from their keys."""
+def _combined_nms(candidate_boxes: tf.Tensor, keys: tf.Tensor, iou_threshold: float,
+                  max_survivors: int) -> tf.Tensor:
+    """All (image, class) pairs in tf.image.combined_non_max_suppression, at most `max_survivors`
+    per class; survivors' ranks are read back from their keys."""
     k = _static_dim(keys, 2, "candidates per class")
     num_classes = _static_dim(keys, 1, "object classes")
     batch_size = tf.shape(keys)[0]
     pool = num_classes * k
     _, kept_keys, kept_classes, num_kept = tf.image.combined_non_max_suppression(
         tf.transpose(candidate_boxes, [0, 2, 1, 3]), tf.transpose(keys, [0, 2, 1]),
-        max_output_size_per_class=k, max_total_size=pool, iou_threshold=iou_threshold,
+        max_output_size_per_class=max_survivors, max_total_size=num_classes * max_survivors, iou_threshold=iou_threshold,
         score_threshold=0.0, pad_per_class=False, clip_boxes=False)
     kept_rank = tf.cast(tf.round(k - tf.cast(kept_keys, tf.float64) * k), tf.int32)
     slot = tf.cast(kept_classes, tf.int32) * k + kept_rank
-    valid = tf.range(pool)[tf.newaxis, :] < num_kept[:, tf.newaxis]
+    valid = tf.range(num_classes * max_survivors)[tf.newaxis, :] < num_kept[:, tf.newaxis]
     slot = tf.where(valid, slot, pool)  # padding rows land in a spare slot that is cut off
     image = tf.broadcast_to(tf.range(batch_size)[:, tf.newaxis], tf.shape(slot))
     hits = tf.scatter_nd(tf.stack([image, slot], axis=-1), tf.ones_like(slot), [batch_size, pool + 1])
     return tf.reshape(hits[:, :pool] > 0, [batch_size, num_classes, k])
 
 
-def _image_per_class_nms(boxes: tf.Tensor, keys: tf.Tensor, iou_threshold: float) -> tf.Tensor:
+def _image_per_class_nms(boxes: tf.Tensor, keys: tf.Tensor, iou_threshold: float,
+                         max_survivors: int) -> tf.Tensor:
     """One image: boxes [C', k, 4], keys [C', k] -> [C', k] survivors, one NMS per class.
 
     NonMaxSuppressionV4 (TFLite's NON_MAX_SUPPRESSION_V4) returns the selected candidates' indices
-    padded to k and how many are valid; as the keys decrease with the rank, an index is the rank.
+    padded to max_survivors and how many are valid; as the keys decrease with the rank, an index
+    is the rank.
     """
     num_classes = _static_dim(keys, 0, "object classes")
     k = _static_dim(keys, 1, "candidates per class")
     masks = []
     for c in range(num_classes):
         selected, num_valid = tf.raw_ops.NonMaxSuppressionV4(
-            boxes=boxes[c], scores=keys[c], max_output_size=k, iou_threshold=iou_threshold,
+            boxes=boxes[c], scores=keys[c], max_output_size=max_survivors, iou_threshold=iou_threshold,
             score_threshold=0.0, pad_to_max_output_size=True)
-        valid = tf.range(k) < num_valid  # the padding indices (0) are not selections
+        valid = tf.range(max_survivors) < num_valid  # the padding indices (0) are not selections
         masks.append(tf.reduce_max(tf.one_hot(selected, k) * tf.cast(valid, tf.float32)[:, tf.newaxis],
                                    axis=0) > 0)
     return tf.stack(masks)
 
 
-def _per_class_nms(candidate_boxes: tf.Tensor, keys: tf.Tensor, iou_threshold: float) -> tf.Tensor:
+def _per_class_nms(candidate_boxes: tf.Tensor, keys: tf.Tensor, iou_threshold: float,
+                   max_survivors: int) -> tf.Tensor:
     """[B, C', k, 4] boxes, [B, C', k] keys -> [B, C', k] survivors, with TFLite built-ins only."""
     batch_size = keys.shape[0]
     if batch_size is not None:
-        return tf.stack([_image_per_class_nms(candidate_boxes[b], keys[b], iou_threshold)
+        return tf.stack([_image_per_class_nms(candidate_boxes[b], keys[b], iou_threshold, max_survivors)
                          for b in range(batch_size)])
-    return tf.map_fn(lambda args: _image_per_class_nms(args[0], args[1], iou_threshold),
+    return tf.map_fn(lambda args: _image_per_class_nms(args[0], args[1], iou_threshold, max_survivors),
                      (candidate_boxes, keys), fn_output_signature=tf.bool)
 
 
@@ -155,10 +163,11 @@ def postprocess(cls_logits: tf.Tensor, box_encodings: tf.Tensor, anchors, config
     top_boxes = tf.gather(boxes, top_anchor, batch_dims=1)  # [B, C-1, k, 4]
 
     keys = _rank_keys(top_scores, k, ev.score_threshold)
+    max_survivors = min(k, max_detections)
     if nms == "combined":
-        survives = _combined_nms(top_boxes, keys, ev.nms_iou_threshold)
+        survives = _combined_nms(top_boxes, keys, ev.nms_iou_threshold, max_survivors)
     else:
-        survives = _per_class_nms(top_boxes, keys, ev.nms_iou_threshold)
+        survives = _per_class_nms(top_boxes, keys, ev.nms_iou_threshold, max_survivors)
     kept_scores = tf.where(survives, top_scores, _NOT_A_CANDIDATE)
 
     # all survivors of an image in one row, class-major, so top_k's lower-index rule prefers the

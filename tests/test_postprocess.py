@@ -1,3 +1,6 @@
+import dataclasses
+from collections import Counter
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -274,6 +277,26 @@ def adversarial_case(rng, kind, batch=2, num_anchors=80, num_classes=6):
     ("random", {"pre_nms_top_k": 3, "max_detections": 7}),  # far more candidates than top-k
 ])
 def test_implementations_agree(seed, kind, overrides):
+    _check_implementations_agree(seed, kind, overrides)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("kind,overrides", [
+    ("random", {"max_detections": 5}),
+    ("ties", {"max_detections": 3}),
+    ("overlapping", {"nms_iou_threshold": 0.8, "max_detections": 2}),
+])
+def test_survivors_beyond_max_detections_do_not_matter(seed, kind, overrides):
+    """Each class's NMS stops after max_detections survivors (module docstring): same detections
+    as the uncapped reference when some class has more survivors than that."""
+    config, logits, enc, anchors, probs = _check_implementations_agree(seed, kind, overrides)
+    uncapped = dataclasses.replace(config.eval, max_detections=10**6)
+    most = max(max(Counter(d[1] for d in dets).values(), default=0)
+               for dets in reference(logits, enc, anchors, uncapped, probs))
+    assert most > config.eval.max_detections
+
+
+def _check_implementations_agree(seed, kind, overrides):
     rng = np.random.default_rng(100 + seed)
     config = make_config(num_classes=6, **overrides)
     logits, enc, anchors = adversarial_case(rng, kind)
@@ -293,6 +316,7 @@ def test_implementations_agree(seed, kind, overrides):
     if "pre_nms_top_k" in overrides:  # the limit did bite: some class had more candidates
         probs = tf.nn.softmax(logits).numpy()[..., 1:]
         assert (probs > config.eval.score_threshold).sum(axis=1).max() > overrides["pre_nms_top_k"]
+    return config, logits, enc, anchors, float32_probs
 
 
 def test_unknown_nms_implementation_is_rejected():
