@@ -1,7 +1,8 @@
 """TFLite export: built-in ops only, and the interpreter's detections against TensorFlow's.
 
 The trained model: SSD300 at 1/8 width (configs/ssd300_shapes_cpu.json) trained from scratch on a
-small synthetic shapes set for TRAIN_STEPS steps by train.py, shared by the tests of this module.
+small synthetic shapes set for TRAIN_STEPS steps by train.py (the demo's schedule, compressed),
+shared by the tests of this module; it reaches ~0.78 VOC07 mAP (the demo's 900 steps: ~0.89).
 Random weights give near-equal scores for many boxes, and the order of near-ties is not a property
 of the export; a trained model's scores are spread out.
 """
@@ -33,8 +34,9 @@ if str(ROOT) not in sys.path:  # dataset/ holds scripts, not an installed packag
 from dataset.make_shapes import make_shapes_dataset  # noqa: E402
 
 CLASSES = ["circle", "square", "triangle", "star"]
-TRAIN_STEPS = 250
-NUM_TRAIN, NUM_TEST = 400, 80
+TRAIN_STEPS = 600
+LR_BOUNDARIES = "[30,100,450]"  # the recipe's [50,150,700] of 900 steps, scaled to TRAIN_STEPS
+NUM_TRAIN, NUM_TEST = 400, 240
 
 
 def _run(command, timeout=600):
@@ -54,7 +56,8 @@ def shapes(tmp_path_factory):
     model_dir = base / "model"
     _run([sys.executable, "train.py", "--config=ssd300_shapes_cpu",
           f"--data_dir={base / 'records'}/shapes_trainval-*", f"--model_dir={model_dir}",
-          "--pretrained=none", f"--max_steps={TRAIN_STEPS}", "--set=train.save_checkpoints_steps=1000"],
+          "--pretrained=none", f"--max_steps={TRAIN_STEPS}", "--set=train.save_checkpoints_steps=1000",
+          f"--set=train.lr_boundaries={LR_BOUNDARIES}"],
          timeout=900)
     config = load_saved_config(model_dir)
     model = build_inference_model(config)
@@ -211,11 +214,10 @@ def _voc_map(config, test_images, detections):
     return evaluator.result()["mAP"]
 
 
-# Measured here (250 steps, 80 test images; training runs on a loaded CPU are not repeatable):
-# float32 0.317, 0.225, 0.226, 0.114, 0.320. int8 with int8 post-processing: 0.155 against 0.317
-# (hence float post-processing); with float post-processing: 0.227, 0.229, 0.112, 0.316 against
-# 0.225, 0.226, 0.114, 0.320. The tiny model is far from converged and its mAP varies from run to
-# run, so the bound is on the difference between the two conversions of the same weights.
+# The difference, not each mAP, is bounded: training on a CPU is not bit-repeatable. Measured here:
+# 600 steps, 240 test images: float32 0.781 / int8 0.778, float32 0.782 / int8 0.783. A model far
+# from converged makes the test a coin toss: after 250 steps (mAP 0.11-0.32 from run to run) the
+# int8 loss on 80 images ranged from -0.005 to +0.011.
 MAX_INT8_MAP_LOSS = 0.01
 
 
@@ -225,7 +227,7 @@ def test_int8_map_within_one_point_of_float32(shapes, test_images, float_model, 
     float_map = _voc_map(config, test_images, _tflite_detections(float_model, images))
     int8_map = _voc_map(config, test_images, _tflite_detections(int8_model, images))
     print(f"VOC07 mAP on {len(images)} test images: float32 {float_map:.4f}, int8 {int8_map:.4f}")
-    assert float_map > 0.05  # the model did learn (random weights: ~0): the comparison means something
+    assert float_map > 0.5  # a model that detects (random weights: ~0): the comparison means something
     assert int8_map >= float_map - MAX_INT8_MAP_LOSS
 
 
