@@ -1,4 +1,4 @@
-"""Latency per image at batch 1: TFLite interpreter (float32, int8) next to TensorFlow's Detector.
+"""Latency per image at batch 1: TFLite interpreter (float32, int8) next to the TensorFlow SavedModel.
 
     python bench/tflite_latency.py [--runs=5] [--num_threads=2] [--calibration_images=8]
         [--models=ssd300_vgg16,ssdlite320_mobilenet_v2]
@@ -10,9 +10,10 @@ Models (random weights: the network's cost does not depend on them):
 For each: the .tflite model of ssd.tflite_export (uint8 [1, S, S, 3] in, preprocessing, network,
 built-in-only post-processing) run by the TFLite interpreter with --num_threads, float32 and
 int8 (calibrated on --calibration_images random images: enough for timing, not for accuracy), and
-TensorFlow on the same image in a tf.function (its own thread pools, combined NMS):
-Detector.detect_uint8. Post-processing cost does depend on the scores: random weights put many
-boxes above the 0.01 threshold (a heavy case for NMS), the same for every row of the table.
+the SavedModel of ssd.export on the same image (its `serving_images` signature: the Detector,
+TensorFlow's own thread pools, combined NMS; its score threshold input at 0 as the .tflite
+model has none). Post-processing cost does depend on the scores: random weights put many boxes
+above the 0.01 threshold (a heavy case for NMS), the same for every row of the table.
 
 Each figure is the median (and best) of --runs calls after one warm-up call. Other processes may
 share the CPU: compare rows measured together, not with another machine's table.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -34,7 +36,8 @@ from absl import app, flags  # noqa: E402
 
 from ssd import tflite_export as te  # noqa: E402
 from ssd.config import load_config  # noqa: E402
-from ssd.detector import Detector, build_inference_model  # noqa: E402
+from ssd.detector import build_inference_model  # noqa: E402
+from ssd.export import SIGNATURE_IMAGES, export_saved_model  # noqa: E402
 
 COCO_CLASSES = 81  # 80 object classes + background
 
@@ -65,9 +68,11 @@ def _time(call, runs: int) -> tuple[float, float]:
     return statistics.median(times), min(times)
 
 
-def _tensorflow_call(model, config, image):
-    detect = tf.function(Detector(model, config).detect_uint8)
-    return lambda: detect(image)["num_detections"].numpy()
+def _saved_model_call(model, config, image, directory):
+    export_saved_model(model, config, directory, score_threshold=0.0)
+    serve = tf.saved_model.load(directory).signatures[SIGNATURE_IMAGES]
+    threshold = tf.constant(0.0)
+    return lambda: serve(images=image, score_threshold=threshold)["num_detections"].numpy()
 
 
 def measure(name: str, runs: int, num_threads: int, calibration_images: int) -> list[tuple]:
@@ -76,8 +81,10 @@ def measure(name: str, runs: int, num_threads: int, calibration_images: int) -> 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     rows = []
-    median, best = _time(_tensorflow_call(model, config, tf.constant(image)), runs)
-    rows.append((name, "TensorFlow float32 (tf.function)", median, best, None))
+    with tempfile.TemporaryDirectory() as directory:
+        call = _saved_model_call(model, config, tf.constant(image), os.path.join(directory, "saved_model"))
+        median, best = _time(call, runs)
+    rows.append((name, "TensorFlow SavedModel float32", median, best, None))
     calibration = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(calibration_images)]
     for quantize in (None, "int8"):
         content = te.convert_to_tflite(model, config, quantize, calibration if quantize else None)
