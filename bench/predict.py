@@ -10,6 +10,8 @@ Prints, for each inference precision (float32; bfloat16 = Keras mixed_bfloat16, 
 images/s of
   * the network alone, plain tf.function and XLA-compiled (jit_compile=True);
   * end to end from preprocessed tensors: network + post-processing (ssd.postprocess) in one call;
+    for networks with batch norm also with it folded into the convolutions, as exported
+    (ssd.batch_norm_folding);
   * end to end from JPEG bytes (decode, resize, mean subtraction in the graph, as the SavedModel
     serving signature does), unless --nojpeg;
 and the post-processing cost in ms/image for two score distributions:
@@ -42,6 +44,7 @@ from absl import app, flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ssd.anchors import generate_anchors  # noqa: E402
+from ssd.batch_norm_folding import fold_batch_norm  # noqa: E402
 from ssd.config import load_config  # noqa: E402
 from ssd.detector import Detector, build_inference_model  # noqa: E402
 from ssd.postprocess import postprocess  # noqa: E402
@@ -157,6 +160,11 @@ def main(argv) -> None:
         shapes = tf.fill([batch, 2], size)
         report(f"end to end {precision}, preprocessed input",
                measure(lambda x: detector(x, shapes), images, iterations, repeats), batch)
+        folded = fold_batch_norm(model)
+        if folded is not model:  # what the SavedModel serves (ssd.export)
+            exported = Detector(folded, config, jit_compile=False)
+            report(f"end to end {precision}, batch norm folded",
+                   measure(lambda x: exported(x, shapes), images, iterations, repeats), batch)
         if encoded is not None:
             from_jpeg = tf.function(detector.detect_encoded)
 

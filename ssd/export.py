@@ -43,6 +43,10 @@ wrong place.
 
 The class names also travel as the asset `assets/class_names.txt` (one per line, label order)
 and the resolved config as `assets/config.json`.
+
+The exported network has its batch norms folded into the convolutions before them
+(ssd.batch_norm_folding): the same detections to float rounding, faster for the backbones that
+have batch norm (MobileNetV2).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from ssd.batch_norm_folding import fold_batch_norm
 from ssd.config import Config, to_json
 from ssd.detector import Detector, keep_above
 
@@ -161,7 +166,7 @@ def export_saved_model(model: keras.Model, config: Config, export_dir: str | os.
     try:
         write_descriptions(config, assets_dir)
         with directory_written_aside(export_dir, overwrite) as tmp_dir:
-            module = DetectionModule(model, config, assets_dir, score_threshold)
+            module = DetectionModule(fold_batch_norm(model), config, assets_dir, score_threshold)
             # the tf.functions themselves, not concrete functions: only then are defaults recorded
             signatures = {
                 SIGNATURE_ENCODED: module.serve_encoded,
