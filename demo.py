@@ -380,7 +380,7 @@ def run_demo(output_dir: str | os.PathLike = DEFAULT_OUTPUT_DIR, *, seed: int = 
 
 
 def format_summary(summary: dict, cwd: Path = REPO_ROOT) -> str:
-    from ssd.voc_eval import format_table
+    from ssd.voc_table import format_table
 
     def p(path: str) -> str:
         return display_path(path, cwd)

@@ -17,7 +17,8 @@ import numpy as np
 
 from ssd.config import VOC_CLASSES
 from ssd.voc_eval import evaluate_files
-from ssd.voc_metric import VOCEvaluator, format_table
+from ssd.voc_metric import VOCEvaluator
+from ssd.voc_table import format_table
 
 
 def random_boxes(rng: np.random.Generator, n: int, width: float, height: float) -> np.ndarray:

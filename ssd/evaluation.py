@@ -38,7 +38,7 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image
 
-from ssd import coco_metric, voc_metric
+from ssd import coco_metric, voc_metric, voc_table
 from ssd.checkpoints import (CheckpointRemovedError, DamagedCheckpointError, find_checkpoint, restore_checkpoint,
                              watch_checkpoints)
 from ssd.config import Config
@@ -187,7 +187,7 @@ def format_result(result: dict[str, Any]) -> str:
     """The printed report: the per-class AP table (COCO: its 12-number block first)."""
     if result["metric"] == COCO:
         return coco_metric.format_stats(result) + "\n\n" + coco_metric.format_table(result)
-    return voc_metric.format_table(result)
+    return voc_table.format_table(result)
 
 
 def _write_json(path: Path, content: dict[str, Any]) -> None:

@@ -8,7 +8,8 @@ import pytest
 
 from ssd.voc_coords import voc_to_normalized
 from ssd.voc_eval import evaluate_files
-from ssd.voc_metric import VOCEvaluator, evaluate_class, format_table, voc_ap
+from ssd.voc_metric import VOCEvaluator, evaluate_class, voc_ap
+from ssd.voc_table import format_table
 from ssd.voc_results import read_result_file
 from ssd.voc_xml import read_annotation
 

@@ -13,7 +13,8 @@ import pytest
 
 from ssd.voc_eval import UnknownClassesError, evaluate_files
 from ssd.voc_metric import (STATUS_NO_DETECTIONS, STATUS_NO_GROUND_TRUTH, STATUS_OK, VOCEvaluator,
-                            evaluate_class, format_table, summary_of)
+                            evaluate_class, summary_of)
+from ssd.voc_table import format_table
 
 REPO = Path(__file__).resolve().parent.parent
 A = [1, 1, 10, 10]
