@@ -8,7 +8,6 @@ from pathlib import Path
 
 import keras
 import keras.src.applications.vgg16 as keras_vgg16
-import keras.src.backend.config as keras_config
 import keras.src.utils.file_utils as keras_file_utils
 import numpy as np
 import pytest
@@ -106,15 +105,6 @@ def test_legacy_keras_h5_file(model, vgg, tmp_path):
     vgg.save(str(path))
     initialize_backbone(model, str(path))
     check_keras_copy(model, vgg)
-
-
-@pytest.fixture
-def keras_home(tmp_path, monkeypatch):
-    """An empty Keras home (what $KERAS_HOME sets when Keras is imported) for this test only."""
-    home = tmp_path / "keras_home"
-    home.mkdir()
-    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(home))
-    return home
 
 
 @pytest.fixture(scope="module")

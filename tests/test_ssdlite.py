@@ -3,7 +3,6 @@ import math
 import h5py
 import keras
 import keras.src.applications.mobilenet_v2 as keras_mobilenet_v2
-import keras.src.backend.config as keras_config
 import keras.src.utils.file_utils as keras_file_utils
 import numpy as np
 import pytest
@@ -264,15 +263,6 @@ def test_bad_arguments():
 
 UNREACHABLE_BASE = "http://127.0.0.1:9/"  # discard port
 EXTRA_AND_HEADS = ["extra_1_1x1", "extra_4_pw_bn", "cls_head_0_dw", "box_head_5_pw"]
-
-
-@pytest.fixture
-def keras_home(tmp_path, monkeypatch):
-    """An empty Keras home (what $KERAS_HOME sets when Keras is imported) for this test only."""
-    home = tmp_path / "keras_home"
-    home.mkdir()
-    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(home))
-    return home
 
 
 def randomized(network, seed):
