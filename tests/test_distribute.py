@@ -93,15 +93,21 @@ def _free_ports(n):
     return ports
 
 
-def test_multi_worker_training_keeps_workers_identical_and_only_the_chief_writes(tmp_path):
+def _start_workers(mode, tmp_path, stdout):
+    """Two local processes of tests/distributed_worker.py in `mode`, one cluster on free ports."""
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
     processes = []
     for index in range(2):
         env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster,
                                                      "task": {"type": "worker", "index": index}}))
         processes.append(subprocess.Popen(
-            [sys.executable, str(WORKER), "worker", str(tmp_path)], cwd=ROOT, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            [sys.executable, str(WORKER), mode, str(tmp_path)], cwd=ROOT, env=env,
+            stdout=stdout, stderr=subprocess.PIPE, text=True))
+    return processes
+
+
+def test_multi_worker_training_keeps_workers_identical_and_only_the_chief_writes(tmp_path):
+    processes = _start_workers("worker", tmp_path, subprocess.PIPE)
     try:
         outputs = [p.communicate(timeout=240) for p in processes]
     finally:
@@ -123,14 +129,7 @@ def test_multi_worker_training_keeps_workers_identical_and_only_the_chief_writes
 
 
 def test_sigterm_to_one_worker_makes_every_worker_save_the_same_step_and_stop(tmp_path):
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
-    processes = []
-    for index in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster,
-                                                     "task": {"type": "worker", "index": index}}))
-        processes.append(subprocess.Popen(
-            [sys.executable, str(WORKER), "preempt", str(tmp_path)], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    processes = _start_workers("preempt", tmp_path, subprocess.DEVNULL)
     try:
         chief_log = []
         for line in processes[0].stderr:  # wait until the cluster trains
