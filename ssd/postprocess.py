@@ -71,13 +71,14 @@ def _combined_nms(candidate_boxes: tf.Tensor, keys: tf.Tensor, iou_threshold: fl
     num_classes = _static_dim(keys, 1, "object classes")
     batch_size = tf.shape(keys)[0]
     pool = num_classes * k
+    most_kept = num_classes * max_survivors
     _, kept_keys, kept_classes, num_kept = tf.image.combined_non_max_suppression(
         tf.transpose(candidate_boxes, [0, 2, 1, 3]), tf.transpose(keys, [0, 2, 1]),
-        max_output_size_per_class=max_survivors, max_total_size=num_classes * max_survivors, iou_threshold=iou_threshold,
+        max_output_size_per_class=max_survivors, max_total_size=most_kept, iou_threshold=iou_threshold,
         score_threshold=0.0, pad_per_class=False, clip_boxes=False)
     kept_rank = tf.cast(tf.round(k - tf.cast(kept_keys, tf.float64) * k), tf.int32)
     slot = tf.cast(kept_classes, tf.int32) * k + kept_rank
-    valid = tf.range(num_classes * max_survivors)[tf.newaxis, :] < num_kept[:, tf.newaxis]
+    valid = tf.range(most_kept)[tf.newaxis, :] < num_kept[:, tf.newaxis]
     slot = tf.where(valid, slot, pool)  # padding rows land in a spare slot that is cut off
     image = tf.broadcast_to(tf.range(batch_size)[:, tf.newaxis], tf.shape(slot))
     hits = tf.scatter_nd(tf.stack([image, slot], axis=-1), tf.ones_like(slot), [batch_size, pool + 1])

@@ -24,8 +24,8 @@ import numpy as np
 from ssd.config import VOC_CLASSES
 from ssd.image_ids import read_image_ids, repeated_ids
 from ssd.voc_metric import METRICS, check_metric, score_classes, summary_of
-from ssd.voc_table import format_table
 from ssd.voc_results import RESULT_PREFIX, ClassDetections, read_detections
+from ssd.voc_table import format_table
 from ssd.voc_xml import labeled_boxes, parse_voc_xml
 
 # Imported from this module before the metric, the result files and the XML reader had their own;
