@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from ssd.estimator import Estimator, EstimatorSpec, ModelFunction, NonFiniteLossError, RunConfig
 from ssd.modes import ModeKeys
+from tests.detection_matching import assert_same_detections, detections_of
 
 DIM = 3
 BATCH = 4
@@ -196,8 +197,13 @@ def _ssd_config(**overrides):
     from ssd.config import load_config
     values = {"model.width_multiplier": 0.125, "model.num_classes": 4, "data.class_names": CLASS_NAMES,
               "data.shuffle_buffer": 8, "data.seed": 1, "train.batch_size": 2, "train.max_steps": 3,
-              "train.learning_rate": 0.01, "train.lr_boundaries": [], "train.lr_factors": [1.0],
-              "eval.batch_size": 4}
+              "train.learning_rate": 1e-4, "train.lr_boundaries": [], "train.lr_factors": [1.0],
+              "eval.batch_size": 4,
+              # a learning rate that keeps three steps from random weights finite (0.01 sent the
+              # logits to 1e21 and then NaN); their class scores stay near-uniform, and with a
+              # threshold of 0 every box is a candidate, so there is always something to
+              # evaluate, predict and export, on every CPU
+              "eval.score_threshold": 0.0}
     values.update(overrides)
     return load_config("ssd300_voc0712", values)
 
@@ -407,16 +413,19 @@ def test_predict_is_the_network_and_postprocessing_of_the_checkpoint(ssd_run):
         inputs = (inputs - tf.constant(config.data.mean_rgb))[..., ::-1][tf.newaxis]
         cls_logits, box_encodings = model(inputs, training=False)
         expected = {k: v[0].numpy() for k, v in postprocess(cls_logits, box_encodings, anchors, config).items()}
-        n = int(expected["num_detections"])
-        assert n > 0 and prediction["num_detections"] == n
-        np.testing.assert_allclose(prediction["scores"], expected["scores"], atol=1e-5)
-        np.testing.assert_array_equal(prediction["classes"], expected["classes"])
-        np.testing.assert_allclose(prediction["boxes"], expected["boxes"], atol=1e-5)
+        # the two graphs round differently: near-equal scores of the barely trained model may
+        # come in either order, and the last kept rows may be the other of a near-tie
+        compared = assert_same_detections(
+            detections_of(prediction, index=None), detections_of(expected, index=None),
+            box_atol=1e-5, score_atol=1e-5, max_detections=config.eval.max_detections,
+            names=("predict", "network + postprocess"))
+        assert compared > 0
         np.testing.assert_array_equal(prediction["original_shape"], [height, width])
-        np.testing.assert_allclose(prediction["pixel_boxes"],
-                                   expected["boxes"] * [height, width, height, width], atol=1e-3)
+        n = int(prediction["num_detections"])
+        np.testing.assert_allclose(prediction["pixel_boxes"][:n],
+                                   prediction["boxes"][:n] * [height, width, height, width], atol=1e-3)
         names = [s.decode() for s in prediction["class_names"][:n]]
-        assert names == [CLASS_NAMES[c - 1] for c in expected["classes"][:n]]
+        assert names == [CLASS_NAMES[c - 1] for c in prediction["classes"][:n]]
 
 
 def test_export_serves_the_predictions(ssd_run, tmp_path):

@@ -13,7 +13,7 @@ from ssd.data import make_input_fn
 from ssd.record_files import DataError, check_record_files
 from ssd.modes import ModeKeys
 from ssd.record_files import MAX_OPEN_FILES, data_error_from
-from test_data import tiny_config, write_shards
+from tests.test_data import tiny_config, write_shards
 
 
 def record_offsets(data: bytes) -> list[int]:

@@ -27,6 +27,7 @@ from ssd.records import make_example, parse_example
 from ssd import tflite_export as te
 from ssd.voc_coords import normalized_to_voc
 from ssd.voc_metric import VOCEvaluator
+from tests.detection_matching import assert_same_detections, detections_of
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # dataset/ holds scripts, not an installed package
@@ -103,34 +104,13 @@ def _tflite_detections(content, images):
 MIN_COMPARED_SCORE = 0.1
 
 
-def _check_equal(tflite_out, reference, box_atol=1e-4, score_atol=1e-5, min_score=None):
-    """Same detections: count, and row by row class, score and box, except that rows whose
-    scores differ by less than score_atol may come in either order (float rounding differs
-    between the runtimes by ~1e-7, and a weakly trained model has near-equal scores).
-
-    With `min_score`, only the detections scoring at least that are compared: far down the
-    list, among a weakly trained model's hundreds of overlapping low-score boxes, a pair whose
-    IoU lies within rounding of the NMS threshold can be kept by one runtime and suppressed by
-    the other, which changes the tail of the 200 kept."""
-    n = int(reference["num_detections"][0])
-    if min_score is None:
-        assert int(tflite_out["num_detections"][0]) == n
-    else:
-        n = int(np.count_nonzero(reference["scores"][0, :n] >= min_score))
-        assert n > 0 and tflite_out["detection_scores"][0, n - 1] >= min_score - score_atol
-    classes, scores, boxes = (tflite_out[k][0, :n] for k in ("detection_classes", "detection_scores",
-                                                              "detection_boxes"))
-    np.testing.assert_allclose(scores, reference["scores"][0, :n], atol=score_atol)
-    unused = np.ones(n, bool)
-    for i in range(n):
-        same = (unused & (classes == reference["classes"][0, i])
-                & (np.abs(scores - reference["scores"][0, i]) <= score_atol)
-                & (np.abs(boxes - reference["boxes"][0, i]).max(axis=1) <= box_atol))
-        assert same.any(), f"detection {i} of TensorFlow has no counterpart in TFLite"
-        unused[np.flatnonzero(same)[0]] = False
-    if min_score is None:
-        assert np.all(tflite_out["detection_scores"][0, n:] == 0)
-        assert np.all(tflite_out["detection_classes"][0, n:] == 0)
+def _check_equal(tflite_out, reference, min_score=None):
+    """Same detections, matched by class, score and box (tests/detection_matching.py)."""
+    compared = assert_same_detections(
+        detections_of(tflite_out, prefix="detection_"), detections_of(reference),
+        box_atol=1e-4, score_atol=1e-5, max_detections=reference["scores"].shape[1], min_score=min_score,
+        names=("TFLite", "TensorFlow"))
+    assert compared > 0
 
 
 # --- operators ---------------------------------------------------------------------------
@@ -275,10 +255,28 @@ def _iou(box, boxes):
     return inter / (area(box) + area(boxes) - inter)
 
 
+def _spread_weights(model, seed=0):
+    """Weights under which a network's outputs are spread out, so that detections are decided by
+    their scores and not by the order of ties: fresh SSDLite weights give logits of ~1e-9 (every
+    score 1/num_classes, every box a tie). Variance-preserving normal kernels everywhere, and
+    final head layers giving logits of std ~2 and box encodings of ~0.5."""
+    rng = np.random.default_rng(seed)
+    head_gain = {"cls_head": 1.0, "box_head": 0.1}
+    for layer in model.layers:
+        if isinstance(layer, (tf.keras.layers.Conv2D, tf.keras.layers.DepthwiseConv2D)):
+            kernel = layer.weights[0]
+            height, width, channels_in, _ = kernel.shape
+            depthwise = isinstance(layer, tf.keras.layers.DepthwiseConv2D)
+            fan_in = height * width * (1 if depthwise else channels_in)
+            final_head = layer.name.endswith("_pw") and layer.name.rsplit("_", 2)[0] in head_gain
+            gain = head_gain[layer.name.rsplit("_", 2)[0]] if final_head else 2.0
+            kernel.assign(rng.normal(0.0, np.sqrt(gain / fan_in), kernel.shape).astype(np.float32))
+
+
 def test_ssdlite_float32_matches_tensorflow():
     config = load_config("ssdlite320_shapes_cpu", {"eval.max_detections": 50})
-    tf.keras.utils.set_random_seed(1)
     model = build_inference_model(config)
+    _spread_weights(model)
     anchors = generate_anchors(config)
     assert len(anchors) == model.outputs[0].shape[1]
     content = te.convert_to_tflite(model, config)
@@ -290,8 +288,9 @@ def test_ssdlite_float32_matches_tensorflow():
         # the network's own input convention: RGB scaled to [-1, 1]
         inputs = tf.constant(image[np.newaxis], tf.float32) / 127.5 - 1.0
         logits, encodings = model(inputs, training=False)
+        assert float(tf.math.reduce_std(logits)) > 0.5  # spread out: not a comparison of ties
         reference = {k: v.numpy() for k, v in postprocess(logits, encodings, anchors, config).items()}
-        assert reference["num_detections"][0] > 0
+        assert reference["num_detections"][0] == config.eval.max_detections
         _check_equal(out, reference)
 
 
