@@ -34,13 +34,14 @@ import codecs
 import dataclasses
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import Callable, Sequence, TextIO
 
 if __package__ in (None, ""):  # run as `python demo.py` from anywhere: make `ssd` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,6 +57,14 @@ TEST_NAME = "shapes_test"
 LOG_TAIL_LINES = 30
 SECONDS_PER_SHAPES_IMAGE = 0.015  # dataset/make_shapes.py, measured
 FULL_RUN_MINUTES = 8  # measured wall time of the whole default demo
+# what the stages after training cost beyond their images, measured: a TensorFlow app's start-up
+# and model build (eval.py, visualize.py); evaluation is a forward pass, ~3x a training image
+STAGE_STARTUP_SECONDS = 15
+EVAL_IMAGES_PER_TRAINING_IMAGE = 3.0
+SECONDS_PER_PICTURE = 0.5
+# a progress line of the training log (ssd.training): "step 25/900: ... | 0.93 steps/s, 14.8 examples/s, ETA 0:15:41"
+_TRAINING_PROGRESS = re.compile(r"step (\d+)/(\d+): .*\| ([\d.]+) steps/s, ([\d.]+) examples/s, "
+                                r"ETA (?:(\d+) days?, )?(\d+):(\d\d):(\d\d)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +136,44 @@ class StageResult:
     command: str
     seconds: float
     log: Path
+
+
+def _about(seconds: float) -> str:
+    return f"{round(seconds / 60)} min" if seconds >= 90 else f"{round(seconds)} s"
+
+
+class TrainingSpeedReport:
+    """Watches the training stage's output; at its first progress line (the first rate measured
+    after the graph is built) prints the speed and the time left for the whole demo."""
+
+    def __init__(self, settings: DemoSettings, stream: TextIO, clock=time.time):
+        self._settings, self._stream, self._clock = settings, stream, clock
+        self._buffer = ""
+        self.reported = False
+
+    def __call__(self, text: str) -> None:
+        if self.reported:
+            return
+        self._buffer += text.replace("\r", "\n")
+        *lines, self._buffer = self._buffer.split("\n")
+        for line in lines:
+            match = _TRAINING_PROGRESS.search(line)
+            if match:
+                self._report(match)
+                return
+
+    def _report(self, match: re.Match) -> None:
+        days, hours, minutes, seconds = (int(g or 0) for g in match.groups()[4:])
+        training_left = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+        images_per_second = float(match.group(4))
+        after_training = (2 * STAGE_STARTUP_SECONDS + self._settings.num_pictures * SECONDS_PER_PICTURE
+                          + self._settings.num_test / max(EVAL_IMAGES_PER_TRAINING_IMAGE * images_per_second, 1e-9))
+        left = training_left + after_training
+        finish = time.strftime("%H:%M", time.localtime(self._clock() + left))
+        print(f"--- demo: training runs at {images_per_second:.1f} images/s ({match.group(3)} steps/s); "
+              f"training ends in about {_about(training_left)}, the whole demo in about {_about(left)} "
+              f"(around {finish})", file=self._stream, flush=True)
+        self.reported = True
 
 
 class StageError(RuntimeError):
@@ -282,9 +329,10 @@ class StartupNoiseFilter:
 
 
 def run_stage(stage: Stage, log_path: Path, cwd: Path = REPO_ROOT,
-              stream: TextIO | None = None) -> StageResult:
+              stream: TextIO | None = None, on_output: Callable[[str], None] | None = None) -> StageResult:
     """Runs one command, streaming its output (carriage returns too, for progress bars) to
-    `stream` and to `log_path`. Raises StageError when it exits with a non-zero code."""
+    `stream` and to `log_path`, and to `on_output` when given (after the terminal has it).
+    Raises StageError when it exits with a non-zero code."""
     stream = stream or sys.stdout
     command = _display_argv(stage.argv, cwd)
     header = f"=== {stage.name}: {stage.description} ===" if stage.description else f"=== {stage.name} ==="
@@ -304,7 +352,10 @@ def run_stage(stage: Stage, log_path: Path, cwd: Path = REPO_ROOT,
                 break
             log.write(chunk)
             log.flush()
-            terminal.write(decoder.decode(chunk))
+            text = decoder.decode(chunk)
+            terminal.write(text)
+            if on_output is not None:
+                on_output(text)
         terminal.write(decoder.decode(b"", final=True))
         terminal.close()
         returncode = process.wait()
@@ -357,7 +408,8 @@ def run_demo(output_dir: str | os.PathLike = DEFAULT_OUTPUT_DIR, *, seed: int = 
     start = time.monotonic()
     for stage in stages:
         log = paths.logs_dir / f"{stage.name.replace(' ', '_')}.log"
-        results.append(run_stage(stage, log, cwd, stream))
+        watch = TrainingSpeedReport(settings, stream) if stage.name == "train" else None
+        results.append(run_stage(stage, log, cwd, stream, on_output=watch))
     total = time.monotonic() - start
     evaluation = read_eval_summary(paths)
     summary = {

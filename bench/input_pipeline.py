@@ -22,6 +22,10 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from ssd import cpu  # noqa: E402
+
+cpu.prefer_onednn()  # before TensorFlow loads: the kernels the apps use
+
 import tensorflow as tf  # noqa: E402
 
 from ssd.config import VOC_CLASSES, load_config  # noqa: E402
@@ -78,6 +82,7 @@ def _cpu_seconds() -> float:
 
 
 def main() -> None:
+    print(cpu.describe())
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", help="TFRecords to read (written there if it has none)")
     parser.add_argument("--images", type=int, default=320, help="images to generate")

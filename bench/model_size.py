@@ -27,6 +27,10 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from ssd import cpu  # noqa: E402
+
+cpu.prefer_onednn()  # before TensorFlow loads: the kernels the apps use
+
 from ssd.config import load_config  # noqa: E402
 from ssd.model import build_model  # noqa: E402
 from ssd.model_size import count_multiply_adds  # noqa: E402
@@ -67,6 +71,7 @@ def _figure(value, unit, scale):
 
 
 def main() -> None:
+    print(cpu.describe())
     header = f"{'network':<50} {'params':>8} {'paper':>8} {'mult-adds':>10} {'paper':>8}"
     print(header)
     print("-" * len(header))

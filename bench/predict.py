@@ -38,6 +38,10 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from ssd import cpu  # noqa: E402
+
+cpu.prefer_onednn()  # before TensorFlow loads: the kernels the apps use
+
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
@@ -122,6 +126,7 @@ def jpeg_batch(rng: np.random.Generator, batch: int) -> np.ndarray:
 
 
 def main(argv) -> None:
+    print(cpu.describe())
     del argv
     config = load_config(FLAGS.config)
     batch, repeats, iterations = FLAGS.batch_size, FLAGS.repeats, FLAGS.iterations

@@ -30,6 +30,10 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from ssd import cpu  # noqa: E402
+
+cpu.prefer_onednn()  # before TensorFlow loads: the kernels the apps use
+
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
@@ -96,6 +100,7 @@ def measure(name: str, runs: int, num_threads: int, calibration_images: int) -> 
 
 
 def main(argv):
+    print(cpu.describe())
     del argv
     print(f"batch 1, median (best) of {FLAGS.runs} calls; CPU: {os.cpu_count()} cores, shared with "
           f"other processes", flush=True)

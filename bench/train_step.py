@@ -28,6 +28,10 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ssd import cpu  # noqa: E402
+
+cpu.prefer_onednn()  # before TensorFlow loads: the kernels the apps use
+
 import numpy as np
 from absl import app, flags, logging
 
@@ -112,6 +116,7 @@ def matmul_gflops(size: int, repeats: int = 10) -> float:
 
 
 def main(argv):
+    print(cpu.describe())
     del argv
     import tensorflow as tf
     if FLAGS.intra_op_threads:

@@ -148,3 +148,22 @@ def test_startup_noise_is_dropped_and_progress_passes_through():
     assert shown_before_close.endswith("tail")  # partial lines are not held back
     assert out.getvalue() == ("convert 1/2\rconvert 2/2\nI1125 12:00:00.0 1 train.py:9] step 1\n"
                               "W0000 00:00:1.5 42 real warning\ntail")
+
+
+def test_training_speed_report_estimates_the_rest_of_the_demo():
+    out = io.StringIO()
+    settings = demo.DemoSettings(num_trainval=2000, num_test=300, num_pictures=8)
+    report = demo.TrainingSpeedReport(settings, out, clock=lambda: 0.0)
+    line = ("I1203 09:41:20.165697 140459207150464 training.py:241] step 25/900: loss 8.9, accuracy 0.6 "
+            "| 0.926 steps/s, 15.00 examples/s, ETA 0:15:45\n")
+    report("I1203 09:41:00 training.py:200] saved checkpoint\nstep 1 of something\n" + line[:40])
+    assert out.getvalue() == "" and not report.reported  # the progress line is not complete yet
+    report(line[40:] + line)
+    # after training: two app start-ups, 8 pictures, 300 test images at 3 x 15 images/s
+    after = 2 * demo.STAGE_STARTUP_SECONDS + 8 * demo.SECONDS_PER_PICTURE + 300 / 45.0
+    expected_total = 945 + after
+    text = out.getvalue()
+    assert text.count("--- demo:") == 1  # once
+    assert "training runs at 15.0 images/s (0.926 steps/s)" in text
+    assert "training ends in about 16 min" in text
+    assert f"the whole demo in about {round(expected_total / 60)} min" in text
