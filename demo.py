@@ -62,7 +62,7 @@ FULL_RUN_MINUTES = 8  # measured wall time of the whole default demo
 STAGE_STARTUP_SECONDS = 15
 EVAL_IMAGES_PER_TRAINING_IMAGE = 3.0
 SECONDS_PER_PICTURE = 0.5
-# a progress line of the training log (ssd.training): "step 25/900: ... | 0.93 steps/s, 14.8 examples/s, ETA 0:15:41"
+# a progress line of the training log (ssd.engine.training): "step 25/900: ... | 0.93 steps/s, 14.8 examples/s, ETA 0:15:41"
 _TRAINING_PROGRESS = re.compile(r"step (\d+)/(\d+): .*\| ([\d.]+) steps/s, ([\d.]+) examples/s, "
                                 r"ETA (?:(\d+) days?, )?(\d+):(\d\d):(\d\d)")
 
@@ -187,7 +187,7 @@ class StageError(RuntimeError):
 
 
 def recipe_class_names(recipe: str = RECIPE) -> list[str]:
-    from ssd.config import load_config
+    from ssd.config.loading import load_config
 
     return list(load_config(recipe).data.class_names)
 
@@ -432,7 +432,7 @@ def run_demo(output_dir: str | os.PathLike = DEFAULT_OUTPUT_DIR, *, seed: int = 
 
 
 def format_summary(summary: dict, cwd: Path = REPO_ROOT) -> str:
-    from ssd.voc_table import format_table
+    from ssd.voc.table import format_table
 
     def p(path: str) -> str:
         return display_path(path, cwd)

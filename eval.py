@@ -15,7 +15,7 @@ of images) and precision_recall.png. The mAP and per-class APs also go to Tensor
 --metric=coco (pycocotools' COCOeval) prints COCO's 12 numbers (AP@[.5:.95], AP50, AP75,
 small/medium/large, AR@1/10/100) and a per-class AP table, and writes detections.json (a COCO
 results JSON: image_id, category_id, bbox [x, y, w, h] in original-image pixels, score), summary.json
-(the numbers unrounded and per-class APs under the keys of `python -m ssd.coco_eval --output_json`,
+(the numbers unrounded and per-class APs under the keys of `python -m ssd.coco.eval --output_json`,
 plus step and checkpoint) and, for records without a COCO category map (VOC-format data),
 ground_truth.json, the COCO annotations built from the records that the detections were scored
 against. Records converted by dataset/convert_coco.py are scored with COCO's own image and
@@ -41,7 +41,7 @@ cli.quiet_tensorflow_startup()
 
 from absl import app, flags
 
-from ssd import config as config_lib
+from ssd.config import loading as config_lib
 
 FLAGS = flags.FLAGS
 
@@ -69,8 +69,12 @@ def main(argv) -> None:
         if not FLAGS[name].value:
             raise app.UsageError(f"--{name} is required")
 
-    from ssd import checkpoints, evaluation, record_classes
+    from ssd.modeling import checkpoints
 
+
+    from ssd.engine import evaluation
+
+    from ssd.data import record_classes
     try:
         config = config_lib.load_saved_config(FLAGS.model_dir)
         if FLAGS.batch_size:

@@ -5,9 +5,9 @@ r"""Exports a trained SSD as a SavedModel for serving, or as a TensorFlow Lite m
   python export.py --model_dir=runs/ssdlite --export_dir=exported/ssdlite_tflite --format=tflite \
       [--quantize=float16|int8 --calibration_data=tfrecords/train* [--calibration_images=300]]
 
---format=saved_model (the default) writes the SavedModel of ssd/export.py (its signatures take
+--format=saved_model (the default) writes the SavedModel of ssd/inference/saved_model.py (its signatures take
 encoded or uint8 images of any size). --format=tflite writes export_dir/model.tflite with
-class_names.txt and config.json beside it (ssd/tflite_export.py): uint8 RGB [1, S, S, 3] images
+class_names.txt and config.json beside it (ssd/inference/tflite.py): uint8 RGB [1, S, S, 3] images
 already resized to the input size S in, detection_boxes (normalized), detection_classes,
 detection_scores and num_detections out, post-processing inside, TFLite built-in operators only.
 --quantize=float16 halves the file; --quantize=int8 makes the network full-integer, calibrated on
@@ -15,7 +15,7 @@ the first --calibration_images images of --calibration_data (training TFRecords)
 
 The config is model_dir/config.json; the weights come from model_dir's latest checkpoint unless
 --checkpoint_path is given. Serving example (outputs named as the TF Object Detection API names
-them; ssd/export.py documents them, the score_threshold default and EXIF orientation):
+them; ssd/inference/saved_model.py documents them, the score_threshold default and EXIF orientation):
 
   import io, tensorflow as tf
   from PIL import Image, ImageOps
@@ -45,7 +45,7 @@ cli.quiet_tensorflow_startup()
 
 from absl import app, flags
 
-from ssd import config as config_lib
+from ssd.config import loading as config_lib
 
 FLAGS = flags.FLAGS
 
@@ -68,7 +68,7 @@ flags.DEFINE_integer("calibration_images", 300, "TFLite int8: how many images ca
 
 
 def export_tflite_model(model, config) -> str:
-    from ssd import tflite_export
+    from ssd.inference import tflite as tflite_export
 
     quantize = None if FLAGS.quantize == "none" else FLAGS.quantize
     calibration = None
@@ -94,10 +94,10 @@ def main(argv) -> None:
     if FLAGS.format == "tflite" and FLAGS.precision != "float32":
         raise app.UsageError("--format=tflite exports float32 (use --quantize for smaller models)")
 
-    from ssd import checkpoints
-    from ssd.detector import build_inference_model
-    from ssd.export import export_saved_model
-    from ssd.record_files import DataError
+    from ssd.modeling import checkpoints
+    from ssd.inference.detector import build_inference_model
+    from ssd.inference.saved_model import export_saved_model
+    from ssd.data.record_files import DataError
 
     try:
         config = config_lib.load_saved_config(FLAGS.model_dir)

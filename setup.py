@@ -7,7 +7,7 @@ first on machines without `nvidia-smi` and `tensorflow[and-cuda]` on machines wi
 `cpu` and `gpu` do the same for a manual `pip install`.
 
 The recipes are written in the top-level `configs/` directory and installed as the package data
-`ssd/configs/*.json`, so that `ssd.config.load_config("ssd300_voc0712")` works from any install.
+`ssd/configs/*.json`, so that `ssd.config.loading.load_config("ssd300_voc0712")` works from any install.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -41,7 +41,7 @@ setup(
         tensorflow_requirement(), "numpy", "pillow", "absl-py",
         "tensorboard",  # TensorFlow >= 2.21 no longer installs it; `make demo` prints its command
         "matplotlib",  # precision/recall plots (ssd/draw.py)
-        "pycocotools",  # the official COCO metric (ssd/coco_metric.py)
+        "pycocotools",  # the official COCO metric (ssd/coco/metric.py)
     ],
     extras_require={
         "cpu": [f"tensorflow-cpu>={MIN_TENSORFLOW}"],

@@ -22,7 +22,7 @@ Multi-GPU: --strategy=mirrored (or auto) splits the global --batch_size over the
 divide it. Multi-machine: --strategy=multi_worker with TF_CONFIG set on every worker; the same
 model_dir must be reachable by all, and only the chief writes it.
 
-One run per model directory: the chief holds model_dir/train.lock (ssd.model_dir_lock) and a
+One run per model directory: the chief holds model_dir/train.lock (ssd.engine.model_dir_lock) and a
 second run is refused. Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption; with multi_worker,
 sent to any worker) finishes the step in flight, saves a checkpoint, says where, and exits with
 130 (SIGINT) or 143 (SIGTERM, or another worker was stopped); the same command resumes. A second
@@ -47,9 +47,9 @@ cli.quiet_tensorflow_startup()
 
 from absl import app, flags, logging
 
-from ssd import config as config_lib
-from ssd import resume
-from ssd.interrupts import TrainingInterrupted
+from ssd.config import loading as config_lib
+from ssd.config import resume
+from ssd.engine.interrupts import TrainingInterrupted
 
 FLAGS = flags.FLAGS
 
@@ -107,7 +107,7 @@ def explicit_overrides() -> config_lib.Overrides:
 
 
 def run_config_for(config: config_lib.Config, model_dir: str, strategy):
-    from ssd.estimator import RunConfig
+    from ssd.engine.estimator import RunConfig
     train = config.train
     return RunConfig(
         model_dir=model_dir,
@@ -128,7 +128,7 @@ def run(model_dir: str) -> None:
     config, changes = resume.resolve_config(model_dir, FLAGS.config, recipe_given, explicit_overrides())
 
     # TensorFlow's runtime starts here: the multi-worker strategy must come first.
-    from ssd.distribute import DistributionError, check_batch_divisible, is_chief, make_strategy
+    from ssd.engine.distribute import DistributionError, check_batch_divisible, is_chief, make_strategy
     try:
         strategy = make_strategy(FLAGS.strategy, FLAGS.num_gpus)
         replicas = strategy.num_replicas_in_sync
@@ -140,13 +140,13 @@ def run(model_dir: str) -> None:
 
     import tensorflow as tf
 
-    from ssd.data import make_input_fn
-    from ssd.estimator import Estimator, NonFiniteLossError
-    from ssd.model_fn import SSDModelFn
+    from ssd.data.input_fn import make_input_fn
+    from ssd.engine.estimator import Estimator, NonFiniteLossError
+    from ssd.engine.model_fn import SSDModelFn
     from ssd.modes import ModeKeys
-    from ssd.pretrained import PretrainedError, initialize_for_config
-    from ssd.record_classes import check_record_classes
-    from ssd.record_files import DataError, data_error_from
+    from ssd.modeling.pretrained.vgg16 import PretrainedError, initialize_for_config
+    from ssd.data.record_classes import check_record_classes
+    from ssd.data.record_files import DataError, data_error_from
 
     try:
         train_input_fn = make_input_fn(FLAGS.data_dir, config, ModeKeys.TRAIN)
@@ -161,9 +161,9 @@ def run(model_dir: str) -> None:
     except DataError as e:
         raise TrainingError(str(e)) from e
 
-    from ssd.checkpoints import DamagedCheckpointError, remove_stale_temporaries
-    from ssd.interrupts import StopSignals
-    from ssd.model_dir_lock import ModelDirLock, ModelDirLockedError
+    from ssd.modeling.checkpoints import DamagedCheckpointError, remove_stale_temporaries
+    from ssd.engine.interrupts import StopSignals
+    from ssd.engine.model_dir_lock import ModelDirLock, ModelDirLockedError
 
     chief = is_chief(strategy)
     # Only the chief writes into model_dir, so only it takes the lock; `eval.py --watch` never does.
@@ -231,7 +231,7 @@ def main(argv) -> None:
         raise app.UsageError("--model_dir is required")
     if not FLAGS.data_dir:
         raise app.UsageError("--data_dir is required")
-    from ssd.record_classes import RecordClassesError  # TensorFlow loads after flag parsing
+    from ssd.data.record_classes import RecordClassesError  # TensorFlow loads after flag parsing
 
     try:
         run(FLAGS.model_dir)

@@ -16,7 +16,7 @@ left, ground truth right); objects of classes the model does not know are counte
 
 Pictures are shown as a person sees them: a photo's EXIF orientation is applied, and the detector
 runs on those upright pixels. With an annotation, its <size> decides the pixel grid as the
-converters decide it (ssd.orientation.orient_for_annotation): the upright picture when <size> is
+converters decide it (ssd.data.orientation.orient_for_annotation): the upright picture when <size> is
 the upright size, the stored one when it is the stored size, and --exif=auto|apply|ignore when
 it cannot tell (auto keeps the stored grid and warns, like the converters).
 """
@@ -39,7 +39,7 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image, UnidentifiedImageError
 
-from ssd import config as config_lib
+from ssd.config import loading as config_lib
 
 FLAGS = flags.FLAGS
 
@@ -103,12 +103,12 @@ def output_name(path: Path, used: set[str]) -> str:
 
 
 class CheckpointDetector:
-    """model_dir's config and a checkpoint, through ssd.detector.Detector: batched inference."""
+    """model_dir's config and a checkpoint, through ssd.inference.detector.Detector: batched inference."""
 
     def __init__(self, model_dir: str, checkpoint_path: str | None, batch_size: int | None,
                  precision: str = "float32"):
-        from ssd import checkpoints
-        from ssd.detector import Detector, build_inference_model
+        from ssd.modeling import checkpoints
+        from ssd.inference.detector import Detector, build_inference_model
 
         self.config = config_lib.load_saved_config(model_dir)
         checkpoint = checkpoints.find_checkpoint(model_dir, checkpoint_path)
@@ -129,7 +129,7 @@ class SavedModelDetector:
     def __init__(self, saved_model: str, score_threshold: float = 0.0):
         import tensorflow as tf
 
-        from ssd.export import SIGNATURE_CLASS_NAMES, SIGNATURE_IMAGES
+        from ssd.inference.saved_model import SIGNATURE_CLASS_NAMES, SIGNATURE_IMAGES
 
         loaded = tf.saved_model.load(saved_model)
         self._loaded = loaded  # keeps the signatures' variables alive
@@ -161,7 +161,7 @@ def read_image(path: Path) -> Image.Image:
 
 def read_ground_truth(annotation: Path, class_names: list[str]):
     """(VOC annotation, boxes [N, 4] VOC pixels, labels [N], names of objects of unknown classes)."""
-    from ssd.voc_xml import labeled_boxes, parse_voc_xml
+    from ssd.voc.annotations import labeled_boxes, parse_voc_xml
 
     parsed = parse_voc_xml(annotation)
     boxes, labels, _, unknown = labeled_boxes(parsed, class_names)
@@ -175,7 +175,7 @@ def picture(stored: Image.Image, annotated: bool, annotated_size: tuple[int, int
     Not annotated: the picture upright by its EXIF orientation. Annotated: the grid the
     annotation's (width, height) refers to (None: no usable <size>), by the converters' rule.
     """
-    from ssd.orientation import apply_orientation, orient_for_annotation, orientation_of
+    from ssd.data.orientation import apply_orientation, orient_for_annotation, orientation_of
 
     if not annotated:
         return apply_orientation(stored, orientation_of(stored)).convert("RGB"), None
@@ -191,7 +191,7 @@ def picture(stored: Image.Image, annotated: bool, annotated_size: tuple[int, int
 def ground_truth_image(image: Image.Image, boxes: np.ndarray, labels: np.ndarray,
                        class_names: list[str]) -> Image.Image:
     from ssd.draw import draw_boxes
-    from ssd.voc_coords import voc_to_normalized
+    from ssd.voc.coords import voc_to_normalized
 
     height, width = image.height, image.width
     edges = voc_to_normalized(boxes, height, width) * np.array([height, width, height, width])
@@ -210,7 +210,7 @@ def draw(image: Image.Image, detection: dict, class_names: list[str], threshold:
 
 def _load(path: Path, annotations_dir: Path | None, class_names: list[str], policy: str) -> dict:
     """One image's pixels to draw on and, when its annotation reads, the ground truth."""
-    from ssd.voc_xml import VocXmlError
+    from ssd.voc.annotations import VocXmlError
 
     item = {"path": path, "truth": None, "problem": None}
     stored = read_image(path)
@@ -318,7 +318,7 @@ def main(argv) -> None:
     if FLAGS.checkpoint_path and not FLAGS.model_dir:
         raise app.UsageError("--checkpoint_path goes with --model_dir")
 
-    from ssd import checkpoints
+    from ssd.modeling import checkpoints
 
     try:
         paths = collect_images(FLAGS.images)

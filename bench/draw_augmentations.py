@@ -22,11 +22,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import tensorflow as tf  # noqa: E402
 
 from input_pipeline import synthetic_jpeg  # noqa: E402
-from ssd import augment  # noqa: E402
-from ssd.config import load_config  # noqa: E402
-from ssd.record_files import resolve_files  # noqa: E402
-from ssd.preprocessing import to_display  # noqa: E402
-from ssd.records import parse_example  # noqa: E402
+from ssd.data.augment import recipe as augment  # noqa: E402
+from ssd.config.loading import load_config  # noqa: E402
+from ssd.data.record_files import resolve_files  # noqa: E402
+from ssd.data.preprocessing import to_display  # noqa: E402
+from ssd.data.records import parse_example  # noqa: E402
 
 COLOURS = [(255, 255, 255), (255, 64, 64), (64, 255, 64), (64, 160, 255), (255, 220, 0)]
 

@@ -28,10 +28,10 @@ cpu.prefer_onednn()  # before TensorFlow loads: the kernels the apps use
 
 import tensorflow as tf  # noqa: E402
 
-from ssd.config import VOC_CLASSES, load_config  # noqa: E402
-from ssd.data import make_input_fn  # noqa: E402
+from ssd.config.loading import VOC_CLASSES, load_config  # noqa: E402
+from ssd.data.input_fn import make_input_fn  # noqa: E402
 from ssd.modes import ModeKeys  # noqa: E402
-from ssd.records import SHARD_PATTERN, make_example, shard_name  # noqa: E402
+from ssd.data.records import SHARD_PATTERN, make_example, shard_name  # noqa: E402
 
 WIDTH, HEIGHT = 500, 375
 

@@ -2,14 +2,14 @@
 
     python bench/model_size.py
 
-Builds every network through `ssd.model.build_model` from a recipe: SSD300-VGG16 and
+Builds every network through `ssd.modeling.vgg16_ssd.build_model` from a recipe: SSD300-VGG16 and
 SSD512-VGG16 from `ssd300_voc0712` / `ssd512_voc0712` (21 classes, and 81 classes as on COCO)
 and SSDLite-MobileNetV2 320 from `ssdlite320_mobilenetv2_coco` / `_voc` (81 and 21 classes; the
 TF Object Detection API's anchors: 3 boxes on the first map, 6 elsewhere), plus SSDLite with 6
 boxes at every map for comparison, and prints
 their parameters (Keras' count_params: batch-norm moving statistics included; and the trainable
 ones alone, which is what the published figures match best) and multiply-adds
-per image (`ssd.model_size.count_multiply_adds`: convolutions and dense layers only, as the
+per image (`ssd.modeling.model_size.count_multiply_adds`: convolutions and dense layers only, as the
 papers count them).
 
 Published figures: MobileNetV2 paper (Sandler et al., CVPR 2018), Table 6, COCO models:
@@ -31,9 +31,9 @@ from ssd import cpu  # noqa: E402
 
 cpu.prefer_onednn()  # before TensorFlow loads: the kernels the apps use
 
-from ssd.config import load_config  # noqa: E402
-from ssd.model import build_model  # noqa: E402
-from ssd.model_size import count_multiply_adds  # noqa: E402
+from ssd.config.loading import load_config  # noqa: E402
+from ssd.modeling.vgg16_ssd import build_model  # noqa: E402
+from ssd.modeling.model_size import count_multiply_adds  # noqa: E402
 
 COCO_CLASSES = 81  # 80 object classes + background
 

@@ -4,14 +4,14 @@
         [--iterations=2] [--nojpeg] [--precisions=float32,bfloat16]
 
 --config takes any recipe name or path (SSD300/SSD512-VGG16, SSDLite-MobileNetV2); the network
-is built by `ssd.model.build_model` for the recipe's backbone and fed in its input convention.
+is built by `ssd.modeling.vgg16_ssd.build_model` for the recipe's backbone and fed in its input convention.
 
 Prints, for each inference precision (float32; bfloat16 = Keras mixed_bfloat16, float32 weights),
 images/s of
   * the network alone, plain tf.function and XLA-compiled (jit_compile=True);
-  * end to end from preprocessed tensors: network + post-processing (ssd.postprocess) in one call;
+  * end to end from preprocessed tensors: network + post-processing (ssd.modeling.postprocess) in one call;
     for networks with batch norm also with it folded into the convolutions, as exported
-    (ssd.batch_norm_folding);
+    (ssd.inference.batch_norm_folding);
   * end to end from JPEG bytes (decode, resize, mean subtraction in the graph, as the SavedModel
     serving signature does), unless --nojpeg;
 and the post-processing cost in ms/image for two score distributions:
@@ -47,12 +47,12 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ssd.anchors import generate_anchors  # noqa: E402
-from ssd.batch_norm_folding import fold_batch_norm  # noqa: E402
-from ssd.config import load_config  # noqa: E402
-from ssd.detector import Detector, build_inference_model  # noqa: E402
-from ssd.postprocess import postprocess  # noqa: E402
-from ssd.preprocessing import preprocess_image  # noqa: E402
+from ssd.modeling.anchors import generate_anchors  # noqa: E402
+from ssd.inference.batch_norm_folding import fold_batch_norm  # noqa: E402
+from ssd.config.loading import load_config  # noqa: E402
+from ssd.inference.detector import Detector, build_inference_model  # noqa: E402
+from ssd.modeling.postprocess import postprocess  # noqa: E402
+from ssd.data.preprocessing import preprocess_image  # noqa: E402
 
 flags.DEFINE_integer("batch_size", 8, "Images per call.")
 flags.DEFINE_integer("repeats", 3, "Timed measurements per figure.")
@@ -166,7 +166,7 @@ def main(argv) -> None:
         report(f"end to end {precision}, preprocessed input",
                measure(lambda x: detector(x, shapes), images, iterations, repeats), batch)
         folded = fold_batch_norm(model)
-        if folded is not model:  # what the SavedModel serves (ssd.export)
+        if folded is not model:  # what the SavedModel serves (ssd.inference.saved_model)
             exported = Detector(folded, config, jit_compile=False)
             report(f"end to end {precision}, batch norm folded",
                    measure(lambda x: exported(x, shapes), images, iterations, repeats), batch)

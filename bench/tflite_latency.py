@@ -7,10 +7,10 @@ Models (random weights: the network's cost does not depend on them):
   ssd300_vgg16             SSD300-VGG16, 21 classes (configs/ssd300_voc0712.json), 8732 boxes;
   ssdlite320_mobilenet_v2  SSDLite-MobileNetV2 at 320, 81 classes (configs/ssdlite320_mobilenetv2_coco.json),
                            2034 boxes.
-For each: the .tflite model of ssd.tflite_export (uint8 [1, S, S, 3] in, preprocessing, network,
+For each: the .tflite model of ssd.inference.tflite (uint8 [1, S, S, 3] in, preprocessing, network,
 built-in-only post-processing) run by the TFLite interpreter with --num_threads, float32 and
 int8 (calibrated on --calibration_images random images: enough for timing, not for accuracy), and
-the SavedModel of ssd.export on the same image (its `serving_images` signature: the Detector,
+the SavedModel of ssd.inference.saved_model on the same image (its `serving_images` signature: the Detector,
 TensorFlow's own thread pools, combined NMS; its score threshold input at 0 as the .tflite
 model has none). Post-processing cost does depend on the scores: random weights put many boxes
 above the 0.01 threshold (a heavy case for NMS), the same for every row of the table.
@@ -38,10 +38,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from ssd import tflite_export as te  # noqa: E402
-from ssd.config import load_config  # noqa: E402
-from ssd.detector import build_inference_model  # noqa: E402
-from ssd.export import SIGNATURE_IMAGES, export_saved_model  # noqa: E402
+from ssd.inference import tflite as te  # noqa: E402
+from ssd.config.loading import load_config  # noqa: E402
+from ssd.inference.detector import build_inference_model  # noqa: E402
+from ssd.inference.saved_model import SIGNATURE_IMAGES, export_saved_model  # noqa: E402
 
 COCO_CLASSES = 81  # 80 object classes + background
 

@@ -56,7 +56,7 @@ def write_synthetic_records(directory: str, class_count: int) -> str:
     import tensorflow as tf
     from PIL import Image
 
-    from ssd.records import make_example
+    from ssd.data.records import make_example
     rng = np.random.default_rng(0)
     writers = [tf.io.TFRecordWriter(os.path.join(directory, f"bench-{i:05d}-of-00004")) for i in range(4)]
     for index in range(NUM_IMAGES):
@@ -124,10 +124,10 @@ def main(argv):
     if FLAGS.inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
 
-    from ssd.config import load_config
-    from ssd.data import make_input_fn
-    from ssd.estimator import Estimator, RunConfig
-    from ssd.model_fn import SSDModelFn
+    from ssd.config.loading import load_config
+    from ssd.data.input_fn import make_input_fn
+    from ssd.engine.estimator import Estimator, RunConfig
+    from ssd.engine.model_fn import SSDModelFn
     from ssd.modes import ModeKeys
 
     config = load_config("ssd300_voc0712", {"train.batch_size": FLAGS.batch_size,

@@ -3,7 +3,7 @@
 4,952 images, about 2.5 objects each (some difficult), 200 detections per image over 20 classes:
 jittered copies of the ground truth (hits, duplicates, near misses) plus random boxes. Prints the
 seconds spent adding the images and scoring them; with --files, also the seconds the file scorer
-(`python -m ssd.voc_eval`) takes to read the same case back from VOC XML and result files.
+(`python -m ssd.voc.eval`) takes to read the same case back from VOC XML and result files.
 
     python bench/voc_eval.py [--images 4952] [--detections 200] [--seed 0] [--metric voc07] [--files]
 """
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ssd.config import VOC_CLASSES
-from ssd.voc_eval import evaluate_files
-from ssd.voc_metric import VOCEvaluator
-from ssd.voc_table import format_table
+from ssd.config.loading import VOC_CLASSES
+from ssd.voc.eval import evaluate_files
+from ssd.voc.metric import VOCEvaluator
+from ssd.voc.table import format_table
 
 
 def random_boxes(rng: np.random.Generator, n: int, width: float, height: float) -> np.ndarray:

@@ -1,4 +1,4 @@
-r"""Converts COCO-format object detection data into sharded TFRecords (the schema of ssd/records.py).
+r"""Converts COCO-format object detection data into sharded TFRecords (the schema of ssd/data/records.py).
 
 Examples:
   # COCO 2017: train2017 for training, val2017 (= the 2014 minival) for evaluation
@@ -19,11 +19,11 @@ Writes `<name>-00000-of-000NN` ..., `<name>_categories.json` and `<name>_summary
 Categories: COCO's ids are sparse (1..90 for 80 categories); label i (1..K) is the i-th category
 in the order the annotation file lists them. `<name>_categories.json` records the map,
 {"categories": [{"label": 1, "coco_id": 1, "name": "person"}, ...]}; evaluation reads it with
-`ssd.coco_categories.read_category_map` to write detections with COCO ids. Several annotation
+`ssd.coco.categories.read_category_map` to write detections with COCO ids. Several annotation
 files must list the same categories.
 
 Each record: image/source_id = the COCO image id (as text), image/filename = the JSON file_name,
-class/text = the category name, boxes converted by ssd/coco_coords.py from the JSON's
+class/text = the category name, boxes converted by ssd/coco/coords.py from the JSON's
 [x, y, width, height] pixels (normalized by the JSON width and height), image/object/is_crowd =
 iscrowd, image/object/area = the annotation's area (pixels of the JSON size), difficult and
 truncated 0 (COCO has neither).
@@ -37,7 +37,7 @@ What happens with irregular input:
     numbers): dropped; boxes reaching outside the image: clipped; boxes entirely outside:
     dropped (each counted as a warning);
   * annotations without an area: the box area (warning); without iscrowd: 0 (warning);
-  * the JSON width/height and the image file: the EXIF rule of ssd/orientation.py chooses the
+  * the JSON width/height and the image file: the EXIF rule of ssd/data/orientation.py chooses the
     stored or the upright pixels first (--exif as in convert_voc.py). If the size still differs,
     an image of exactly the same aspect ratio (a resized copy) is kept, boxes normalized by the
     JSON size (warning "size_scaled"); any other size is skipped with its reason in the summary,
@@ -75,10 +75,10 @@ from absl import app, flags, logging
 from dataset import voc_image
 from dataset.tfrecord_writer import (DEFAULT_SHUFFLE_SEED, IMAGES_PER_SHARD, ConversionError, ConvertedImage,
                                      Note, Outcome, WarningTally, check_name, write_records)
-from ssd.coco_categories import (Category, CategoryError, category_map, category_map_path,
+from ssd.coco.categories import (Category, CategoryError, category_map, category_map_path,
                                  write_category_map)
-from ssd.coco_coords import coco_to_normalized
-from ssd.orientation import EXIF_POLICIES, UPRIGHT, check_policy
+from ssd.coco.coords import coco_to_normalized
+from ssd.data.orientation import EXIF_POLICIES, UPRIGHT, check_policy
 
 JPEG_QUALITY = 95
 MAX_LISTED = 10  # ids quoted in an error message

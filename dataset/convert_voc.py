@@ -1,4 +1,4 @@
-r"""Converts PASCAL VOC-format data sets into sharded TFRecords (the schema of ssd/records.py).
+r"""Converts PASCAL VOC-format data sets into sharded TFRecords (the schema of ssd/data/records.py).
 
 Examples:
   # VOC07+12 trainval (16,551 images) for training, VOC07 test (4,952) for evaluation
@@ -29,7 +29,7 @@ What happens with irregular input:
     stored when it matches the stored one; when <size> cannot tell (missing, matching neither,
     square images, orientations 2-4 that keep width and height) `--exif` decides: auto keeps the
     stored grid with a warning, apply turns the image upright, ignore keeps it as stored. Boxes
-    are never changed, only the pixels chosen (ssd/orientation.py);
+    are never changed, only the pixels chosen (ssd/data/orientation.py);
   * a box reaching outside the image: clipped (warning); inverted, or empty after clipping:
     dropped (warning);
   * class names not in the class list: an error listing them with their files, or with
@@ -67,11 +67,11 @@ from absl import app, flags, logging
 from dataset import voc_image
 from dataset.tfrecord_writer import (DEFAULT_SHUFFLE_SEED, IMAGES_PER_SHARD, ConversionError, ConvertedImage,
                                      Outcome, WarningTally, check_name, write_records)
-from ssd import voc_xml
-from ssd.config import VOC_CLASSES
-from ssd.image_ids import read_image_ids
-from ssd.orientation import EXIF_POLICIES, UPRIGHT, check_policy
-from ssd.voc_coords import voc_to_normalized
+from ssd.voc import annotations as voc_xml
+from ssd.config.loading import VOC_CLASSES
+from ssd.voc.image_ids import read_image_ids
+from ssd.data.orientation import EXIF_POLICIES, UPRIGHT, check_policy
+from ssd.voc.coords import voc_to_normalized
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".JPG", ".JPEG", ".png", ".PNG")
 JPEG_QUALITY = 95

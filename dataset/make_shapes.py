@@ -48,9 +48,9 @@ import numpy as np
 from absl import app, flags
 from PIL import Image, ImageDraw
 
-from ssd.coco_coords import normalized_to_coco
+from ssd.coco.coords import normalized_to_coco
 from ssd.progress import Progress
-from ssd.voc_coords import voc_to_normalized
+from ssd.voc.coords import voc_to_normalized
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "star")
 # COCO category ids of the classes (listed in SHAPE_CLASSES order): sparse and not increasing.

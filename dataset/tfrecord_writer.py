@@ -32,8 +32,8 @@ from typing import Callable, Iterator, Sequence, TextIO, TypeVar
 import tensorflow as tf
 from absl import logging
 
-from ssd import records
-from ssd.records import SHARD_PATTERN, parse_shard_name, shard_name, summary_name
+from ssd.data import records
+from ssd.data.records import SHARD_PATTERN, parse_shard_name, shard_name, summary_name
 from ssd.progress import Progress
 
 IMAGES_PER_SHARD = 1000
@@ -64,7 +64,7 @@ class ConvertedImage:
     reencoded: str | None             # why the source bytes were not kept; None if kept
     exif_orientation: int = 1         # the source's EXIF orientation tag
     exif_upright: bool = False        # the record holds the upright (transposed) pixels
-    exif_decided_by: str = "tag"      # "tag", "size" or "policy" (ssd.orientation)
+    exif_decided_by: str = "tag"      # "tag", "size" or "policy" (ssd.data.orientation)
     is_crowd: tuple[int, ...] | None = None  # None: all 0
     area: tuple[float, ...] | None = None    # annotated areas in pixels; None: not written
 

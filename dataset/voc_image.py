@@ -8,7 +8,7 @@ re-encoded as an RGB JPEG. Files that do not decode completely raise `CorruptIma
 truncated JPEG decodes to a grey bottom that would silently lose annotated objects, so it is never
 written.
 
-The EXIF orientation tag is followed by the rule of `ssd.orientation`: given the size the annotation
+The EXIF orientation tag is followed by the rule of `ssd.data.orientation`: given the size the annotation
 states, the record holds either the stored pixel grid (what `tf.io.decode_jpeg` returns for the
 original bytes) or the upright one (decoded, transposed and re-encoded without the tag).
 Boxes are never touched here; only the pixels that match them are chosen.
@@ -23,7 +23,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from ssd.orientation import OrientationChoice, orient_for_annotation
+from ssd.data.orientation import OrientationChoice, orient_for_annotation
 
 # SOF0 baseline, SOF1 extended sequential, SOF2 progressive (all Huffman-coded).
 _KEPT_FRAME_MARKERS = (0xC0, 0xC1, 0xC2)
@@ -179,7 +179,7 @@ def load_rgb_jpeg(data: bytes, quality: int = 95, annotated_size: tuple[int, int
     """Original bytes of a plain RGB JPEG, or the image re-encoded as one. Raises CorruptImageError.
 
     `annotated_size` (width, height) and `exif_policy` choose between the stored and the upright
-    pixel grid (`ssd.orientation.choose_orientation`); the defaults keep the stored grid.
+    pixel grid (`ssd.data.orientation.choose_orientation`); the defaults keep the stored grid.
     """
     stored = _decode(data)
     reason = _why_not_kept(data, stored)

@@ -13,7 +13,7 @@ SOURCES = ("setup.py", "README.md", "ssd", "configs")
 
 CHECK = """
 import json
-import ssd.config as config
+import ssd.config.loading as config
 c = config.load_config("ssd300_voc0712")
 print(json.dumps({"module": config.__file__, "recipe_dir": str(config.recipe_dir()),
                   "recipes": config.recipe_names(), "preset": c.anchors.preset,

@@ -1,0 +1,1 @@
+"""Trained weights of other frameworks read into this project's models: file formats and their layouts."""

@@ -1,0 +1,1 @@
+"""The configuration: its schema, validation, recipes and presets, the architecture table, resuming."""

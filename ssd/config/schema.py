@@ -1,0 +1,198 @@
+"""The configuration's schema: one typed dataclass per section, and the error it raises.
+
+Loading, recipes and overrides are in `ssd.config.loading` (which re-exports these names); the checks of
+every field's value in `ssd.config.validation`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+
+# the 80 COCO object categories in the order of COCO's category ids (1..90, with gaps)
+COCO_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
+    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush",
+)
+
+# class lists a recipe (or an override) may name instead of listing: "data.class_names": "coco"
+NAMED_CLASS_LISTS = {"voc": VOC_CLASSES, "coco": COCO_CLASSES}
+
+# the values of `anchors.preset` and `data.augmentation` that name the TF1 reference recipe
+TF1 = "tf1"
+TFOD = "tfod"  # the TF Object Detection API's ssd_anchor_generator (SSDLite)
+ANCHOR_PRESETS = (TF1, "caffe", TFOD)
+AUGMENTATIONS = ("paper", TF1, "none")
+EVAL_METRICS = ("voc07", "voc12", "coco")
+OPTIMIZERS = ("momentum", "sgd", "adam")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the offending field."""
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    architecture: str = "ssd300"  # "ssd300", "ssd512" or "ssdlite320" (ssd.config.architectures)
+    # "vgg16" or "mobilenet_v2"; a recipe that leaves it out gets its architecture's backbone
+    backbone: str = "vgg16"
+    input_size: int = 300
+    num_classes: int = 21  # object classes + background (label 0)
+    width_multiplier: float = 1.0  # scales backbone and extra-layer channels
+    extra_batch_norm: bool = False  # vgg16: batch norm after each extra-layer conv
+    l2_norm_scale_init: float = 20.0  # vgg16: conv4_3's normalization scale
+    # mobilenet_v2: the moving-average momentum of every batch norm; null keeps the defaults
+    # (Keras' 0.999 in the backbone, the TF Object Detection API's 0.9997 elsewhere), made for
+    # long runs: a short run needs less (ssd.modeling.ssdlite)
+    batch_norm_momentum: float | None = None
+
+
+@dataclasses.dataclass
+class AnchorConfig:
+    """Default boxes. `preset` fixes the per-location order and where sizes come from.
+
+    tf1:   the TF1 reference implementation's anchors: sizes from `scales` / `extra_scales`
+           (fractions of the image); at each location the extra square box comes first, then one
+           box per aspect ratio in the listed order.
+    caffe: the paper's Caffe anchors: sizes from `min_sizes` / `max_sizes` (pixels, truncated to
+           whole pixels as Caffe's PriorBox layer does: 35.84 gives 35); at each location the
+           square of min_size, then the square of sqrt(min_size * max_size), then the other ratios.
+    tfod:  the TF Object Detection API's anchors (ssdlite_mobilenet_v2): sizes from `scales` /
+           `extra_scales` like tf1, but at each location one box per aspect ratio in the listed
+           order comes first and the extra square last. Its table: scales linear from 0.2 to 0.95
+           over the maps, ratios 1, 2, 1/2, 3, 1/3 and an extra square of sqrt(s_k * s_k+1)
+           (s_n+1 = 1); the lowest map has 3 boxes ("reduce boxes in lowest layer"): ratios 2 and
+           1/2 at s_1 and a square of 0.1 (the API puts that square first, here it is last).
+    Fields left empty in a recipe are filled from the preset's table for the architecture.
+    """
+
+    preset: str = "tf1"  # "tf1", "caffe" or "tfod" ("seed", the old name of "tf1", is still read)
+    feature_map_sizes: list[int] = dataclasses.field(default_factory=list)
+    steps: list[float] = dataclasses.field(default_factory=list)  # pixels between centres
+    offset: float = 0.5  # centre offset in units of a step
+    aspect_ratios: list[list[float]] = dataclasses.field(default_factory=list)
+    scales: list[float] = dataclasses.field(default_factory=list)
+    extra_scales: list[float] = dataclasses.field(default_factory=list)
+    min_sizes: list[float] = dataclasses.field(default_factory=list)
+    max_sizes: list[float] = dataclasses.field(default_factory=list)
+    clip: bool = False
+
+    @property
+    def boxes_per_location(self) -> list[int]:
+        """Boxes at each location of each source map: every preset adds one extra square box to
+        the boxes of the aspect ratios (Caffe's ratio-1 box is its min_size square)."""
+        return [len(ratios) + 1 for ratios in self.aspect_ratios]
+
+
+@dataclasses.dataclass
+class MatchingConfig:
+    positive_threshold: float = 0.5  # IoU at or above which a default box is positive
+    negative_threshold: float = 0.5  # IoU below which an unmatched box is background
+    variances: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.1, 0.2, 0.2])
+    use_difficult: bool = False  # Caffe keeps difficult objects as targets; TF1 drops them
+
+
+@dataclasses.dataclass
+class LossConfig:
+    negative_ratio: float = 3.0
+    smooth_l1_beta: float = 1.0
+    weight_decay: float = 5e-4
+    decay_biases: bool = True  # the TF1 reference decays kernels and biases; Caffe does not
+    norm_scale_decay_multiplier: float = 0.1  # the conv4_3 scale is decayed at 0.1x
+
+
+@dataclasses.dataclass
+class DataConfig:
+    class_names: list[str] = dataclasses.field(default_factory=lambda: list(VOC_CLASSES))
+    mean_rgb: list[float] = dataclasses.field(default_factory=lambda: [123.68, 116.78, 103.94])
+    # the model input convention, "caffe_bgr_mean" or "tf_rgb_unit" (ssd.data.preprocessing); it must
+    # be the backbone's, and a recipe that leaves it out gets it. mean_rgb is the zoom-out
+    # canvas colour in both, and the subtracted mean in caffe_bgr_mean.
+    preprocessing: str = "caffe_bgr_mean"
+    augmentation: str = "paper"  # "paper", "tf1" or "none" ("seed": old name of "tf1")
+    photometric: bool = True
+    expansion_probability: float = 0.5
+    max_expansion: float = 4.0
+    crop_min_ious: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
+    crop_max_trials: int = 50
+    crop_min_scale: float = 0.3
+    crop_max_aspect_ratio: float = 2.0
+    flip_probability: float = 0.5
+    random_interpolation: bool = True
+    shuffle_buffer: int = 2048
+    max_boxes: int = 100  # ground-truth boxes kept per image (eval padding)
+    num_parallel_calls: int = -1  # -1: tf.data.AUTOTUNE
+    seed: int | None = None  # set for reproducible batches
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    batch_size: int = 32  # global, split across replicas
+    max_steps: int = 120_000
+    optimizer: str = "momentum"  # "momentum", "sgd" or "adam"
+    momentum: float = 0.9
+    learning_rate: float = 1e-3
+    # biases learn at this multiple of the learning rate (Caffe: 2); SGD and momentum only
+    bias_lr_multiplier: float = 1.0
+    lr_boundaries: list[int] = dataclasses.field(default_factory=lambda: [500, 80_000, 100_000])
+    lr_factors: list[float] = dataclasses.field(default_factory=lambda: [0.1, 1.0, 0.1, 0.01])
+    lr_floor: float = 1e-6
+    save_checkpoints_steps: int = 1000
+    save_checkpoints_secs: int = 0  # 0: by steps only
+    keep_checkpoint_max: int = 5
+    save_summary_steps: int = 100
+    log_step_count_steps: int = 100
+    image_summary_steps: int = 2000
+    seed: int | None = None
+    mixed_precision: str = "none"  # "none", "float16" or "bfloat16"
+    jit_compile: bool = False
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    batch_size: int = 8
+    score_threshold: float = 0.01
+    pre_nms_top_k: int = 400
+    nms_iou_threshold: float = 0.45
+    max_detections: int = 200
+    min_box_size: float = 0.0  # the TF1 reference drops boxes under 0.03 of the image
+    metric: str = "voc07"  # "voc07" (11-point), "voc12" (all points) or "coco" (AP@[.5:.95])
+
+
+@dataclasses.dataclass
+class Config:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    anchors: AnchorConfig = dataclasses.field(default_factory=AnchorConfig)
+    matching: MatchingConfig = dataclasses.field(default_factory=MatchingConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+
+def shape_fields(config: Config) -> dict[str, Any]:
+    """The fields that fix the model's variable shapes; a resumed run may not change them."""
+    return {
+        "model.architecture": config.model.architecture,
+        "model.backbone": config.model.backbone,
+        "model.input_size": config.model.input_size,
+        "model.num_classes": config.model.num_classes,
+        "model.width_multiplier": config.model.width_multiplier,
+        "model.extra_batch_norm": config.model.extra_batch_norm,
+        "anchors.feature_map_sizes": config.anchors.feature_map_sizes,
+        "anchors.boxes_per_location": config.anchors.boxes_per_location,
+    }

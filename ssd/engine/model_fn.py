@@ -1,0 +1,134 @@
+"""The SSD model function for `ssd.engine.estimator.Estimator`: loss, learning rate, optimizer, summaries.
+
+`SSDModelFn(config, context)` is created once per Estimator inside the strategy scope and holds
+the config, the Keras network, the default boxes and the optimizer. Calling it with
+`(features, labels, ModeKeys.TRAIN)` gives the training `EstimatorSpec`: total loss = cls_loss +
+loc_loss + l2_loss (SSD_FACTS "Loss"). The confidence and box losses are sums over the global
+batch divided by N, the number of positive default boxes in the GLOBAL batch: each replica
+divides its own sums by N all-reduced across replicas. Keras 3 optimizers SUM gradients across
+replicas, so the replicas' shares add up to the loss (and gradient) of one replica on the whole
+batch; the weight decay term is added once, as 1/num_replicas of it on every replica. Logged
+alongside: each component, `accuracy` (argmax = target over the anchors the loss sees: positives
+and mined negatives) and `num_positives` (global N).
+
+Inference (evaluation, prediction, export) is not a mode of the model function: it is
+`ssd.inference.detector.Detector` over the trained network.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ssd.modeling import boxes as box_ops
+from ssd.modeling.anchors import generate_anchors
+from ssd.config.loading import Config, TrainConfig
+from ssd.engine.estimator import EstimatorSpec, ModelContext, ModelFunction
+from ssd.modeling.losses import classification_accuracy, detection_losses, is_bias, weight_decay_loss
+from ssd.modeling.vgg16_ssd import build_model
+from ssd.modes import ModeKeys
+from ssd.data.preprocessing import to_display
+
+SUMMARY_IMAGES = 3  # training images drawn with their ground truth for TensorBoard
+
+
+def learning_rate_at(step, train_config: TrainConfig) -> tf.Tensor:
+    """Piecewise constant: learning_rate * lr_factors[i] on steps [boundary[i-1], boundary[i]).
+
+    `step` counts the updates already applied, so with the seed's boundaries [500, 80000, 100000]
+    and factors [0.1, 1, 0.1, 0.01] the first 500 updates use 1e-4. Never below lr_floor.
+    """
+    step = tf.cast(step, tf.int64)
+    boundaries = tf.constant(train_config.lr_boundaries, tf.int64, shape=[len(train_config.lr_boundaries)])
+    index = tf.reduce_sum(tf.cast(step >= boundaries, tf.int32))
+    factor = tf.gather(tf.constant(train_config.lr_factors, tf.float32), index)
+    return tf.maximum(train_config.learning_rate * factor, train_config.lr_floor)
+
+
+def make_optimizer(train_config: TrainConfig, global_step: tf.Variable) -> keras.optimizers.Optimizer:
+    """The configured optimizer with the learning rate schedule read from `global_step`."""
+    def learning_rate():
+        return learning_rate_at(global_step, train_config)
+
+    if train_config.optimizer == "momentum":
+        return keras.optimizers.SGD(learning_rate, momentum=train_config.momentum)
+    if train_config.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate)
+    if train_config.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    raise ValueError(f"train.optimizer: unknown optimizer {train_config.optimizer!r}")
+
+
+def gradient_multiplier(variable, train_config: TrainConfig) -> float:
+    """What a variable's gradient is multiplied by before the optimizer applies it.
+
+    For SGD with or without momentum the update is linear in the gradient, so multiplying a
+    bias's gradient by `bias_lr_multiplier` trains it at exactly that multiple of the learning
+    rate, as Caffe's per-parameter `lr_mult` does (validation refuses a multiplier with Adam,
+    whose steps do not scale with the gradient).
+    """
+    return train_config.bias_lr_multiplier if is_bias(variable) else 1.0
+
+
+class SSDModelFn(ModelFunction):
+    """Holds the config, SSD network, default boxes and optimizer; called in TRAIN mode. Its
+    `gradient_multiplier(variable)` gives the training step Caffe's bias learning rate."""
+
+    def __init__(self, config: Config, context: ModelContext):
+        self.config = config
+        self.model = build_model(config)
+        self.optimizer = make_optimizer(config.train, context.global_step)
+        self.anchors = tf.constant(generate_anchors(config), tf.float32)
+        self._network = context.compile(self.model)
+
+    def gradient_multiplier(self, variable) -> float:
+        """Read by the training step (`ssd.engine.training.make_train_step`) for each variable."""
+        return gradient_multiplier(variable, self.config.train)
+
+    def __call__(self, features, labels, mode: str) -> EstimatorSpec:
+        if mode != ModeKeys.TRAIN:
+            raise ValueError(f"SSDModelFn serves training only, got mode {mode!r}; inference is "
+                             f"ssd.inference.detector.Detector")
+        cls_logits, box_encodings = self._network(features["image"], training=True)
+        return self._train_spec(features, labels, cls_logits, box_encodings)
+
+    def _train_spec(self, features, labels, cls_logits, box_encodings) -> EstimatorSpec:
+        cls_targets = labels["cls_targets"]
+        replica = tf.distribute.get_replica_context()
+        positive = cls_targets > 0
+        # the losses divide by the global count of positives, which only the replicas together
+        # know: compute that count first, and the mined anchors once, inside the losses
+        global_positives = tf.stop_gradient(replica.all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.cast(positive, tf.float32))))
+        losses = detection_losses(cls_logits, box_encodings, cls_targets, labels["loc_targets"],
+                                  self.config.loss, normalizer=global_positives)
+        seen = losses["seen"]
+        local_seen = tf.reduce_sum(tf.cast(seen, tf.float32))
+        global_seen = tf.stop_gradient(replica.all_reduce(tf.distribute.ReduceOp.SUM, local_seen))
+        l2_loss = weight_decay_loss(self.model, self.config.loss) / replica.num_replicas_in_sync
+        loss = losses["cls_loss"] + losses["loc_loss"] + l2_loss
+        accuracy = classification_accuracy(cls_logits, cls_targets, mask=seen)
+        correct_share = accuracy * local_seen / tf.maximum(global_seen, 1.0)
+        scalars = {"cls_loss": losses["cls_loss"], "loc_loss": losses["loc_loss"], "l2_loss": l2_loss,
+                   "accuracy": correct_share, "num_positives": losses["num_positives"]}
+        summary = {"image": features["image"][:SUMMARY_IMAGES],
+                   "cls_targets": cls_targets[:SUMMARY_IMAGES],
+                   "loc_targets": labels["loc_targets"][:SUMMARY_IMAGES]}
+        return EstimatorSpec(ModeKeys.TRAIN, loss=loss, scalars=scalars, summary_tensors=summary)
+
+    def summary_images(self, tensors) -> dict[str, tf.Tensor]:
+        """Training images (un-preprocessed, RGB) with the ground truth of their positive boxes."""
+        images = to_display(tensors["image"], self.config)
+        decoded = box_ops.decode(tf.cast(tensors["loc_targets"], tf.float32), self.anchors,
+                                 self.config.matching.variances).numpy()
+        positive = tensors["cls_targets"].numpy() > 0
+        drawn = []
+        for image, boxes, mask in zip(tf.unstack(images), decoded, positive):
+            # every positive default box of an object decodes to that object's box
+            gt_boxes = np.unique(np.round(boxes[mask], 5), axis=0).astype(np.float32)
+            if len(gt_boxes):
+                image = tf.image.draw_bounding_boxes(image[tf.newaxis], gt_boxes[tf.newaxis],
+                                                     np.array([[0.0, 1.0, 0.0]], np.float32))[0]
+            drawn.append(image)
+        return {"train/images_with_ground_truth": tf.stack(drawn)}

@@ -1,0 +1,1 @@
+"""Backbone initialization from ImageNet-trained weights (Keras files, TF-slim checkpoints)."""
