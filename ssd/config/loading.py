@@ -8,7 +8,7 @@ name from a source checkout, an editable install and a regular install alike.
 `load_config` resolves a recipe (anchor presets included), applies dotted overrides, validates
 every field (`ssd.config.validation`) and returns a `Config`; `to_json` / `from_json` round-trip
 it losslessly, which is how the trainer saves the resolved config into the model directory.
-Configs written by earlier versions still load: see `_upgrade_old_values`. A recipe may name a
+A recipe may name a
 class list instead of listing it (`"data": {"class_names": "coco"}`, see
 `config_schema.NAMED_CLASS_LISTS`); the resolved config holds the names themselves.
 """
@@ -25,7 +25,6 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping
 
-from absl import logging
 
 from ssd.config.anchor_presets import preset_values, tfod_scales  # noqa: F401 (tfod_scales: public here)
 from ssd.config.architectures import BACKBONE_PREPROCESSING, ARCHITECTURES
@@ -75,58 +74,6 @@ def _fill_derived_fields(values: dict[str, Any]) -> dict[str, Any]:
     if "preprocessing" not in data and model.get("backbone") in BACKBONE_PREPROCESSING:
         data["preprocessing"] = BACKBONE_PREPROCESSING[model["backbone"]]
     return {**values, "model": model, "data": data}
-
-
-# --- values written by earlier versions ----------------------------------------------------
-
-# field -> {old value: new value}
-_RENAMED_VALUES = {
-    ("anchors", "preset"): {"seed": TF1},
-    ("data", "augmentation"): {"seed": TF1},
-}
-_warned_renames: set[tuple[str, str, str]] = set()
-
-
-def _warn_renamed_once(field: str, old: str, new: str) -> None:
-    if (field, old, new) not in _warned_renames:
-        _warned_renames.add((field, old, new))
-        logging.warning("%s: %r is deprecated, use %r (read as %r)", field, old, new, new)
-
-
-def _upgrade_old_values(values: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
-    """A copy of `values` with renamed values replaced, and the removed `anchors.
-    boxes_per_location` taken out (returned second, None when absent) to be checked against the
-    value derived from the aspect ratios."""
-    upgraded = dict(values)
-    for (section, name), renames in _RENAMED_VALUES.items():
-        fields = upgraded.get(section)
-        value = fields.get(name) if isinstance(fields, Mapping) else None
-        if isinstance(value, str) and value in renames:
-            _warn_renamed_once(f"{section}.{name}", value, renames[value])
-            upgraded[section] = {**fields, name: renames[value]}
-    anchors = upgraded.get("anchors")
-    old_boxes = None
-    if isinstance(anchors, Mapping) and "boxes_per_location" in anchors:
-        anchors = dict(anchors)
-        old_boxes = anchors.pop("boxes_per_location")
-        upgraded["anchors"] = anchors
-    return upgraded, old_boxes
-
-
-def _check_old_boxes_per_location(old_boxes: Any, anchors: AnchorConfig) -> None:
-    field = "anchors.boxes_per_location"
-    boxes = _check_value(old_boxes, list[int], field)
-    derived = anchors.boxes_per_location
-    if len(boxes) != len(derived):
-        raise ConfigError(f"{field}: has {len(boxes)} values but anchors.aspect_ratios has "
-                          f"{len(derived)} lists; the field is derived from the aspect ratios now, "
-                          f"drop it")
-    for i, (given, expected) in enumerate(zip(boxes, derived)):
-        if given != expected:
-            raise ConfigError(
-                f"{field}[{i}]: is {given} but aspect_ratios[{i}] = {anchors.aspect_ratios[i]} "
-                f"gives {expected} boxes (one per ratio plus the extra square); the field is "
-                f"derived from the aspect ratios now, drop it")
 
 
 # --- named class lists -----------------------------------------------------------------------
@@ -198,15 +145,12 @@ def from_dict(values: Mapping[str, Any]) -> Config:
     """Builds a validated Config from a (possibly partial) nested mapping."""
     if not isinstance(values, Mapping):
         raise ConfigError(f"config: expected a mapping, got {values!r}")
-    values, old_boxes = _upgrade_old_values(values)
     values = _expand_named_class_list(values)
     values = _fill_derived_fields(values)
     config = Config()
     _update_dataclass(config, values, "")
     _fill_anchor_preset(config)
     validate(config)
-    if old_boxes is not None:
-        _check_old_boxes_per_location(old_boxes, config.anchors)
     return config
 
 
@@ -265,7 +209,7 @@ def _check_override(field: str, value: Any) -> None:
     """The checks one override can fail alone: an unknown field or section, a value of the wrong
     type. Raises ConfigError naming the field."""
     nested = _expand_named_class_list(apply_overrides({}, {field: value}))
-    _update_dataclass(Config(), _upgrade_old_values(nested)[0], "")
+    _update_dataclass(Config(), nested, "")
 
 
 def _leading_field(message: str) -> str:

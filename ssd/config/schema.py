@@ -54,6 +54,7 @@ class ModelConfig:
     num_classes: int = 21  # object classes + background (label 0)
     width_multiplier: float = 1.0  # scales backbone and extra-layer channels
     extra_batch_norm: bool = False  # vgg16: batch norm after each extra-layer conv
+    extra_padding: str = "caffe"  # vgg16 stride-2 extra convs: "caffe" (pad 1 all round) or "same" (TF1: bottom/right)
     l2_norm_scale_init: float = 20.0  # vgg16: conv4_3's normalization scale
     # mobilenet_v2: the moving-average momentum of every batch norm; null keeps the defaults
     # (Keras' 0.999 in the backbone, the TF Object Detection API's 0.9997 elsewhere), made for
@@ -80,7 +81,7 @@ class AnchorConfig:
     Fields left empty in a recipe are filled from the preset's table for the architecture.
     """
 
-    preset: str = "tf1"  # "tf1", "caffe" or "tfod" ("seed", the old name of "tf1", is still read)
+    preset: str = "tf1"  # "tf1", "caffe" or "tfod"
     feature_map_sizes: list[int] = dataclasses.field(default_factory=list)
     steps: list[float] = dataclasses.field(default_factory=list)  # pixels between centres
     offset: float = 0.5  # centre offset in units of a step
@@ -123,7 +124,7 @@ class DataConfig:
     # be the backbone's, and a recipe that leaves it out gets it. mean_rgb is the zoom-out
     # canvas colour in both, and the subtracted mean in caffe_bgr_mean.
     preprocessing: str = "caffe_bgr_mean"
-    augmentation: str = "paper"  # "paper", "tf1" or "none" ("seed": old name of "tf1")
+    augmentation: str = "paper"  # "paper", "tf1" or "none"
     photometric: bool = True
     expansion_probability: float = 0.5
     max_expansion: float = 4.0

@@ -51,6 +51,7 @@ def validate_model(m: ModelConfig) -> None:
     _require(m.num_classes >= 2, "model.num_classes", f"must be >= 2 (background + 1), got {m.num_classes}")
     _require(0 < m.width_multiplier <= 4, "model.width_multiplier", f"must be in (0, 4], got {m.width_multiplier}")
     _require(m.l2_norm_scale_init > 0, "model.l2_norm_scale_init", "must be positive")
+    _choice(m.extra_padding, ("caffe", "same"), "model.extra_padding")
 
 
 def _validate_anchor_sizes(a: AnchorConfig, n: int, architecture: str) -> None:

@@ -60,7 +60,6 @@ def test_overrides_apply_dotted_fields():
     ({"anchors.steps": [8, 16, 32, 30, 100, 300]}, "anchors.steps[3]"),
     ({"anchors.aspect_ratios": [[1, -2, 0.5]] + [[1, 2, 3, 0.5, 0.3]] * 3 + [[1, 2, 0.5]] * 2},
      "anchors.aspect_ratios[0][1]"),
-    ({"anchors.boxes_per_location": [4, 4, 6, 6, 4, 4]}, "anchors.boxes_per_location[1]"),
     ({"model.num_classes": 5}, "model.num_classes"),
     ({"train.lr_factors": [0.1, 1.0]}, "train.lr_factors"),
     ({"model.input_size": 512}, "model.input_size"),
@@ -120,62 +119,15 @@ def test_boxes_per_location_is_derived_from_the_aspect_ratios():
     assert "boxes_per_location" not in cfg.to_dict(cfg.load_config("ssd300_voc0712"))["anchors"]
 
 
-def _old_saved_config(config, **anchor_values):
-    """A config.json as earlier versions wrote it: boxes_per_location stored, "seed" values."""
-    values = cfg.to_dict(config)
-    values["anchors"].update(anchor_values)
-    return values
-
-
-def test_old_saved_config_with_consistent_boxes_per_location_loads(tmp_path):
-    config = cfg.load_config("ssd300_voc0712", {"train.seed": 5})
-    old = _old_saved_config(config, boxes_per_location=[4, 6, 6, 6, 4, 4])
-    (tmp_path / cfg.CONFIG_FILENAME).write_text(json.dumps(old))
-    assert cfg.load_saved_config(tmp_path) == config
-
-
-def test_old_saved_config_with_inconsistent_boxes_per_location_is_refused(tmp_path):
-    config = cfg.load_config("ssd300_voc0712")
-    old = _old_saved_config(config, boxes_per_location=[4, 6, 6, 6, 6, 4])
-    (tmp_path / cfg.CONFIG_FILENAME).write_text(json.dumps(old))
-    with pytest.raises(cfg.ConfigError) as info:
+def test_fields_of_no_version_are_refused_by_name(tmp_path):
+    """No compatibility reading: a field this version does not have is an error naming it."""
+    values = cfg.to_dict(cfg.load_config("ssd300_voc0712"))
+    values["anchors"]["boxes_per_location"] = [4, 6, 6, 6, 4, 4]
+    (tmp_path / cfg.CONFIG_FILENAME).write_text(json.dumps(values))
+    with pytest.raises(cfg.ConfigError, match="anchors.boxes_per_location"):
         cfg.load_saved_config(tmp_path)
-    message = str(info.value)
-    assert "anchors.boxes_per_location[4]" in message and str(tmp_path) in message
-    assert "gives 4 boxes" in message
-
-
-@pytest.fixture
-def deprecation_warnings(monkeypatch):
-    """The absl warnings logged by config loading (each deprecation is logged once per process:
-    the record of what was already logged starts empty here)."""
-    from absl import logging as absl_logging
-    monkeypatch.setattr(cfg, "_warned_renames", set())
-    messages = []
-    monkeypatch.setattr(absl_logging, "warning", lambda fmt, *args: messages.append(fmt % args))
-    return messages
-
-
-@pytest.mark.parametrize("field", ["anchors.preset", "data.augmentation"])
-def test_old_seed_value_reads_as_tf1_with_one_warning(deprecation_warnings, tmp_path, field):
-    section, name = field.split(".")
-    config = cfg.load_config("ssd300_voc0712", {field: "seed"})
-    assert getattr(getattr(config, section), name) == "tf1"
-    assert config == cfg.load_config("ssd300_voc0712", {field: "tf1"})
-    recipe = tmp_path / "old_recipe.json"
-    recipe.write_text(json.dumps({section: {name: "seed"}}))
-    assert getattr(getattr(cfg.load_config(recipe), section), name) == "tf1"
-    assert len(deprecation_warnings) == 1, deprecation_warnings
-    assert field in deprecation_warnings[0] and "'tf1'" in deprecation_warnings[0]
-
-
-def test_old_saved_config_with_seed_values_resumes_as_tf1(deprecation_warnings, tmp_path):
-    config = cfg.load_config("ssd300_voc0712", {"data.augmentation": "tf1"})
-    old = _old_saved_config(config, preset="seed", boxes_per_location=[4, 6, 6, 6, 4, 4])
-    old["data"]["augmentation"] = "seed"
-    (tmp_path / cfg.CONFIG_FILENAME).write_text(json.dumps(old))
-    assert cfg.load_saved_config(tmp_path) == config
-    assert sorted(m.split(":")[0] for m in deprecation_warnings) == ["anchors.preset", "data.augmentation"]
+    with pytest.raises(cfg.ConfigError, match="anchors.preset"):
+        cfg.load_config("ssd300_voc0712", {"anchors.preset": "seed"})
 
 
 def test_recipes_are_listed_and_every_one_loads():

@@ -1,6 +1,5 @@
 """Which config a training run uses when its model directory already holds one."""
 
-import json
 
 import pytest
 
@@ -38,14 +37,3 @@ def test_resume_refuses_a_change_of_the_derived_boxes_per_location(tmp_path):
     assert message.startswith("anchors.boxes_per_location:")
     assert "[4, 6, 6, 6, 4, 4]" in message and "[4, 4, 4, 4, 4, 4]" in message
     assert "changes the model's variable shapes" in message
-
-
-def test_resume_of_a_config_saved_by_an_earlier_version(tmp_path):
-    """boxes_per_location stored and "seed" values: read as the same config, no changes."""
-    current = cfg.load_config("ssd300_voc0712", {**TINY, "data.augmentation": "tf1"})
-    old = cfg.to_dict(current)
-    old["anchors"].update(preset="seed", boxes_per_location=[4, 6, 6, 6, 4, 4])
-    old["data"]["augmentation"] = "seed"
-    (tmp_path / cfg.CONFIG_FILENAME).write_text(json.dumps(old))
-    config, changes = resolve_config(tmp_path, "ssd300_voc0712", False, {})
-    assert config == current and changes == {}
