@@ -273,61 +273,6 @@ def child_environment() -> dict[str, str]:
     return env
 
 
-class StartupNoiseFilter:
-    """Passes a child's output through to `out`, minus TensorFlow's start-up chatter.
-
-    Every TensorFlow process prints an "absl::InitializeLog" warning and C++ INFO lines
-    ("oneDNN custom operations are on", the CPU-feature notice and its second line) before its
-    logging is set up; TF_CPP_MIN_LOG_LEVEL no longer reaches them. Those whole lines are dropped from the terminal (the stage log keeps
-    them). Everything else is written as soon as it arrives, carriage-return progress bars
-    included: only a line start that could still become a noise line is held back.
-    """
-
-    NOISE_PREFIXES = ("WARNING: All log messages before absl::InitializeLog()", "I0000 00:00:",
-                      "To enable the following instructions:")
-
-    def __init__(self, out: TextIO):
-        self._out = out
-        self._pending = ""
-        self._at_line_start = True
-
-    def _could_be_noise(self, text: str) -> bool:
-        return any(p.startswith(text) or text.startswith(p) for p in self.NOISE_PREFIXES)
-
-    def write(self, text: str) -> None:
-        self._pending += text
-        while self._pending:
-            newline = self._pending.find("\n")
-            if self._at_line_start:
-                if newline < 0:
-                    if self._could_be_noise(self._pending):
-                        return  # wait for the rest of the line
-                    self._emit(self._pending, at_line_start=False)
-                    return
-                line, self._pending = self._pending[:newline + 1], self._pending[newline + 1:]
-                if not line.startswith(self.NOISE_PREFIXES):
-                    self._emit(line, at_line_start=True)
-            elif newline < 0:
-                self._emit(self._pending, at_line_start=False)
-                return
-            else:
-                line, self._pending = self._pending[:newline + 1], self._pending[newline + 1:]
-                self._emit(line, at_line_start=True)
-
-    def _emit(self, text: str, at_line_start: bool) -> None:
-        self._out.write(text)
-        self._out.flush()
-        self._at_line_start = at_line_start
-        if not at_line_start:
-            self._pending = ""
-
-    def close(self) -> None:
-        if self._pending and not self._pending.startswith(self.NOISE_PREFIXES):
-            self._out.write(self._pending)
-            self._out.flush()
-        self._pending = ""
-
-
 def run_stage(stage: Stage, log_path: Path, cwd: Path = REPO_ROOT,
               stream: TextIO | None = None, on_output: Callable[[str], None] | None = None) -> StageResult:
     """Runs one command, streaming its output (carriage returns too, for progress bars) to
@@ -344,7 +289,6 @@ def run_stage(stage: Stage, log_path: Path, cwd: Path = REPO_ROOT,
         process = subprocess.Popen(list(stage.argv), cwd=cwd, env=child_environment(),
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert process.stdout is not None
-        terminal = StartupNoiseFilter(stream)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         while True:
             chunk = process.stdout.read1(4096)
@@ -352,12 +296,12 @@ def run_stage(stage: Stage, log_path: Path, cwd: Path = REPO_ROOT,
                 break
             log.write(chunk)
             log.flush()
-            text = decoder.decode(chunk)
-            terminal.write(text)
+            text = decoder.decode(chunk)  # the apps keep TensorFlow's start-up lines off (ssd.cli)
+            stream.write(text)
+            stream.flush()
             if on_output is not None:
                 on_output(text)
-        terminal.write(decoder.decode(b"", final=True))
-        terminal.close()
+        stream.write(decoder.decode(b"", final=True))
         returncode = process.wait()
     seconds = time.monotonic() - start
     if returncode != 0:

@@ -34,11 +34,9 @@ candidates survive (an untrained network, or many classes).
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
 from ssd.modeling import boxes as box_ops
-from ssd.voc.coords import normalized_to_voc
 
 _NOT_A_CANDIDATE = -1.0  # score given to boxes that failed the threshold or size filter
 NMS_IMPLEMENTATIONS = ("combined", "per_class")
@@ -206,19 +204,3 @@ def to_pixels(boxes: tf.Tensor, original_shape: tf.Tensor) -> tf.Tensor:
     boxes = tf.convert_to_tensor(boxes)
     hw = tf.cast(original_shape, boxes.dtype)
     return boxes * tf.concat([hw, hw], axis=-1)[:, tf.newaxis, :]
-
-
-def to_voc_boxes(boxes: np.ndarray, original_shape: np.ndarray) -> np.ndarray:
-    """Normalized boxes [B, K, 4] -> VOC pixel boxes [B, K, 4] (xmin, ymin, xmax, ymax, 1-based).
-
-    For result files and drawing; original_shape [B, 2] is (height, width).
-    """
-    boxes = np.asarray(boxes, dtype=np.float64)
-    shapes = np.asarray(original_shape).reshape(-1, 2)
-    if boxes.ndim != 3 or len(boxes) != len(shapes):
-        raise ValueError(f"to_voc_boxes: boxes {boxes.shape} and original_shape {shapes.shape} do not "
-                         f"describe the same batch of [K, 4] boxes")
-    voc = np.empty_like(boxes)
-    for i, (height, width) in enumerate(shapes):
-        voc[i] = normalized_to_voc(boxes[i], float(height), float(width))
-    return voc

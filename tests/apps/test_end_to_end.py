@@ -134,20 +134,13 @@ def test_failing_stage_names_command_and_exit_code(tmp_path):
     assert str(tmp_path / "fail.log") in message
 
 
-def test_startup_noise_is_dropped_and_progress_passes_through():
-    out = io.StringIO()
-    terminal = demo.StartupNoiseFilter(out)
-    pieces = ["WARN", "ING: All log messages before absl::InitializeLog() is called are written\n",
-              "I0000 00:00:1.5 42 port.cc:153] oneDNN custom ", "operations are on.\n",
-              "convert 1/2\r", "convert 2/2\n", "I1125 12:00:00.0 1 train.py:9] step 1\n",
-              "W0000 00:00:1.5 42 real warning\n", "tail"]
-    for piece in pieces:
-        terminal.write(piece)
-    shown_before_close = out.getvalue()
-    terminal.close()
-    assert shown_before_close.endswith("tail")  # partial lines are not held back
-    assert out.getvalue() == ("convert 1/2\rconvert 2/2\nI1125 12:00:00.0 1 train.py:9] step 1\n"
-                              "W0000 00:00:1.5 42 real warning\ntail")
+def test_no_tensorflow_startup_lines_reach_the_terminal(quick_run):
+    """Every stage's app keeps TensorFlow's start-up chatter off (ssd.cli): the demo passes its
+    children's output through as it is; the stage logs show the same output."""
+    _, summary, output = quick_run
+    for noise in ("absl::InitializeLog", "I0000 00:00:", "oneDNN custom operations", "cpu_feature_guard"):
+        assert noise not in output, noise
+    assert "--- demo: training runs at" in output  # the speed and the time left, once measured
 
 
 def test_training_speed_report_estimates_the_rest_of_the_demo():

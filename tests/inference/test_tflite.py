@@ -22,7 +22,7 @@ from ssd.modeling.checkpoints import restore_checkpoint
 from ssd.config.loading import load_config, load_saved_config
 from ssd.inference.detector import Detector, build_inference_model
 from ssd.inference.saved_model import SIGNATURE_IMAGES, export_saved_model
-from ssd.modeling.postprocess import postprocess, to_voc_boxes
+from ssd.modeling.postprocess import postprocess
 from ssd.data.records import make_example, parse_example
 from ssd.inference import tflite as te
 from ssd.voc.coords import normalized_to_voc
@@ -206,7 +206,7 @@ def _voc_map(config, test_images, detections):
     evaluator = VOCEvaluator(config.data.class_names, metric="voc07")
     for (image_id, _, height, width, gt_boxes, labels, difficult), out in zip(test_images, detections):
         n = int(out["num_detections"][0])
-        det_boxes = to_voc_boxes(out["detection_boxes"][:, :n], [[height, width]])[0]
+        det_boxes = normalized_to_voc(out["detection_boxes"][0, :n], height, width)
         evaluator.add_image(image_id, normalized_to_voc(gt_boxes, height, width), labels, difficult,
                             det_boxes, out["detection_scores"][0, :n], out["detection_classes"][0, :n])
     return evaluator.result()["mAP"]

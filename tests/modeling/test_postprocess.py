@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from ssd.config.loading import load_config
-from ssd.modeling.postprocess import NMS_IMPLEMENTATIONS, postprocess, to_pixels, to_voc_boxes
+from ssd.modeling.postprocess import NMS_IMPLEMENTATIONS, postprocess, to_pixels
 
 VARIANCES = (0.1, 0.1, 0.2, 0.2)
 
@@ -334,6 +334,3 @@ def test_pixel_conversions():
     boxes = np.array([[[0, 0, 1, 1], [0.5, 0.25, 0.75, 0.5]]], np.float32)
     pixels = to_pixels(tf.constant(boxes), tf.constant([[375, 500]])).numpy()
     np.testing.assert_allclose(pixels, [[[0, 0, 375, 500], [187.5, 125, 281.25, 250]]])
-    voc = to_voc_boxes(boxes, [[375, 500]])
-    # VOC: 1-based inclusive (xmin, ymin, xmax, ymax); the whole image is 1, 1, W, H
-    np.testing.assert_allclose(voc, [[[1, 1, 500, 375], [126, 188.5, 250, 281.25]]])
