@@ -10,6 +10,10 @@ not give for free:
 * conv12_2 of SSD512 is a 4x4 kernel with pad 1 on every side (2 -> 1), which 'same' cannot
   express at all.
 
+`model.extra_padding = "same"` gives the stride-2 extra convolutions TensorFlow's 'same' padding
+instead (same output sizes; an odd total pad goes bottom/right only): the TF1 original's geometry,
+whose conv9_2 (3x3 s2 on 10x10) pads (0, 1) where Caffe pads (1, 1) (ssd.weights.tf1_original).
+
 Stride-1 3x3 convolutions, pool5 (3x3 s1) and the dilated fc6 (effective kernel 13) have an odd
 kernel and stride 1, where 'same' already pads symmetrically, so they use it.
 
@@ -129,11 +133,23 @@ def _backbone(images, width_multiplier, scale_init):
     return normalized, fc7
 
 
-def _extras(x, architecture, width_multiplier, batch_norm):
+def _same_padding(size, kernel, stride):
+    """TensorFlow's 'same' padding (before, after) of one axis: the odd pixel goes after."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return (total // 2, total - total // 2)
+
+
+def _extras(x, architecture, width_multiplier, batch_norm, padding_mode="caffe"):
     sources = []
     for extra in get_architecture(architecture).extra_layers:
-        if extra.padding:
-            x = layers.ZeroPadding2D(extra.padding, name=f"{extra.name}_pad")(x)
+        padding = extra.padding
+        if padding and padding_mode == "same" and extra.stride > 1:
+            # the TF1 original's stride-2 convs: same output size, but an odd total pad goes
+            # bottom/right only (its conv9_2 on 10x10 pads (0, 1), Caffe pads (1, 1))
+            padding = (_same_padding(int(x.shape[1]), extra.kernel, extra.stride),
+                       _same_padding(int(x.shape[2]), extra.kernel, extra.stride))
+        if padding:
+            x = layers.ZeroPadding2D(padding, name=f"{extra.name}_pad")(x)
         channels = scaled_channels(extra.channels, width_multiplier)
         if batch_norm:
             x = _conv(channels, extra.kernel, extra.name, stride=extra.stride, padding="valid",
@@ -208,7 +224,7 @@ def _build_vgg_ssd(config: Config) -> keras.Model:
     conv4_3, fc7 = _backbone(images, model_config.width_multiplier,
                              model_config.l2_norm_scale_init)
     sources = [conv4_3, fc7] + _extras(fc7, architecture, model_config.width_multiplier,
-                                       model_config.extra_batch_norm)
+                                       model_config.extra_batch_norm, model_config.extra_padding)
     produced = [int(s.shape[1]) for s in sources]
     check_feature_map_sizes(config, produced)
 
