@@ -89,9 +89,7 @@ def main(argv) -> None:
             metric=FLAGS.metric, output_dir=FLAGS.output_dir, watch=FLAGS.watch,
             watch_timeout_secs=timeout, watch_interval_secs=FLAGS.watch_interval_secs,
             precision=FLAGS.precision, jit_compile=FLAGS.jit_compile)
-    except (config_lib.ConfigError, checkpoints.NoCheckpointError, checkpoints.CheckpointMismatchError,
-            checkpoints.CheckpointRemovedError,
-            checkpoints.DamagedCheckpointError, evaluation.DataError, ValueError) as e:
+    except (config_lib.ConfigError, checkpoints.CheckpointError, evaluation.DataError, ValueError) as e:
         sys.exit(f"eval.py: error: {e}")
     for summary in summaries:
         if "output_dir" in summary:

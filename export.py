@@ -95,22 +95,19 @@ def main(argv) -> None:
         raise app.UsageError("--format=tflite exports float32 (use --quantize for smaller models)")
 
     from ssd.modeling import checkpoints
-    from ssd.inference.detector import build_inference_model
+    from ssd.inference.detector import load_trained_model
     from ssd.inference.saved_model import export_saved_model
     from ssd.data.record_files import DataError
 
     try:
-        config = config_lib.load_saved_config(FLAGS.model_dir)
-        checkpoint = checkpoints.find_checkpoint(FLAGS.model_dir, FLAGS.checkpoint_path)
-        model = build_inference_model(config, FLAGS.precision)
-        step = checkpoints.restore_checkpoint(model, checkpoint, config)
+        config, model, checkpoint, step = load_trained_model(FLAGS.model_dir, FLAGS.checkpoint_path,
+                                                             FLAGS.precision)
         if FLAGS.format == "tflite":
             path = export_tflite_model(model, config)
         else:
             path = export_saved_model(model, config, FLAGS.export_dir, overwrite=FLAGS.overwrite,
                                       score_threshold=FLAGS.score_threshold)
-    except (config_lib.ConfigError, checkpoints.NoCheckpointError, checkpoints.CheckpointMismatchError,
-            checkpoints.CheckpointRemovedError, checkpoints.DamagedCheckpointError, FileExistsError,
+    except (config_lib.ConfigError, checkpoints.CheckpointError, FileExistsError,
             FileNotFoundError, DataError) as e:
         sys.exit(f"export.py: error: {e}")
     print(f"exported {checkpoint} (step {step}) to {path}")

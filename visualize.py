@@ -107,13 +107,9 @@ class CheckpointDetector:
 
     def __init__(self, model_dir: str, checkpoint_path: str | None, batch_size: int | None,
                  precision: str = "float32"):
-        from ssd.modeling import checkpoints
-        from ssd.inference.detector import Detector, build_inference_model
+        from ssd.inference.detector import Detector, load_trained_model
 
-        self.config = config_lib.load_saved_config(model_dir)
-        checkpoint = checkpoints.find_checkpoint(model_dir, checkpoint_path)
-        model = build_inference_model(self.config, precision)
-        step = checkpoints.restore_checkpoint(model, checkpoint, self.config)
+        self.config, model, checkpoint, step = load_trained_model(model_dir, checkpoint_path, precision)
         logging.info("detector: %s (step %d)", checkpoint, step)
         self._detector = Detector(model, self.config)
         self.class_names = self._detector.class_names
@@ -332,8 +328,7 @@ def main(argv) -> None:
                                           FLAGS.precision)
         counts = run(paths, detector, Path(FLAGS.output_dir), FLAGS.score_threshold, annotations_dir,
                      FLAGS.exif)
-    except (UsageError, config_lib.ConfigError, checkpoints.NoCheckpointError,
-            checkpoints.CheckpointMismatchError, OSError) as e:
+    except (UsageError, config_lib.ConfigError, checkpoints.CheckpointError, OSError) as e:
         sys.exit(f"visualize.py: error: {e}")
     print(summary_line(counts, FLAGS.score_threshold, FLAGS.output_dir, annotations_dir is not None))
 

@@ -28,20 +28,23 @@ past num_detections are padding: score 0, class 0, empty name):
 For eager callers, `detector(images, original_shape)` is `detect_preprocessed` in a tf.function,
 `detect_features(features)` runs it on an input function's batch (passing image_id through), and
 `detect_arrays(list of uint8 RGB arrays)` gives numpy results per image for arrays of any sizes.
+`load_trained_model(model_dir, checkpoint_path)` is the way from a model directory to a restored
+network (its config.json, the checkpoint asked for or the newest, the network built and restored).
 `keep_above(detections, score_threshold)` turns the rows scoring below a threshold into padding
 (what the serving signatures do with their score_threshold input).
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from ssd.modeling.anchors import generate_anchors
-from ssd.config.loading import Config
+from ssd.config.loading import Config, load_saved_config
+from ssd.modeling import checkpoints
 from ssd.data.preprocessing import decode_image, preprocess_image
 from ssd.modeling.vgg16_ssd import build_model
 from ssd.modeling.postprocess import postprocess, to_pixels
@@ -56,6 +59,25 @@ def build_inference_model(config: Config, precision: str = "float32") -> keras.M
         raise ValueError(f"precision must be one of {sorted(INFERENCE_POLICIES)}, got {precision!r}")
     with dtype_policy(INFERENCE_POLICIES[precision]):
         return build_model(config)
+
+
+class TrainedModel(NamedTuple):
+    config: Config
+    model: keras.Model
+    checkpoint: str
+    step: int
+
+
+def load_trained_model(model_dir: str, checkpoint_path: str | None = None,
+                       precision: str = "float32") -> TrainedModel:
+    """model_dir's saved config, the checkpoint (`checkpoint_path`, else the newest), the network
+    built in `precision` and restored from it. Raises ssd.config ConfigError or a
+    ssd.modeling.checkpoints.CheckpointError naming what is wrong."""
+    config = load_saved_config(model_dir)
+    checkpoint = checkpoints.find_checkpoint(model_dir, checkpoint_path)
+    model = build_inference_model(config, precision)
+    step = checkpoints.restore_checkpoint(model, checkpoint, config)
+    return TrainedModel(config, model, checkpoint, step)
 
 
 def preprocess_encoded(encoded: tf.Tensor, config: Config) -> tuple[tf.Tensor, tf.Tensor]:

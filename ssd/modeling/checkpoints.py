@@ -45,19 +45,23 @@ LOSS_SCALE_OPTIMIZER = "loss_scale_optimizer"
 PREFIX = "ckpt"  # CheckpointManager's default: <directory>/ckpt-<number>
 
 
-class NoCheckpointError(FileNotFoundError):
+class CheckpointError(Exception):
+    """Any checkpoint that cannot be used as asked; the apps report every one as one line."""
+
+
+class NoCheckpointError(CheckpointError, FileNotFoundError):
     """There is no checkpoint where one was expected."""
 
 
-class CheckpointRemovedError(FileNotFoundError):
+class CheckpointRemovedError(CheckpointError, FileNotFoundError):
     """A listed checkpoint disappeared before it was read (CheckpointManager rotation)."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(CheckpointError, ValueError):
     """The checkpoint's variables do not fit the model built from the config."""
 
 
-class DamagedCheckpointError(RuntimeError):
+class DamagedCheckpointError(CheckpointError, RuntimeError):
     """A checkpoint's files cannot be read whole (truncated or corrupted); the message names them."""
 
     def __init__(self, checkpoint_path: str, cause: BaseException, remedy: str = ""):
