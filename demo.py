@@ -24,7 +24,8 @@ recipe's train.max_steps (its learning-rate boundaries stay where they are). --q
 same stages on a tiny data set with a few training steps (well under a minute of compute on two
 cores, meaningless mAP): the smoke test of the whole path, used by tests/test_end_to_end.py.
 
-The default run takes about 8 minutes on a quiet 2-core CPU and reaches a VOC07 mAP near 0.89
+The default run takes about 7 minutes on a quiet 2-core AVX-512 CPU and about 13 on an AVX2-only
+one (it prints its own estimate after the first training steps) and reaches a VOC07 mAP near 0.84
 on the 300 held-out test images.
 """
 
@@ -56,7 +57,7 @@ TRAIN_NAME = "shapes_trainval"
 TEST_NAME = "shapes_test"
 LOG_TAIL_LINES = 30
 SECONDS_PER_SHAPES_IMAGE = 0.015  # dataset/make_shapes.py, measured
-FULL_RUN_MINUTES = 8  # measured wall time of the whole default demo
+FULL_RUN_MINUTES = "7-13"  # the whole default demo, AVX-512 and AVX2-only 2-core CPUs
 # what the stages after training cost beyond their images, measured: a TensorFlow app's start-up
 # and model build (eval.py, visualize.py); evaluation is a forward pass, ~3x a training image
 STAGE_STARTUP_SECONDS = 15
