@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TF_PACKAGE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 'tensorflow[and-cuda]>=2.16' || echo 'tensorflow-cpu>=2.16')
 PYTEST_ARGS ?=
 
-.PHONY: test demo install clean bench
+.PHONY: test test-fast demo install clean bench
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,10 @@ $(VENV)/.installed: setup.py
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+# the developers' inner loop: everything but the tests marked slow (training, processes)
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
 
 demo: install
 	$(PY) demo.py

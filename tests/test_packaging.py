@@ -7,6 +7,11 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # trains a model or starts processes
+
+
 ROOT = Path(__file__).resolve().parent.parent
 # what setup.py needs to build the package; tests, apps and the virtualenv stay behind
 SOURCES = ("setup.py", "README.md", "ssd", "configs")
@@ -14,6 +19,7 @@ SOURCES = ("setup.py", "README.md", "ssd", "configs")
 CHECK = """
 import json
 import ssd.config.loading as config
+
 c = config.load_config("ssd300_voc0712")
 print(json.dumps({"module": config.__file__, "recipe_dir": str(config.recipe_dir()),
                   "recipes": config.recipe_names(), "preset": c.anchors.preset,

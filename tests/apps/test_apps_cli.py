@@ -15,6 +15,9 @@ from ssd.config.loading import load_config, save_config
 from ssd.engine.estimator import ModelContext
 from ssd.engine.model_fn import SSDModelFn
 
+pytestmark = pytest.mark.slow  # trains a model or starts processes
+
+
 ROOT = Path(__file__).resolve().parents[2]
 APPS = {  # command -> its module docstring's first words
     "train.py": ["train.py"],

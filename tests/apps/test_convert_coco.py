@@ -22,6 +22,9 @@ from ssd.coco.categories import (Category, CategoryError, category_map, read_cat
                                  write_category_map)
 from ssd.coco.coords import coco_to_normalized, normalized_to_coco  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains a model or starts processes
+
+
 W, H = 80, 60
 # Sparse ids, listed out of id order: labels follow the list (dog 1, person 2, car 3).
 CATEGORIES = [{"id": 18, "name": "dog"}, {"id": 1, "name": "person"}, {"id": 3, "name": "car"}]

@@ -20,6 +20,9 @@ from ssd.data import records  # noqa: E402
 from ssd.voc import annotations as voc_xml
 from ssd.voc.coords import voc_to_normalized  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains a model or starts processes
+
+
 CLASSES = ("cat", "dog", "person")
 W, H = 80, 60
 

@@ -24,6 +24,9 @@ if str(ROOT) not in sys.path:  # demo.py is an app at the top of the repository
 import demo  # noqa: E402
 from ssd.progress import format_duration  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains a model or starts processes
+
+
 CLASSES = ["circle", "square", "triangle", "star"]
 
 

@@ -29,6 +29,9 @@ from ssd.modeling.postprocess import postprocess
 from ssd.data.records import make_example
 from ssd.voc.eval import VOCEvaluator, evaluate_files, read_result_file
 
+pytestmark = pytest.mark.slow  # trains a model or starts processes
+
+
 REPO = Path(__file__).resolve().parents[2]
 CLASS_NAMES = ["circle", "square", "triangle"]
 

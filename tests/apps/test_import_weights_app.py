@@ -20,6 +20,9 @@ from ssd.weights.importing import resolve_config
 from tests.weights.test_import_caffe import caffe_layers, caffemodel
 from tests.weights.test_import_tf1 import tf1_variables, write_tf1_checkpoint
 
+pytestmark = pytest.mark.slow  # trains a model or starts processes
+
+
 REPO = Path(__file__).resolve().parents[2]
 
 

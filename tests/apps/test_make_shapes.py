@@ -19,6 +19,9 @@ from dataset.make_shapes import (COCO_CATEGORY_IDS, SHAPE_CLASSES, coco_bbox,  #
                                  make_shapes_dataset, render_scene)
 from ssd.data import records  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains a model or starts processes
+
+
 SMALL = dict(image_size=(96, 128))
 
 

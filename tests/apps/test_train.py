@@ -17,6 +17,9 @@ from PIL import Image
 from ssd.config.loading import load_config, save_config
 from ssd.data.records import make_example
 
+pytestmark = pytest.mark.slow  # trains a model or starts processes
+
+
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ["circle", "square", "triangle"]
 TINY = ["--set", "model.width_multiplier=0.125", "--set", "model.num_classes=4",

@@ -17,6 +17,9 @@ from ssd.engine.estimator import ModelContext
 from ssd.inference.saved_model import export_saved_model
 from ssd.engine.model_fn import SSDModelFn
 
+pytestmark = pytest.mark.slow  # trains a model or starts processes
+
+
 REPO = Path(__file__).resolve().parents[2]
 CLASS_NAMES = ["circle", "square", "triangle"]
 # VOC box of the annotated image (1-based inclusive) -> continuous edges [10, 100] x [20, 90]

@@ -19,6 +19,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+pytestmark = pytest.mark.slow  # trains a model or starts processes
+
+
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ["circle", "square", "triangle", "star"]
 COCO_IDS = {"circle": 11, "square": 3, "triangle": 20, "star": 7}  # make_shapes.COCO_CATEGORY_IDS

@@ -12,6 +12,8 @@ from ssd.modeling import checkpoints
 from ssd.config.loading import save_config
 from tests.apps.test_train import ROOT, _all_finite, records, tiny_config  # noqa: F401
 
+pytestmark = pytest.mark.slow  # trains a model or starts processes
+
 
 def _data_file(prefix):
     return f"{prefix}.data-00000-of-00001"

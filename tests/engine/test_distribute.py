@@ -14,6 +14,9 @@ import tensorflow as tf
 
 from ssd.engine.distribute import DistributionError, check_batch_divisible, make_strategy, parse_tf_config
 
+pytestmark = pytest.mark.slow  # trains a model or starts processes
+
+
 WORKER = Path(__file__).with_name("distributed_worker.py")
 ROOT = WORKER.parent.parent
 

@@ -14,6 +14,9 @@ from ssd.engine.estimator import Estimator, EstimatorSpec, ModelFunction, NonFin
 from ssd.modes import ModeKeys
 from tests.detection_matching import assert_same_detections, detections_of
 
+pytestmark = pytest.mark.slow  # trains a model or starts processes
+
+
 DIM = 3
 BATCH = 4
 NUM_BATCHES = 6

@@ -13,6 +13,9 @@ from ssd.engine.interrupts import StopSignals, TrainingInterrupted
 from ssd.engine.model_dir_lock import LOCK_FILENAME
 from tests.apps.test_train import ROOT, _checkpoint_step, _run, _train_command, records  # noqa: F401
 
+pytestmark = pytest.mark.slow  # trains a model or starts processes
+
+
 LONG = ["--batch_size=4", "--max_steps=1000", "--set", "train.save_checkpoints_steps=250"]
 
 

@@ -17,6 +17,9 @@ import pytest
 from ssd.engine import model_dir_lock
 from ssd.engine.model_dir_lock import LOCK_FILENAME, ModelDirLock, ModelDirLockedError
 
+pytestmark = pytest.mark.slow  # trains a model or starts processes
+
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # A process that takes the lock on argv[1] with the command argv[2], reports on stdout, and
