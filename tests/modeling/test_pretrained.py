@@ -17,7 +17,8 @@ from PIL import Image
 from ssd.modeling.pretrained import vgg16 as pretrained
 from ssd.config.loading import load_config
 from ssd.modeling.vgg16_ssd import build_model
-from ssd.modeling.pretrained.vgg16 import PretrainedError, initialize_backbone
+from ssd.modeling.pretrained.keras_cache import PretrainedError, keras_cache_file
+from ssd.modeling.pretrained.vgg16 import initialize_backbone
 from ssd.data.records import make_example
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,7 +117,7 @@ def imagenet_stand_in(vgg, tmp_path_factory):
 
 
 def test_cache_location_and_file_are_the_ones_keras_uses(keras_home):
-    assert pretrained.keras_cache_file() == keras_home / "models" / pretrained.KERAS_VGG16_FILE
+    assert keras_cache_file(pretrained.KERAS_VGG16_FILE) == keras_home / "models" / pretrained.KERAS_VGG16_FILE
     assert pretrained.KERAS_VGG16_URL == keras_vgg16.WEIGHTS_PATH
     source = Path(keras_vgg16.__file__).read_text()
     assert f'"{pretrained.KERAS_VGG16_FILE}"' in source

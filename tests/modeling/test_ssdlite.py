@@ -11,7 +11,7 @@ from keras.src.legacy.saving import legacy_h5_format
 
 from ssd.modeling.pretrained import mobilenet_v2 as pretrained_mobilenet_v2
 from ssd.modeling.model_size import count_multiply_adds, multiply_adds_by_layer
-from ssd.modeling.pretrained.vgg16 import PretrainedError
+from ssd.modeling.pretrained import PretrainedError
 from ssd.modeling.pretrained.mobilenet_v2 import initialize_mobilenet_v2_backbone
 from ssd.modeling.ssdlite import build_ssdlite_mobilenet_v2, feature_map_sizes
 
@@ -449,7 +449,7 @@ def test_build_model_of_the_coco_recipe_matches_the_direct_builder():
 
 
 def test_pretrained_dispatch_goes_to_the_backbone_loader(tiny_ssdlite, monkeypatch, keras_home):
-    from ssd.modeling.pretrained import vgg16 as pretrained
+    from ssd.modeling import pretrained
 
     config, model = tiny_ssdlite
     monkeypatch.setattr(keras_mobilenet_v2, "BASE_WEIGHT_PATH", UNREACHABLE_BASE)

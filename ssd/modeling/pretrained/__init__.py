@@ -1,1 +1,32 @@
-"""Backbone initialization from ImageNet-trained weights (Keras files, TF-slim checkpoints)."""
+"""Backbone initialization from ImageNet-trained weights (Keras files, TF-slim checkpoints).
+
+`initialize_for_config(model, config, source)` is the entry point for any backbone: VGG16 in
+`vgg16`, MobileNetV2 in `mobilenet_v2`, both on Keras' weight cache (`keras_cache`).
+"""
+
+from __future__ import annotations
+
+import keras
+
+from ssd.config.architectures import MOBILENET_V2, VGG16
+from ssd.modeling.pretrained.keras_cache import PretrainedError
+from ssd.modeling.pretrained.mobilenet_v2 import initialize_mobilenet_v2_backbone
+from ssd.modeling.pretrained.vgg16 import initialize_backbone
+
+__all__ = ["PretrainedError", "initialize_for_config"]
+
+
+def initialize_for_config(model: keras.Model, config, source: str) -> dict:
+    """Loads the pretrained backbone of `config.model.backbone` into `model` (built by
+    `ssd.modeling.vgg16_ssd.build_model(config)`) and reports what was done, as `initialize_backbone` does.
+
+    vgg16: `initialize_backbone`; mobilenet_v2: `ssd.modeling.pretrained.mobilenet_v2.
+    initialize_mobilenet_v2_backbone` at the config's width multiplier. Raises PretrainedError
+    for a source that cannot be used (a missing file, ImageNet weights offline).
+    """
+    backbone = config.model.backbone
+    if backbone == MOBILENET_V2:
+        return initialize_mobilenet_v2_backbone(model, source, config.model.width_multiplier)
+    if backbone == VGG16:
+        return initialize_backbone(model, source)
+    raise PretrainedError(f"model.backbone {backbone!r}: no pretrained weights known")

@@ -25,8 +25,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ssd.modeling.pretrained.vgg16 import (KERAS_SUFFIXES, KerasImagenetFile, PretrainedError, fetch_keras_imagenet,
-                            nothing_loaded)
+from ssd.modeling.pretrained.keras_cache import (KERAS_SUFFIXES, KerasImagenetFile, PretrainedError,
+                                                 fetch_keras_imagenet, nothing_loaded)
 
 KERAS_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
 IMAGENET_WIDTH_MULTIPLIERS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)

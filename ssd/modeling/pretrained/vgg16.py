@@ -1,7 +1,7 @@
 """Initializes SSD's VGG16 backbone from ImageNet-trained VGG16 weights.
 
-`initialize_for_config(model, config, source)` is the entry point for any backbone: it hands
-MobileNetV2 to `ssd.modeling.pretrained.mobilenet_v2` and VGG16 to `initialize_backbone` below.
+`initialize_backbone(model, source)`; `ssd.modeling.pretrained.initialize_for_config` picks it
+for a VGG16 config.
 
 Sources:
 * "imagenet": Keras' own VGG16 ImageNet weights. Keras downloads them once into its cache,
@@ -17,8 +17,7 @@ output unit (0, 4, 8, ...), every 3rd spatial tap of fc6's 7x7 kernel (0, 3, 6; 
 then runs with dilation 6), and fc7's input units matching fc6's kept outputs. Already reduced
 weights are copied. Heads, extra layers and the conv4_3 scale keep their initialization.
 
-The cache-or-download step and its offline error (`fetch_keras_imagenet`) are shared with the
-other backbones' initializers (`ssd.modeling.pretrained.mobilenet_v2`).
+The cache-or-download step and its offline error are `ssd.modeling.pretrained.keras_cache`.
 
 Input channel order. The network consumes BGR, mean-subtracted images.
 * Keras' VGG16 weights are the Caffe VGG16 weights: `keras.applications.vgg16.preprocess_input`
@@ -31,21 +30,15 @@ Input channel order. The network consumes BGR, mean-subtracted images.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
-
-from absl import logging
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from ssd.config.architectures import MOBILENET_V2, VGG16
+from ssd.modeling.pretrained.keras_cache import (KERAS_SUFFIXES, KerasImagenetFile, PretrainedError,
+                                                 fetch_keras_imagenet, nothing_loaded)
 
 CONV_LAYERS = (
     "conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
@@ -58,7 +51,6 @@ REDUCED_FC7 = (1, 1, 1024, 1024)
 UNIT_STRIDE = 4  # keep every 4th fc unit: 4096 -> 1024
 TAP_STRIDE = 3  # keep fc6 taps 0, 3, 6 of 7
 
-KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 # Keras' VGG16 ImageNet file (keras/src/applications/vgg16.py, include_top=True): its name in
 # the cache, where Keras downloads it from, and the md5 Keras checks it against.
 KERAS_VGG16_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
@@ -66,14 +58,8 @@ KERAS_VGG16_URL = ("https://storage.googleapis.com/tensorflow/keras-applications
                    + KERAS_VGG16_FILE)
 KERAS_VGG16_MD5 = "64373286793e3c8b2b4e3219cbf3544b"
 
-T = TypeVar("T")
-
 _SLIM_SCOPE = "vgg_16/"
 _TF2_CHECKPOINT_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
-
-
-class PretrainedError(ValueError):
-    """Pretrained weights that cannot initialize the model; the message names file and layer."""
 
 
 def reduce_fc6(kernel: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -120,84 +106,10 @@ def _load_keras_vgg16(weights: str) -> keras.Model:
     return keras.applications.VGG16(weights=weights, include_top=True)
 
 
-@dataclass(frozen=True)
-class KerasImagenetFile:
-    """One of Keras' ImageNet weight files, and what to say when it cannot be had."""
-
-    network: str  # as users know it: "VGG16"
-    file_name: str  # its name in Keras' cache
-    url: str  # where Keras downloads it from
-    md5: str | None  # the hash Keras checks it against; None where Keras checks none
-    path_alternative: str  # what --pretrained=PATH accepts instead, completing "a path to ..."
-
-
 KERAS_VGG16 = KerasImagenetFile(
     "VGG16", KERAS_VGG16_FILE, KERAS_VGG16_URL, KERAS_VGG16_MD5,
     "a Keras VGG16 weights file (include_top=True; .h5, .weights.h5, .keras) or a TF-slim "
     "vgg_16 checkpoint")
-
-
-def keras_cache_file(file_name: str = KERAS_VGG16_FILE) -> Path:
-    """Where `keras.utils.get_file` keeps one of Keras' ImageNet files: <keras home>/models/<file>.
-
-    The Keras home is $KERAS_HOME, else ~/.keras (Keras reads KERAS_HOME once, when it is
-    imported); like get_file, /tmp/.keras is used instead when that directory is not writable.
-    """
-    try:
-        from keras.src.backend.config import keras_home
-        home = keras_home()
-    except ImportError:  # a Keras without that private module: its documented default
-        home = os.environ.get("KERAS_HOME", os.path.join("~", ".keras"))
-    base = os.path.expanduser(home)
-    if not os.access(base, os.W_OK):
-        base = os.path.join("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(), ".keras")
-    return Path(base) / "models" / file_name
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _download_failed(file: KerasImagenetFile, cached: Path, error: Exception) -> PretrainedError:
-    reason = " ".join(str(error).split()) or type(error).__name__
-    return PretrainedError(
-        f"pretrained source 'imagenet': could not download Keras' {file.network} ImageNet weights "
-        f"{file.file_name} from {file.url} ({reason}). Keras reads that file from its "
-        f"cache, {cached} ($KERAS_HOME/models/, else ~/.keras/models/): on a machine without "
-        f"internet, copy it there (from another machine's cache or the URL above) and run the "
-        f"same command again. Alternatives: --pretrained=PATH to {file.path_alternative}, or "
-        f"--pretrained=none to train the backbone from its random initialization.")
-
-
-def fetch_keras_imagenet(file: KerasImagenetFile, read_file: Callable[[Path], T],
-                         download: Callable[[], T]) -> T:
-    """Keras' ImageNet weights: `read_file(cached path)` when the file is in Keras' cache, else
-    `download()`, which lets Keras fetch it; a failed download names the file, the cache and the
-    alternatives. Both callables raise PretrainedError for weights that do not fit.
-    """
-    cached = keras_cache_file(file.file_name)
-    if cached.is_file():
-        # Read directly: Keras would try to download again a file whose md5 differs, which
-        # fails offline; a foreign or truncated file still fails below with its path named.
-        if file.md5 is not None and _md5(cached) != file.md5:
-            logging.warning("%s: md5 differs from Keras' published %s (%s); loading it anyway",
-                            cached, file.file_name, file.md5)
-        try:
-            return read_file(cached)
-        except PretrainedError as e:
-            raise PretrainedError(f"{e}. That file is Keras' cache of the ImageNet weights: "
-                                  f"replace it with a complete copy of {file.url}, or delete it "
-                                  f"so that Keras downloads it again") from None
-    try:
-        return download()
-    except PretrainedError:
-        raise
-    except Exception as e:  # get_file raises a bare Exception for URL failures, ValueError for md5
-        raise _download_failed(file, cached, e) from None
 
 
 def _imagenet_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -337,12 +249,6 @@ def _assign(model: keras.Model, arrays, source: str, source_format: str,
     }
 
 
-def nothing_loaded(model: keras.Model) -> dict:
-    """The report of `--pretrained=none`: every layer keeps its initialization."""
-    return {"source": "none", "format": "none", "copied": [], "subsampled": [],
-            "input_channels_flipped": [], "left_initialized": [la.name for la in model.layers if la.weights]}
-
-
 def initialize_backbone(model: keras.Model, source: str) -> dict:
     """Loads VGG16 weights into `model`'s conv1_1..fc7 and reports what was done.
 
@@ -369,20 +275,3 @@ def initialize_backbone(model: keras.Model, source: str) -> dict:
         f"TensorFlow checkpoint; use 'imagenet', 'none', a file path or a checkpoint prefix")
 
 
-def initialize_for_config(model: keras.Model, config, source: str) -> dict:
-    """Loads the pretrained backbone of `config.model.backbone` into `model` (built by
-    `ssd.modeling.vgg16_ssd.build_model(config)`) and reports what was done, as `initialize_backbone` does.
-
-    vgg16: `initialize_backbone`; mobilenet_v2: `ssd.modeling.pretrained.mobilenet_v2.
-    initialize_mobilenet_v2_backbone` at the config's width multiplier. Raises PretrainedError
-    for a source that cannot be used (a missing file, ImageNet weights offline).
-    """
-    backbone = config.model.backbone
-    if backbone == MOBILENET_V2:
-        # imported here: that module builds on this one's loading helpers
-        from ssd.modeling.pretrained.mobilenet_v2 import initialize_mobilenet_v2_backbone
-
-        return initialize_mobilenet_v2_backbone(model, source, config.model.width_multiplier)
-    if backbone == VGG16:
-        return initialize_backbone(model, source)
-    raise PretrainedError(f"model.backbone {backbone!r}: no pretrained weights known")
