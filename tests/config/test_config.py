@@ -283,6 +283,7 @@ def test_resume_names_the_override_and_the_saved_config(tmp_path):
         resolve_config(tmp_path, "ssd300_voc0712", False, overrides)
 
 
+@pytest.mark.slow
 def test_train_app_names_the_set_and_the_flag(tmp_path):
     import subprocess
     import sys

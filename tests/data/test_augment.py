@@ -138,6 +138,7 @@ def test_tf1_box_filter_thresholds():
     assert keep.tolist() == [True, False, False, False, False, True]
 
 
+@pytest.mark.slow
 def test_every_box_valid_after_many_augmentations(sample_image):
     encoded, _ = sample_image
     labels = tf.constant([1, 2, 3])

@@ -176,6 +176,7 @@ def test_paper_augmentation_batches_have_valid_targets(shards):
         assert np.isfinite(labels["loc_targets"].numpy()).all()
 
 
+@pytest.mark.slow
 def test_images_without_boxes_and_difficult_only_images_are_all_background(tmp_path):
     rng = np.random.default_rng(5)
     with tf.io.TFRecordWriter(str(tmp_path / "x-00000-of-00001")) as writer:
@@ -233,6 +234,7 @@ def test_input_context_gives_disjoint_shares_and_per_replica_batches(tmp_path, n
     assert shares[0] | shares[1] == set(truth)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_batches(shards):
     directory, _ = shards
     config = tiny_config(**{"data.seed": 7})

@@ -363,6 +363,7 @@ def write_one_record(directory: Path) -> None:
         writer.write(example.SerializeToString())
 
 
+@pytest.mark.slow
 def test_train_app_offline_prints_the_remedy_then_runs_from_the_cache(imagenet_stand_in, tmp_path):
     write_one_record(tmp_path / "records")
     home = tmp_path / "keras_home"

@@ -473,6 +473,7 @@ def test_pretrained_dispatch_goes_to_the_backbone_loader(tiny_ssdlite, monkeypat
     assert calls == ["x.h5"]
 
 
+@pytest.mark.slow
 def test_a_few_training_steps_of_the_shapes_recipe_through_the_estimator(tmp_path):
     import io
 
