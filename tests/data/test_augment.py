@@ -295,6 +295,7 @@ def test_adjust_saturation_hue_matches_tf_image():
         np.testing.assert_array_equal(got_bgr.numpy(), got.numpy()[..., ::-1])
 
 
+@pytest.mark.slow
 def test_paper_mode_retries_crops_that_would_lose_every_object(sample_image):
     encoded, _ = sample_image
     config = data_config()

@@ -164,6 +164,7 @@ def test_train_batches_and_targets_decode_back_to_the_ground_truth(shards):
         assert not labels["loc_targets"][i].numpy()[~positive].any()
 
 
+@pytest.mark.slow
 def test_paper_augmentation_batches_have_valid_targets(shards):
     directory, _ = shards
     config = tiny_config(**{"data.seed": 2})

@@ -285,6 +285,7 @@ def test_width_multiplier_is_refused(tmp_path):
         initialize_backbone(narrow, prefix)
 
 
+@pytest.mark.slow
 def test_bad_keras_file(model, tmp_path):
     garbage = tmp_path / "broken.weights.h5"
     garbage.write_bytes(b"not an hdf5 file")
@@ -326,6 +327,7 @@ def test_imagenet_offline_names_url_cache_and_alternatives(model, monkeypatch, k
     check_untouched(model, before)
 
 
+@pytest.mark.slow
 def test_imagenet_reads_the_cached_file_without_network(model, vgg, imagenet_stand_in, monkeypatch,
                                                         keras_home, caplog):
     def no_network(*args, **kwargs):
