@@ -4,7 +4,8 @@ r"""Trains SSD300 / SSD512 from TFRecords (dataset/convert_voc.py writes them).
       [--config=ssd300_voc0712] [--batch_size=32] [--max_steps=120000] [--learning_rate=1e-3] \
       [--strategy=auto] [--pretrained=imagenet] [--mixed_precision=none] [--jit_compile] \
       [--set train.lr_boundaries=[2000,80000,100000] --set data.augmentation=tf1] \
-      [--eval_data_dir=tfrecords/voc07_test-* --eval_every_steps=10000]
+      [--eval_data_dir=tfrecords/voc07_test-* --eval_every_steps=10000] \
+      [--fine_tune_checkpoint=runs/ssd300_coco [--fine_tune_checkpoint_type=detection]]
 
 The recipe (--config, a name from configs/ or a JSON path) is the base; --set section.field=value
 overrides any field, and the flags given explicitly (batch_size, max_steps, learning_rate,
@@ -17,6 +18,11 @@ optimizer state); the saved config is then the base unless --config is given. Ch
 the model's variable shapes (learning rate, max_steps, augmentation, ...) are allowed, logged and
 saved; a change of a shape field (architecture, input size, classes, width, batch norm, feature
 maps, boxes per location) is refused. Pretrained backbone weights are only loaded on a fresh start.
+
+--fine_tune_checkpoint=DIR_OR_CKPT starts from a detection model trained by this project instead
+(ssd.engine.fine_tune): with --fine_tune_checkpoint_type=detection (default) everything but the
+class channels of classes the two class lists do not share; with =backbone the backbone only. It
+replaces --pretrained, and applies on a fresh start only: a resumed run logs that it is not used.
 
 Multi-GPU: --strategy=mirrored (or auto) splits the global --batch_size over the GPUs, which must
 divide it. Multi-machine: --strategy=multi_worker with TF_CONFIG set on every worker; the same
@@ -67,6 +73,13 @@ flags.DEFINE_integer("num_gpus", None, "Use at most this many local GPUs (defaul
 flags.DEFINE_string("pretrained", "imagenet", "Backbone initialization on a fresh start: imagenet, "
                     "a Keras VGG16 (or MobileNetV2) weights file, a TF-slim vgg_16 checkpoint, "
                     "or none.")
+flags.DEFINE_string("fine_tune_checkpoint", None, "Start from a detection model of this project: "
+                    "a model directory written by train.py (its newest checkpoint) or a checkpoint "
+                    "prefix inside one. Used on a fresh start only; it replaces --pretrained "
+                    "(ssd.engine.fine_tune).")
+flags.DEFINE_enum("fine_tune_checkpoint_type", "detection", ["detection", "backbone"],
+                  "detection: backbone, extra layers, box heads and the class channels of the "
+                  "classes both class lists share (by name); backbone: the backbone only.")
 flags.DEFINE_enum("mixed_precision", None, ["none", "float16", "bfloat16"], "Mixed precision policy.")
 flags.DEFINE_bool("jit_compile", None, "XLA-compile the network.")
 flags.DEFINE_multi_string("set", [], "Config override section.field=value (value parsed as JSON "
@@ -144,7 +157,7 @@ def run(model_dir: str) -> None:
     from ssd.engine.estimator import Estimator, NonFiniteLossError
     from ssd.engine.model_fn import SSDModelFn
     from ssd.modes import ModeKeys
-    from ssd.modeling.pretrained.vgg16 import PretrainedError, initialize_for_config
+    from ssd.modeling.pretrained import PretrainedError, initialize_for_config
     from ssd.data.record_classes import check_record_classes
     from ssd.data.record_files import DataError, data_error_from
 
@@ -175,7 +188,9 @@ def run(model_dir: str) -> None:
             estimator = Estimator(SSDModelFn, model_config=config,
                                   run_config=run_config_for(config, model_dir, strategy))
             latest = estimator.latest_checkpoint()
-            if latest is None:
+            if latest is None and FLAGS.fine_tune_checkpoint:
+                fine_tune_start(estimator.model, config)
+            elif latest is None:
                 try:
                     report = initialize_for_config(estimator.model, config, FLAGS.pretrained)
                 except PretrainedError as e:
@@ -185,6 +200,9 @@ def run(model_dir: str) -> None:
                              report["subsampled"] or "nothing")
             else:
                 logging.info("resuming from %s; --pretrained=%s is not applied", latest, FLAGS.pretrained)
+                if FLAGS.fine_tune_checkpoint:
+                    logging.info("resuming from %s; --fine_tune_checkpoint=%s is not used (it "
+                                 "initializes the first start only)", latest, FLAGS.fine_tune_checkpoint)
             if chief:  # only now: a start that failed above leaves no config to be held to
                 for field, (old, new) in changes.items():
                     logging.info("config change on resume: %s: %r -> %r", field, old, new)
@@ -199,6 +217,26 @@ def run(model_dir: str) -> None:
         if damaged is None:
             raise
         raise TrainingError(str(damaged)) from None
+
+
+def fine_tune_start(model, config: config_lib.Config) -> None:
+    """The first start from --fine_tune_checkpoint. It restores at least the whole backbone, all
+    that --pretrained would initialize, so --pretrained is not applied (a warning says so when it
+    was given explicitly)."""
+    from ssd.engine.fine_tune import FineTuneError, initialize_from_checkpoint
+
+    if FLAGS["pretrained"].present and FLAGS.pretrained != "none":
+        logging.warning("--pretrained=%s is not applied: --fine_tune_checkpoint restores the whole "
+                        "backbone (and more), so the fine-tune checkpoint wins", FLAGS.pretrained)
+    try:
+        report = initialize_from_checkpoint(model, config, FLAGS.fine_tune_checkpoint,
+                                            FLAGS.fine_tune_checkpoint_type)
+    except FineTuneError as e:
+        raise TrainingError(str(e)) from e
+    for warning in report.warnings:
+        logging.warning("fine-tune checkpoint: %s", warning)
+    for line in report.log_lines():
+        logging.info("%s", line)
 
 
 def train(estimator, config: config_lib.Config, train_input_fn, eval_input_fn, signals) -> None:
