@@ -70,7 +70,8 @@ def main(argv) -> None:
 
     try:
         report = import_weights(FLAGS.source, FLAGS.input, FLAGS.model_dir, FLAGS.config, overrides)
-    except (WeightsImportError, config_lib.ConfigError, FileNotFoundError, ImportError) as e:
+    except (WeightsImportError, config_lib.ConfigError, FileNotFoundError, ImportError,
+            ValueError) as e:  # the readers name the file in their ValueErrors
         sys.exit(f"import_weights.py: error: {e}")
     config = report["config"]
     model_dir = report["model_dir"]
