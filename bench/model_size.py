@@ -2,7 +2,7 @@
 
     python bench/model_size.py
 
-Builds every network through `ssd.modeling.vgg16_ssd.build_model` from a recipe: SSD300-VGG16 and
+Builds every network through `ssd.modeling.build.build_model` from a recipe: SSD300-VGG16 and
 SSD512-VGG16 from `ssd300_voc0712` / `ssd512_voc0712` (21 classes, and 81 classes as on COCO)
 and SSDLite-MobileNetV2 320 from `ssdlite320_mobilenetv2_coco` / `_voc` (81 and 21 classes; the
 TF Object Detection API's anchors: 3 boxes on the first map, 6 elsewhere), plus SSDLite with 6
@@ -32,7 +32,7 @@ from ssd import cpu  # noqa: E402
 cpu.prefer_onednn()  # before TensorFlow loads: the kernels the apps use
 
 from ssd.config.loading import load_config  # noqa: E402
-from ssd.modeling.vgg16_ssd import build_model  # noqa: E402
+from ssd.modeling.build import build_model  # noqa: E402
 from ssd.modeling.model_size import count_multiply_adds  # noqa: E402
 
 COCO_CLASSES = 81  # 80 object classes + background

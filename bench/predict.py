@@ -4,7 +4,7 @@
         [--iterations=2] [--nojpeg] [--precisions=float32,bfloat16]
 
 --config takes any recipe name or path (SSD300/SSD512-VGG16, SSDLite-MobileNetV2); the network
-is built by `ssd.modeling.vgg16_ssd.build_model` for the recipe's backbone and fed in its input convention.
+is built by `ssd.modeling.build.build_model` for the recipe's backbone and fed in its input convention.
 
 Prints, for each inference precision (float32; bfloat16 = Keras mixed_bfloat16, float32 weights),
 images/s of

@@ -97,3 +97,16 @@ def generate_anchors(config: Config) -> np.ndarray:
     if config.anchors.clip:
         boxes = np.clip(boxes, 0.0, 1.0)
     return boxes.astype(np.float32)
+
+
+def check_feature_map_sizes(config, produced: list[int]) -> None:
+    """The anchors are laid on the maps the network produces: same sizes, one ratio list each."""
+    expected = list(config.anchors.feature_map_sizes)
+    if expected != list(produced):
+        raise ValueError(
+            f"anchors.feature_map_sizes is {expected} but {config.model.architecture} at input "
+            f"size {config.model.input_size} produces source maps {list(produced)}")
+    if len(config.anchors.aspect_ratios) != len(produced):
+        raise ValueError(
+            f"anchors.aspect_ratios has {len(config.anchors.aspect_ratios)} lists "
+            f"but {config.model.architecture} has {len(produced)} source maps")

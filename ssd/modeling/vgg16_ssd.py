@@ -30,9 +30,9 @@ import math
 import keras
 from keras import layers, ops
 
-from ssd.config.architectures import (MOBILENET_V2, POOLINGS_BEFORE_CONV4_3, feature_map_sizes,
-                               get_architecture)
+from ssd.config.architectures import POOLINGS_BEFORE_CONV4_3, feature_map_sizes, get_architecture
 from ssd.config.loading import Config
+from ssd.modeling.anchors import check_feature_map_sizes
 
 MIN_CHANNELS = 8
 
@@ -174,47 +174,9 @@ def _head(feature, index, boxes, components, prefix):
                           name=f"{prefix}_{index}_flat")(out)
 
 
-def check_feature_map_sizes(config: Config, produced: list[int]) -> None:
-    expected = list(config.anchors.feature_map_sizes)
-    if expected != list(produced):
-        raise ValueError(
-            f"anchors.feature_map_sizes is {expected} but {config.model.architecture} at input "
-            f"size {config.model.input_size} produces source maps {list(produced)}")
-    if len(config.anchors.aspect_ratios) != len(produced):
-        raise ValueError(
-            f"anchors.aspect_ratios has {len(config.anchors.aspect_ratios)} lists "
-            f"but {config.model.architecture} has {len(produced)} source maps")
-
-
-def build_model(config: Config) -> keras.Model:
-    """Builds the network of `config.model.backbone` under the current global Keras dtype policy:
-    SSD300/SSD512-VGG16 here, SSDLite-MobileNetV2 from `ssd.modeling.ssdlite`.
-
-    Input: images [B, H, W, 3] in the config's `data.preprocessing` convention (ssd.data.preprocessing),
-    H = W = model.input_size.
-    Output: (cls_logits [B, A, num_classes], box_encodings [B, A, 4]), always float32, A the
-    number of default boxes of `ssd.modeling.anchors.generate_anchors(config)`, in its order.
-    """
-    if config.model.backbone == MOBILENET_V2:
-        return _build_ssdlite(config)
-    return _build_vgg_ssd(config)
-
-
-def _build_ssdlite(config: Config) -> keras.Model:
-    from ssd.modeling.ssdlite import build_ssdlite_mobilenet_v2
-
-    model_config = config.model
-    architecture = get_architecture(model_config.architecture)
-    check_feature_map_sizes(config, feature_map_sizes(architecture.name, model_config.input_size))
-    model = build_ssdlite_mobilenet_v2(
-        model_config.num_classes, config.anchors.boxes_per_location,
-        input_size=model_config.input_size, width_multiplier=model_config.width_multiplier,
-        extra_channels=architecture.extra_channels,
-        batch_norm_momentum=model_config.batch_norm_momentum)
-    return model
-
-
-def _build_vgg_ssd(config: Config) -> keras.Model:
+def build_vgg16_ssd(config: Config) -> keras.Model:
+    """SSD300/SSD512-VGG16 of `config` (use `ssd.modeling.build.build_model`, which picks the
+    backbone)."""
     model_config = config.model
     architecture = model_config.architecture
     size = model_config.input_size

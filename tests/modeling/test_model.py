@@ -5,7 +5,8 @@ import tensorflow as tf
 
 from ssd.config.architectures import ARCHITECTURES, feature_map_sizes
 from ssd.config.loading import load_config
-from ssd.modeling.vgg16_ssd import L2Normalization, build_model, scaled_channels
+from ssd.modeling.build import build_model
+from ssd.modeling.vgg16_ssd import L2Normalization, scaled_channels
 
 TINY = {"model.width_multiplier": 0.125, "model.num_classes": 4,
         "data.class_names": ["circle", "square", "triangle"]}

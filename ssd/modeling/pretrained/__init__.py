@@ -18,7 +18,7 @@ __all__ = ["PretrainedError", "initialize_for_config"]
 
 def initialize_for_config(model: keras.Model, config, source: str) -> dict:
     """Loads the pretrained backbone of `config.model.backbone` into `model` (built by
-    `ssd.modeling.vgg16_ssd.build_model(config)`) and reports what was done, as `initialize_backbone` does.
+    `ssd.modeling.build.build_model(config)`) and reports what was done, as `initialize_backbone` does.
 
     vgg16: `initialize_backbone`; mobilenet_v2: `ssd.modeling.pretrained.mobilenet_v2.
     initialize_mobilenet_v2_backbone` at the config's width multiplier. Raises PretrainedError
