@@ -26,7 +26,7 @@ from ssd.modeling.anchors import generate_anchors
 from ssd.config.loading import Config, TrainConfig
 from ssd.engine.estimator import EstimatorSpec, ModelContext, ModelFunction
 from ssd.modeling.losses import classification_accuracy, detection_losses, is_bias, weight_decay_loss
-from ssd.modeling.vgg16_ssd import build_model
+from ssd.modeling.build import build_model
 from ssd.modes import ModeKeys
 from ssd.data.preprocessing import to_display
 

@@ -46,7 +46,7 @@ from ssd.modeling.anchors import generate_anchors
 from ssd.config.loading import Config, load_saved_config
 from ssd.modeling import checkpoints
 from ssd.data.preprocessing import decode_image, preprocess_image
-from ssd.modeling.vgg16_ssd import build_model
+from ssd.modeling.build import build_model
 from ssd.modeling.postprocess import postprocess, to_pixels
 from ssd.precision import INFERENCE_POLICIES, dtype_policy
 

@@ -122,7 +122,7 @@ def import_weights(source: str, input_path: str, model_dir: str, recipe: str | N
 
     from ssd.config import loading as config_lib
     from ssd.modeling import checkpoints
-    from ssd.modeling.vgg16_ssd import build_model
+    from ssd.modeling.build import build_model
 
     config, default_recipe, used_recipe, applied = resolve_config(module, input_path, recipe,
                                                                   overrides)

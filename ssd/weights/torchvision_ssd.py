@@ -70,7 +70,8 @@ from typing import Any
 import numpy as np
 
 from ssd.modeling.anchors import location_box_sizes
-from ssd.weights.torch_format import read_state_dict
+from ssd.weights.importing import WeightsImportError
+from ssd.weights.torch_format import TorchFormatError, read_state_dict
 
 RECIPE = "ssd300_vgg16_torchvision_coco"
 
@@ -120,18 +121,33 @@ def torchvision_box_sizes(layer: int, clip: bool = True) -> np.ndarray:
     return np.clip(sizes, 0.0, 1.0) if clip else sizes
 
 
+def _read(input_path: str) -> dict[str, np.ndarray]:
+    try:
+        return read_state_dict(input_path)
+    except TorchFormatError as e:
+        raise WeightsImportError(str(e)) from None
+
+
+def describe(input_path: str) -> str:
+    """One line about the file."""
+    state = _read(input_path)
+    count = sum(int(np.prod(v.shape)) for v in state.values())
+    return (f"torchvision ssd300_vgg16 state_dict: {len(state)} tensors, {count:,} values, "
+            f"{_num_classes_in(state)} classes")
+
+
 def _num_classes_in(state: dict[str, np.ndarray]) -> int:
     boxes = 2 + 2 * len(ASPECT_RATIOS[0])
     key = _CLS.format(0) + ".weight"
     if key not in state:
-        raise ValueError(f"not a torchvision ssd300_vgg16 state_dict: no {key!r}")
+        raise WeightsImportError(f"not a torchvision ssd300_vgg16 state_dict: no {key!r}")
     return int(state[key].shape[0]) // boxes
 
 
 def default_config(input_path: str) -> tuple[str, dict[str, Any]]:
     """The recipe of torchvision's conventions, and overrides for a state_dict whose number of
     classes is not COCO's 91 (labels then keep torchvision's numbering, named class_1 ...)."""
-    num_classes = _num_classes_in(read_state_dict(input_path))
+    num_classes = _num_classes_in(_read(input_path))
     if num_classes == TORCHVISION_COCO_SLOTS:
         return RECIPE, {}
     return RECIPE, {"model.num_classes": num_classes,
@@ -146,7 +162,7 @@ def _class_slots(config, file_classes: int) -> list[int]:
         return [0, *COCO_IDS]
     if num_classes == file_classes:
         return list(range(num_classes))
-    raise ValueError(f"model.num_classes is {num_classes} but the state_dict has {file_classes} "
+    raise WeightsImportError(f"model.num_classes is {num_classes} but the state_dict has {file_classes} "
                      f"classes (91 imports as 81: background and the 80 COCO categories)")
 
 
@@ -158,6 +174,9 @@ def _check_config(config) -> None:
                         f"(needs ssd300/vgg16 at 300)")
     if model.width_multiplier != 1.0 or model.extra_batch_norm:
         problems.append("width_multiplier 1 and no extra_batch_norm needed")
+    if getattr(model, "extra_padding", "caffe") != "caffe":
+        problems.append("model.extra_padding must be 'caffe' (torchvision pads conv8_2 and "
+                        "conv9_2 by 1 on every side)")
     if config.data.preprocessing != "caffe_bgr_mean":
         problems.append(f"data.preprocessing {config.data.preprocessing!r} (needs caffe_bgr_mean)")
     if len(config.anchors.feature_map_sizes) != len(ASPECT_RATIOS):
@@ -175,7 +194,7 @@ def _check_config(config) -> None:
         if config.anchors.clip or config.anchors.offset != 0.5:
             problems.append("anchors.clip must be false and anchors.offset 0.5")
     if problems:
-        raise ValueError("the config does not describe torchvision's ssd300_vgg16: "
+        raise WeightsImportError("the config does not describe torchvision's ssd300_vgg16: "
                          + "; ".join(problems))
 
 
@@ -220,12 +239,12 @@ def _head_arrays(state, layer, slots, variances):
 def model_arrays(input_path: str, config, model) -> tuple[dict[str, np.ndarray], list[str]]:
     """({variable.path: value} for every variable of `model`, the state_dict keys not used)."""
     _check_config(config)
-    state = read_state_dict(input_path)
+    state = _read(input_path)
     used: set[str] = set()
 
     def take(key):
         if key not in state:
-            raise ValueError(f"{input_path}: no {key!r} (not a torchvision ssd300_vgg16 "
+            raise WeightsImportError(f"{input_path}: no {key!r} (not a torchvision ssd300_vgg16 "
                              f"state_dict?)")
         used.add(key)
         return state[key]
@@ -252,10 +271,10 @@ def model_arrays(input_path: str, config, model) -> tuple[dict[str, np.ndarray],
         layer, _, field = variable.path.rpartition("/")
         value = by_layer.get(layer, {}).get(field)
         if value is None:
-            raise ValueError(f"no torchvision value for the model variable {variable.path!r}")
+            raise WeightsImportError(f"no torchvision value for the model variable {variable.path!r}")
         value = np.asarray(value, dtype=np.float32)
         if tuple(value.shape) != tuple(variable.shape):
-            raise ValueError(f"{variable.path}: the state_dict gives shape {value.shape}, the "
+            raise WeightsImportError(f"{variable.path}: the state_dict gives shape {value.shape}, the "
                              f"model has {tuple(variable.shape)}")
         values[variable.path] = value
     unused = [key for key in state if key not in used]

@@ -14,7 +14,7 @@ import tensorflow as tf
 from ssd.config.loading import load_saved_config
 from ssd.inference.detector import Detector, build_inference_model
 from ssd.modeling import checkpoints
-from ssd.modeling.vgg16_ssd import build_model
+from ssd.modeling.build import build_model
 from ssd.weights import caffe_original, tf1_original
 from ssd.weights.importing import resolve_config
 from tests.weights.test_import_caffe import caffe_layers, caffemodel

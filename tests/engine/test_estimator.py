@@ -395,7 +395,7 @@ def test_coco_evaluation_during_training_equals_eval_py_on_the_same_checkpoints(
 def test_predict_is_the_network_and_postprocessing_of_the_checkpoint(ssd_run):
     from ssd.modeling.anchors import generate_anchors
     from ssd.data.input_fn import make_input_fn
-    from ssd.modeling.vgg16_ssd import build_model
+    from ssd.modeling.build import build_model
     from ssd.modeling.postprocess import postprocess
     config, estimator = ssd_run["config"], ssd_run["estimator"]
     checkpoint = str(ssd_run["model_dir"] / "ckpt-2")

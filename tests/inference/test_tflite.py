@@ -2,7 +2,7 @@
 
 The trained model: SSD300 at 1/8 width (configs/ssd300_shapes_cpu.json) trained from scratch on a
 small synthetic shapes set for TRAIN_STEPS steps by train.py (the demo's schedule, compressed),
-shared by the tests of this module; it reaches 0.70-0.82 VOC07 mAP (the demo's 900 steps: ~0.89).
+shared by the tests of this module; it reaches 0.70-0.82 VOC07 mAP (the demo, 600 steps on 2,000 images: ~0.84).
 Random weights give near-equal scores for many boxes, and the order of near-ties is not a property
 of the export; a trained model's scores are spread out.
 """
@@ -35,9 +35,12 @@ if str(ROOT) not in sys.path:  # dataset/ holds scripts, not an installed packag
 
 from dataset.make_shapes import make_shapes_dataset  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains a model or starts processes
+
+
 CLASSES = ["circle", "square", "triangle", "star"]
 TRAIN_STEPS = 600
-LR_BOUNDARIES = "[30,100,450]"  # the recipe's [50,150,700] of 900 steps, scaled to TRAIN_STEPS
+LR_BOUNDARIES = "[30,100,450]"  # warm-up shortened; the decay where the recipe has it
 NUM_TRAIN, NUM_TEST = 400, 240
 
 
@@ -375,3 +378,66 @@ def test_export_app_writes_tflite_models_that_detect_like_the_library(shapes, te
     assert any(d["dtype"] == np.int8 for d in details)
     refused = subprocess.run(command[:-1] + ["--quantize=int8"], cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode == 2 and "--quantize goes with --format=tflite" in refused.stderr
+
+
+# --- fine-tuning the trained model to a subset of its classes (ssd.engine.fine_tune) -------------
+
+SUBSET = ["star", "circle"]  # two of CLASSES, reordered
+# The fine-tuned model's logits are exactly the source's background, star and circle logits, but
+# its softmax runs over those 3 instead of 5: a box on a square or triangle, where the source put
+# most of the mass on the dropped class, now gives it to star, circle or background, and some of
+# those boxes become confident false positives of the kept classes. Measured here (600 steps,
+# 240 test images), VOC07 AP source / fine-tuned at step 0: star 0.860 / 0.787, circle 0.891 /
+# 0.814 (boxes scoring > 0.3 for a kept class on 8 images: 198 -> 254, 62 of them argmax a
+# dropped class in the source). Bounded with a margin for runs that train differently.
+MAX_SUBSET_AP_LOSS = 0.15
+
+
+def _per_class_ap(detector, config, test_images, label_map):
+    """VOC07 AP per class of `config` on the test images, their ground truth relabelled by
+    `label_map` (record label -> config label; other classes' objects dropped)."""
+    evaluator = VOCEvaluator(config.data.class_names, metric="voc07")
+    for start in range(0, len(test_images), 16):
+        chunk = test_images[start:start + 16]
+        batch = tf.constant(np.stack([image for _, image, *_ in chunk]))
+        out = {k: v.numpy() for k, v in detector.detect_uint8(batch).items()
+               if k in ("boxes", "scores", "classes", "num_detections")}
+        for i, (image_id, _, height, width, gt_boxes, labels, difficult) in enumerate(chunk):
+            keep = np.isin(labels, list(label_map))
+            n = int(out["num_detections"][i])
+            evaluator.add_image(image_id, normalized_to_voc(gt_boxes[keep], height, width),
+                                np.array([label_map[int(l)] for l in labels[keep]], np.int64),
+                                difficult[keep], normalized_to_voc(out["boxes"][i, :n], height, width),
+                                out["scores"][i, :n], out["classes"][i, :n])
+    return evaluator.result()["classes"]
+
+
+def test_fine_tuned_to_a_class_subset_scores_like_the_source_at_step_0(shapes, test_images):
+    from ssd.config.loading import from_dict, to_dict
+    from ssd.engine.fine_tune import initialize_from_checkpoint
+    from ssd.inference.detector import preprocess_uint8
+
+    config, model, test_files, _ = shapes
+    model_dir = Path(test_files).parents[1] / "model"  # where the fixture trained
+    values = to_dict(config)
+    values["data"]["class_names"] = SUBSET
+    values["model"]["num_classes"] = len(SUBSET) + 1
+    subset_config = from_dict(values)
+    subset_model = build_inference_model(subset_config)
+    report = initialize_from_checkpoint(subset_model, subset_config, str(model_dir))
+    assert report.copied_classes == [("background", "background"), ("star", "star"), ("circle", "circle")]
+
+    labels = {name: CLASSES.index(name) + 1 for name in CLASSES}
+    source_ap = _per_class_ap(Detector(model, config), config, test_images,
+                              {label: label for label in labels.values()})
+    subset_ap = _per_class_ap(Detector(subset_model, subset_config), subset_config, test_images,
+                              {labels[name]: i for i, name in enumerate(SUBSET, start=1)})
+    print("VOC07 AP on %d test images, source (4 classes) / fine-tuned to %s at step 0: %s" % (
+        len(test_images), SUBSET, ", ".join(f"{c} {source_ap[c]:.4f} / {subset_ap[c]:.4f}" for c in SUBSET)))
+    images = tf.constant(np.stack([image for _, image, *_ in test_images[:8]]))
+    inputs, _ = preprocess_uint8(images, config)
+    np.testing.assert_array_equal(subset_model(inputs)[0].numpy(),
+                                  tf.gather(model(inputs)[0], [0, labels["star"], labels["circle"]], axis=-1))
+    for name in SUBSET:
+        assert source_ap[name] > 0.5  # a model that detects: the comparison means something
+        assert subset_ap[name] >= source_ap[name] - MAX_SUBSET_AP_LOSS, name

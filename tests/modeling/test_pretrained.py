@@ -16,7 +16,7 @@ from PIL import Image
 
 from ssd.modeling.pretrained import vgg16 as pretrained
 from ssd.config.loading import load_config
-from ssd.modeling.vgg16_ssd import build_model
+from ssd.modeling.build import build_model
 from ssd.modeling.pretrained.keras_cache import PretrainedError, keras_cache_file
 from ssd.modeling.pretrained.vgg16 import initialize_backbone
 from ssd.data.records import make_example

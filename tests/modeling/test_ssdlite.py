@@ -418,7 +418,7 @@ def _ssdlite_config(**overrides):
 
 @pytest.fixture(scope="module")
 def tiny_ssdlite():
-    from ssd.modeling.vgg16_ssd import build_model
+    from ssd.modeling.build import build_model
 
     config = _ssdlite_config()
     return config, build_model(config)
@@ -441,7 +441,7 @@ def test_build_model_dispatches_on_the_backbone(tiny_ssdlite):
 
 def test_build_model_of_the_coco_recipe_matches_the_direct_builder():
     from ssd.config.loading import load_config
-    from ssd.modeling.vgg16_ssd import build_model
+    from ssd.modeling.build import build_model
 
     from_config = build_model(load_config("ssdlite320_mobilenetv2_coco"))
     assert from_config.count_params() == ssdlite_params(81, TF_OD_API_BOXES)
@@ -513,7 +513,7 @@ def test_a_few_training_steps_of_the_shapes_recipe_through_the_estimator(tmp_pat
 
 def test_batch_norm_momentum_from_the_config_reaches_every_batch_norm():
     from ssd.config.loading import ConfigError, load_config
-    from ssd.modeling.vgg16_ssd import build_model
+    from ssd.modeling.build import build_model
 
     def momenta(config):
         return {layer.momentum for layer in build_model(config).layers

@@ -21,7 +21,7 @@ from ssd.data.preprocessing import preprocess_image
 from ssd.modeling import checkpoints
 from ssd.modeling.anchors import generate_anchors
 from ssd.modeling.boxes import decode
-from ssd.modeling.vgg16_ssd import build_model
+from ssd.modeling.build import build_model
 from ssd.weights import caffe_original
 from ssd.weights.importing import WeightsImportError, import_weights
 from tests.weights.test_caffe_format import blob, layer, ld, net, unpacked_floats, v1_layer

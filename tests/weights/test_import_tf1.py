@@ -20,7 +20,7 @@ from ssd.data.preprocessing import preprocess_image
 from ssd.modeling import checkpoints
 from ssd.modeling.anchors import generate_anchors
 from ssd.modeling.boxes import decode
-from ssd.modeling.vgg16_ssd import build_model
+from ssd.modeling.build import build_model
 from ssd.weights.importing import WeightsImportError, import_weights
 
 WIDTH = 1 / 8

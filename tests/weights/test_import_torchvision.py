@@ -158,3 +158,31 @@ def test_missing_or_extra_tensors_are_refused_and_nothing_is_written(tmp_path):
     with pytest.raises(WeightsImportError, match="module_list.6"):
         import_weights("torchvision", str(path), str(tmp_path / "model"))
     assert not (tmp_path / "model").exists()
+
+
+def test_anchors_are_torchvisions_apart_from_the_clamp_folded_into_the_head():
+    from ssd.config.loading import load_config
+    config = load_config(tv.RECIPE)
+    ours = generate_anchors(config).astype(np.float64)
+    theirs = []
+    for k, (size, step) in enumerate(zip([38, 19, 10, 5, 3, 1], tv.STEPS)):
+        s, s_next = tv.SCALES[k], tv.SCALES[k + 1]
+        wh = [(s, s), (np.sqrt(s * s_next),) * 2]
+        for r in tv.ASPECT_RATIOS[k]:
+            wh += [(s * np.sqrt(r), s / np.sqrt(r)), (s / np.sqrt(r), s * np.sqrt(r))]
+        centres = (np.arange(size) + 0.5) * step / 300
+        theirs += [(cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2)
+                   for cy in centres for cx in centres for w, h in np.clip(wh, 0, 1)]
+    differ = np.abs(ours - np.array(theirs)).max(axis=1) > 1e-6
+    # only the last map's 1:2 and 2:1 boxes (0.87 * sqrt 2 > 1) differ: their clamp is in the head
+    assert np.flatnonzero(differ).tolist() == [8730, 8731]
+
+
+@pytest.mark.parametrize("overrides", [{"anchors.clip": True}, {"model.extra_padding": "same"}])
+def test_a_config_unlike_torchvisions_is_refused(imported, overrides):
+    from ssd.config.loading import load_config
+    from ssd.modeling.build import build_model
+    _, base, _ = imported
+    config = load_config(tv.RECIPE, overrides)
+    with pytest.raises(WeightsImportError, match="torchvision"):
+        tv.model_arrays(str(base / "ssd300_vgg16_coco.pth"), config, build_model(config))
