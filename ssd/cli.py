@@ -43,6 +43,11 @@ _ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is call
 
 
 def program_name() -> str:
+    """What the user typed to run the app: `train.py`, or `python -m ssd.voc.eval` for a module
+    of the package (whose file name, eval.py, would be mistaken for the app of that name)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name.startswith("ssd."):
+        return f"python -m {spec.name}"
     return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "app"
 
 

@@ -101,7 +101,7 @@ def evaluate_files(annotations_file: str | os.PathLike, results_file: str | os.P
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="coco_eval.py",
+        prog="python -m ssd.coco.eval",
         description="Scores a COCO results JSON file against COCO annotations with pycocotools' "
                     "COCOeval (bbox): the 12 COCO numbers and per-class AP.")
     parser.add_argument("--annotations_file", required=True,

@@ -69,7 +69,7 @@ def test_help_exits_0_with_the_flags_and_no_startup_lines(app):
     (["eval.py", "--batch_size=many"],
      "eval.py: error: flag --batch_size=many: invalid literal for int() with base 10: 'many' (see --help)"),
     (["-m", "ssd.voc.eval", "--annotations_dir=a", "--imageset=b", "--results_dir=c", "extra"],
-     "voc_eval.py: error: unexpected arguments: extra (see --help)"),
+     "python -m ssd.voc.eval: error: unexpected arguments: extra (see --help)"),
 ])
 def test_usage_error_is_one_line_and_exit_2(arguments, message):
     result = _run(arguments)

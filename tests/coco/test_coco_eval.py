@@ -358,7 +358,7 @@ def test_cli_errors_are_clear(tmp_path, scored_files):
     def fails(*args, expect):
         proc = run_cli(*args)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
-        assert "coco_eval.py: error:" in proc.stderr
+        assert "python -m ssd.coco.eval: error:" in proc.stderr
         for text in expect:
             assert text in proc.stderr, proc.stderr
 
