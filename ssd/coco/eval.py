@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = evaluate_files(args.annotations_file, args.results_file, args.verbose)
     except (ValueError, FileNotFoundError) as e:
-        print(f"coco_eval.py: error: {e}", file=sys.stderr)
+        print(f"python -m ssd.coco.eval: error: {e}", file=sys.stderr)
         return 1
     print(format_stats(result))
     print()

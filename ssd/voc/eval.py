@@ -178,11 +178,11 @@ def main(argv: Sequence[str]) -> None:
                                 flag_values.metric, flag_values.classes, flag_values.prefix,
                                 refuse_unknown_classes=default_classes)
     except UnknownClassesError as e:
-        raise SystemExit(f"voc_eval.py: error: the annotations name classes that are not VOC's: {_object_counts(e.counts)}; "
+        raise SystemExit(f"python -m ssd.voc.eval: error: the annotations name classes that are not VOC's: {_object_counts(e.counts)}; "
                          f"without --classes the 20 VOC classes are scored. Give the data's class list, "
                          f"e.g. --classes={','.join(e.names_found)}") from None
     except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"voc_eval.py: error: {e}") from None
+        raise SystemExit(f"python -m ssd.voc.eval: error: {e}") from None
     print(format_table(result))
     if flag_values.output_json:
         Path(flag_values.output_json).write_text(json.dumps(summary_of(result), indent=2) + "\n")
