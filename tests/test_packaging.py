@@ -56,7 +56,7 @@ def test_installed_package_loads_recipes_by_name(tmp_path):
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     report = json.loads(_run([str(python), "-c", CHECK], outside).strip().splitlines()[-1])
-    assert Path(report["module"]).parent == site_packages / "ssd"
+    assert Path(report["module"]).parent == site_packages / "ssd" / "config"
     assert Path(report["recipe_dir"]) == site_packages / "ssd" / "configs"
     assert report["recipes"] == sorted(p.stem for p in (ROOT / "configs").glob("*.json"))
     assert report["preset"] == "tf1" and report["maps"] == [38, 19, 10, 5, 3, 1]
