@@ -30,27 +30,26 @@ def _is_x86() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 
-def cpu_flags(cpuinfo_path: str = "/proc/cpuinfo") -> set[str]:
-    """The CPU's feature flags (empty where the system does not list them)."""
+def _cpuinfo_value(field: str, cpuinfo_path: str) -> str | None:
+    """The value of the first `field` line of /proc/cpuinfo (None where the system has none)."""
     try:
         with open(cpuinfo_path) as file:
             for line in file:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_model(cpuinfo_path: str = "/proc/cpuinfo") -> str:
-    try:
-        with open(cpuinfo_path) as file:
-            for line in file:
-                if line.startswith("model name"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_flags(cpuinfo_path: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags (empty where the system does not list them)."""
+    return set((_cpuinfo_value("flags", cpuinfo_path) or "").split())
+
+
+def cpu_model(cpuinfo_path: str = "/proc/cpuinfo") -> str:
+    return (_cpuinfo_value("model name", cpuinfo_path)
+            or platform.processor() or platform.machine())
 
 
 def prefer_onednn(environ=None) -> bool:

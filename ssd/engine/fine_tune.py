@@ -254,8 +254,7 @@ def _source_model(config: config_lib.Config, prefix: str) -> tuple[keras.Model, 
     model = build_inference_model(config)
     try:
         step = checkpoints.restore_checkpoint(model, prefix, config)
-    except (checkpoints.CheckpointMismatchError, checkpoints.CheckpointRemovedError,
-            checkpoints.DamagedCheckpointError) as e:
+    except checkpoints.CheckpointError as e:
         raise FineTuneError(f"fine-tune checkpoint: {str(e).splitlines()[0]}") from e
     return model, step
 
