@@ -69,12 +69,10 @@ def main(argv) -> None:
         if not FLAGS[name].value:
             raise app.UsageError(f"--{name} is required")
 
-    from ssd.modeling import checkpoints
-
-
-    from ssd.engine import evaluation
-
     from ssd.data import record_classes
+    from ssd.data.record_files import DataError
+    from ssd.engine.checkpoint_evaluation import run_evaluation
+    from ssd.modeling import checkpoints
     try:
         config = config_lib.load_saved_config(FLAGS.model_dir)
         if FLAGS.batch_size:
@@ -84,12 +82,12 @@ def main(argv) -> None:
                 FLAGS.model_dir)
         record_classes.check_record_classes(FLAGS.data_dir, config.data.class_names)
         timeout = FLAGS.watch_timeout_secs if FLAGS.watch_timeout_secs > 0 else None
-        summaries = evaluation.run_evaluation(
+        summaries = run_evaluation(
             config, FLAGS.model_dir, FLAGS.data_dir, checkpoint_path=FLAGS.checkpoint_path,
             metric=FLAGS.metric, output_dir=FLAGS.output_dir, watch=FLAGS.watch,
             watch_timeout_secs=timeout, watch_interval_secs=FLAGS.watch_interval_secs,
             precision=FLAGS.precision, jit_compile=FLAGS.jit_compile)
-    except (config_lib.ConfigError, checkpoints.CheckpointError, evaluation.DataError, ValueError) as e:
+    except (config_lib.ConfigError, checkpoints.CheckpointError, DataError, ValueError) as e:
         sys.exit(f"eval.py: error: {e}")
     for summary in summaries:
         if "output_dir" in summary:

@@ -9,7 +9,7 @@ area range at all) the result holds None.
 Per class, AP@[.5:.95] and AP50 are read from COCOeval's accumulated precision at area "all",
 100 detections. A class without non-crowd ground truth has no AP (COCOeval leaves it out of every
 mean): None, status "no_ground_truth"; a class with ground truth but no detection has AP 0,
-status "no_detections"; the others "ok" (the statuses of `ssd.voc.metric`). The mean of the
+status "no_detections"; the others "ok" (the statuses of `ssd.evaluator`). The mean of the
 per-class APs is the AP summary number; "mAP" repeats it so that VOC-shaped reports read both.
 
 `COCOEvaluator` collects batches as `ssd.voc.metric.VOCEvaluator` does and works in two ways:
@@ -39,7 +39,7 @@ import numpy as np
 from ssd.coco import results as coco_results
 from ssd.coco.coords import normalized_to_coco
 from ssd.voc.image_ids import image_id_text
-from ssd.voc.metric import STATUS_NO_DETECTIONS, STATUS_NO_GROUND_TRUTH, class_status
+from ssd.evaluator import STATUS_NO_GROUND_TRUTH, STATUS_OK, STATUS_TEXT, class_status
 
 METRIC = "coco"
 # pycocotools' summarize() order: key, AP or AR, IoU thresholds, area range, max detections
@@ -348,7 +348,6 @@ class COCOEvaluator:
 
 # --- text ------------------------------------------------------------------------------------
 
-_STATUS_TEXT = {STATUS_NO_GROUND_TRUTH: "no ground truth", STATUS_NO_DETECTIONS: "no detections"}
 _STAT_TITLES = {"AP": "Average Precision  (AP)", "AR": "Average Recall     (AR)"}
 
 
@@ -374,9 +373,9 @@ def format_table(result: Mapping[str, Any]) -> str:
     lines = [f"COCO AP (%), {result.get('num_images')} images",
              f"{'class':<{width}}{'AP':>6}{'AP50':>7}"]
     for name, ap in aps.items():
-        status = statuses.get(name, STATUS_NO_GROUND_TRUTH if ap is None else "ok")
+        status = statuses.get(name, STATUS_NO_GROUND_TRUTH if ap is None else STATUS_OK)
         lines.append(f"{name:<{width}}{fmt(ap):>6}{fmt(aps50.get(name)):>7}  "
-                     f"{_STATUS_TEXT.get(status, '')}".rstrip())
+                     f"{STATUS_TEXT.get(status, '')}".rstrip())
     lines.append("-" * (width + 13))
     lines.append(f"{'mean':<{width}}{fmt(result['AP']):>6}{fmt(result['AP50']):>7}")
     undefined = [name for name, ap in aps.items() if ap is None]

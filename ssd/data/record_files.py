@@ -92,6 +92,27 @@ def resolve_files(file_pattern: str | os.PathLike | Sequence[str | os.PathLike])
     return sorted(files)
 
 
+def resolve_record_files(data: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """`resolve_files`, with its errors as DataError."""
+    try:
+        return resolve_files(data)
+    except (FileNotFoundError, ValueError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(str(e)) from None
+
+
+def count_records(files: Sequence[str]) -> int:
+    """Number of records in the files; an unreadable file raises DataError naming it."""
+    total = 0
+    for path in files:
+        try:
+            total += int(tf.data.TFRecordDataset(path).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+        except tf.errors.OpError as e:
+            raise DataError(f"{path}: not a readable TFRecord file ({_first_line(e)})") from None
+    return total
+
+
 def where_images_are(path: str) -> str:
     """How to find which images a shard held (for error messages)."""
     shard = records.parse_shard_name(path)

@@ -1,10 +1,8 @@
 """The shape of tf.estimator (gone from TensorFlow >= 2.16) for SSD, carried on TF2 primitives.
 
 `Estimator(model_fn, model_config, run_config)` trains a model function under any tf.distribute
-strategy (ssd.engine.training) and evaluates, predicts with and exports its checkpoints through the one
-inference path, `ssd.inference.detector.Detector` (ssd.engine.evaluation, ssd.inference.saved_model): what eval.py, visualize.py
-and the SavedModel compute is what the Estimator computes. Inference reads checkpoints into a
-float32 network without XLA, as eval.py does by default, whatever precision training runs in.
+strategy (ssd.engine.training) and evaluates, predicts with and exports its checkpoints through
+the model function's inference (`model_fn.inference`; SSD's is `ssd.engine.model_fn.SSDInference`).
 
 The model function
 ------------------
@@ -12,13 +10,16 @@ The model function
 run's precision policy, to create the object that owns the Keras model and its optimizer:
 
     holder = model_fn(model_config, context)    # context: ModelContext
-    spec = holder(features, labels, mode)       # mode ModeKeys.TRAIN -> EstimatorSpec
+    spec = holder(features, labels)             # one training step's EstimatorSpec
 
   holder.model      a built keras.Model (its variables are what checkpoints save and restore);
-                    for evaluate / predict / export, the SSD network of `model_config`;
   holder.optimizer  an unbuilt Keras optimizer. The Estimator wraps it in a dynamic
                     LossScaleOptimizer under float16 and builds it in the scope (Keras 3
                     optimizers must be built there before the first distributed step).
+For evaluate / predict / export, the factory has `model_fn.inference(model_config, model_dir)`,
+an object with `evaluate(checkpoint_path, input_fn, data_files, write_summaries) -> dict`,
+`predict(checkpoint_path, dataset) -> iterator of dicts` and `export(checkpoint_path, export_dir)
+-> step`.
 Optional (subclass `ModelFunction` for the default):
   holder.summary_images(tensors)  -> {name: images [N, H, W, C] float in [0, 1]} for TensorBoard,
                                      run eagerly on `spec.summary_tensors` of replica 0.
@@ -63,10 +64,7 @@ from absl import logging
 
 from ssd.modeling import checkpoints
 
-from ssd.engine import evaluation
-from ssd.inference.detector import Detector, build_inference_model, unbatch
 from ssd.engine.distribute import is_chief, task_name
-from ssd.inference.saved_model import export_saved_model
 from ssd.engine.interrupts import StopSignals, stop_policy
 from ssd.precision import TRAINING_POLICIES, dtype_policy
 from ssd.engine.training import Cadence, Hook, NonFiniteLossError, TrainingSession, make_train_step
@@ -105,9 +103,8 @@ class RunConfig:
 
 @dataclasses.dataclass
 class EstimatorSpec:
-    """What a model function returns in TRAIN mode (see the module docstring)."""
+    """What a model function returns for a training step (see the module docstring)."""
 
-    mode: str
     loss: tf.Tensor | None = None
     scalars: Mapping[str, tf.Tensor] = dataclasses.field(default_factory=dict)
     summary_tensors: Mapping[str, tf.Tensor] | None = None
@@ -132,7 +129,7 @@ class ModelFunction:
     model: keras.Model
     optimizer: keras.optimizers.Optimizer
 
-    def __call__(self, features, labels, mode: str) -> EstimatorSpec:
+    def __call__(self, features, labels) -> EstimatorSpec:
         raise NotImplementedError
 
     def summary_images(self, tensors: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -162,7 +159,7 @@ class Estimator:
         self.strategy = run_config.train_distribute or tf.distribute.get_strategy()
         self.is_chief = is_chief(self.strategy)
         self._training: _TrainingState | None = None
-        self._detector: Detector | None = None  # inference model, built on first use
+        self._inference_holder = None  # built on first use
         os.makedirs(run_config.model_dir, exist_ok=True)
 
     @property
@@ -294,29 +291,23 @@ class Estimator:
             self._training.restored = path
             logging.info("saved checkpoint %s", path)
 
-    # --- inference: the Detector over a checkpoint ---------------------------------------------
+    # --- inference: delegated to the model function's inference --------------------------------
 
-    def _inference(self) -> Detector:
-        if self._detector is None:
-            model = build_inference_model(self.model_config)
-            self._detector = Detector(model, self.model_config)  # as eval.py by default
-        return self._detector
-
-    def _restored_detector(self, checkpoint_path: str | None) -> tuple[Detector, int]:
-        detector = self._inference()
-        path = checkpoints.find_checkpoint(self.model_dir, checkpoint_path)
-        return detector, checkpoints.restore_checkpoint(detector.model, path, self.model_config)
+    def _inference(self):
+        if self._inference_holder is None:
+            factory = getattr(self._model_fn, "inference", None)
+            if factory is None:
+                raise NotImplementedError("this model function has no `inference` factory: the "
+                                          "Estimator can train it, not evaluate, predict or export it")
+            self._inference_holder = factory(self.model_config, self.model_dir)
+        return self._inference_holder
 
     def evaluate(self, input_fn: Callable, checkpoint_path: str | None = None,
                  steps: int | None = None) -> dict:
-        """The eval.metric numbers (VOC or COCO) of a checkpoint (default: model_dir's latest) on
-        `input_fn`'s EVAL dataset (all of it, or `steps` batches), computed and written
-        (model_dir/eval) as eval.py does; the COCO metric finds the category map beside the files
-        of an input function made by `ssd.data.input_fn.make_input_fn` (its `files`).
-
-        Returns {"mAP", "classes", "num_images", "metric", "global_step", "checkpoint"} (COCO:
-        also its 12 numbers, "AP", "AP50", ...).
-        """
+        """The metric numbers of a checkpoint (default: model_dir's latest) on `input_fn`'s
+        dataset (all of it, or `steps` batches), computed by the model function's inference; for
+        SSD what eval.py computes and writes into TensorBoard (`ssd.engine.model_fn.SSDInference`).
+        Adds "global_step" to its summary."""
         return self._evaluate(input_fn, checkpoints.find_checkpoint(self.model_dir, checkpoint_path), steps)
 
     def _evaluate(self, input_fn: Callable, checkpoint_path: str, steps: int | None = None) -> dict:
@@ -324,24 +315,20 @@ class Estimator:
             dataset = input_fn(input_context or tf.distribute.InputContext())
             return dataset if steps is None else dataset.take(steps)
 
-        summary = evaluation.evaluate_checkpoint(
-            self._inference(), checkpoint_path, batches, self.model_config.eval.metric,
-            output_dir=None, summary_dir=evaluation.summary_dir(self.model_dir) if self.is_chief else None,
-            print_table=None, data_files=getattr(input_fn, "files", None))
+        summary = self._inference().evaluate(checkpoint_path, batches, getattr(input_fn, "files", None),
+                                             write_summaries=self.is_chief)
         return dict(summary, global_step=summary["step"])
 
     def predict(self, input_fn: Callable, checkpoint_path: str | None = None) -> Iterator[dict]:
-        """Yields the Detector's outputs (numpy), plus image_id when the features have it, one
-        example at a time. The dataset's elements may be features or (features, labels)."""
-        detector, _ = self._restored_detector(checkpoint_path)
-        for element in input_fn(tf.distribute.InputContext()):
-            features = element[0] if isinstance(element, tuple) and len(element) == 2 else element
-            yield from unbatch(detector.detect_features(features))
+        """Yields the predictions of a checkpoint (numpy), one example at a time. The dataset's
+        elements may be features or (features, labels)."""
+        yield from self._inference().predict(checkpoints.find_checkpoint(self.model_dir, checkpoint_path),
+                                             input_fn(tf.distribute.InputContext()))
 
     def export_saved_model(self, export_dir_base: str, checkpoint_path: str | None = None) -> str:
-        """Writes the serving SavedModel (ssd.inference.saved_model) of a checkpoint to export_dir_base/<timestamp>."""
-        detector, step = self._restored_detector(checkpoint_path)
+        """Writes the serving SavedModel of a checkpoint to export_dir_base/<timestamp>."""
+        path = checkpoints.find_checkpoint(self.model_dir, checkpoint_path)
         export_dir = os.path.join(export_dir_base, datetime.datetime.now().strftime("%Y%m%d%H%M%S"))
-        export_saved_model(detector.model, self.model_config, export_dir)
+        step = self._inference().export(path, export_dir)
         logging.info("exported step %d to %s", step, export_dir)
         return export_dir

@@ -1,38 +1,56 @@
-"""Which metric scores an evaluation: the one place that picks a VOC or a COCO evaluator.
+"""The evaluators of the VOC07, VOC12 and COCO metrics (`ssd.evaluator.Evaluator`), and the one
+place that picks one.
 
-`make_evaluator(metric, config, data_files)` returns a `ssd.voc.metric.VOCEvaluator` for "voc07"
-and "voc12", a `ssd.coco.metric.COCOEvaluator` for "coco". For records written by
-`dataset/convert_coco.py` the COCO evaluator gets the category ids of the converter's category map
-(`<name>_categories.json` beside the shards `<name>-N-of-M`), so that its results carry COCO's own
-category ids and image ids (the records' `image/source_id`); the map's names must be the model's
-`data.class_names`, label by label. Records without a map (VOC-format data, your own) are scored
-against the ground truth the COCO evaluator builds from them.
+`make_evaluator(metric, config, data_files)` returns a `VOCMetric` for "voc07" and "voc12", a
+`COCOMetric` for "coco". For records written by `dataset/convert_coco.py` the COCO evaluator gets
+the category ids of the converter's category map (`<name>_categories.json` beside the shards
+`<name>-N-of-M`), so that its results carry COCO's own category ids and image ids (the records'
+`image/source_id`); the map's names must be the model's `data.class_names`, label by label.
+Records without a map (VOC-format data, your own) are scored against the ground truth the COCO
+evaluator builds from them.
 
-`add_batch` feeds one EVAL batch to either evaluator: crowd regions are ignored ground truth for
-both (COCO's rule; the VOC metric has only difficult objects to ignore), and the objects' areas
-reach the COCO evaluator where the records know them.
+Crowd regions are ignored ground truth for both metrics (COCO's rule; the VOC metric has only
+difficult objects to ignore), and the objects' areas reach the COCO metric where the records know
+them.
+
+Reports. VOC: the devkit's result files (RESULTS_SUBDIR), SUMMARY_FILENAME and the
+precision/recall plot CURVES_FILENAME; in TensorBoard "mAP", "classes/<name>" and the per-class
+precision/recall curves. COCO: the detections as a COCO results JSON (DETECTIONS_FILENAME), for
+records without a category map the ground truth they were scored against (GROUND_TRUTH_FILENAME,
+so that `python -m ssd.coco.eval` re-scores them), and SUMMARY_FILENAME as `python -m
+ssd.coco.eval --output_json` writes it; in TensorBoard the 12 numbers (COCO_PREFIX + "AP", ...)
+and per-class AP@[.5:.95] (COCO_CLASSES_PREFIX + name).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence, Union
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ssd.coco import metric as coco_metric
-
-from ssd.voc import metric as voc_metric
 from ssd.coco.categories import Category, CategoryError, category_map_path, read_category_map
-from ssd.coco.metric import COCOEvaluator
+from ssd.coco.results import write_json
 from ssd.config.loading import Config
 from ssd.data.record_files import DataError
 from ssd.data.records import parse_shard_name
-from ssd.voc.metric import VOCEvaluator
+from ssd.draw import draw_precision_recall
+from ssd.evaluator import Evaluator
+from ssd.voc import metric as voc_metric
+from ssd.voc import table as voc_table
 
 COCO = coco_metric.METRIC
 METRICS = {**voc_metric.METRICS, COCO: "COCO AP@[.5:.95]"}
-Evaluator = Union[VOCEvaluator, COCOEvaluator]
+
+SUMMARY_FILENAME = "summary.json"
+CURVES_FILENAME = "precision_recall.png"  # VOC
+RESULTS_SUBDIR = "results"  # VOC: the devkit's comp4_det_test_<class>.txt files
+DETECTIONS_FILENAME = "detections.json"  # COCO: the results JSON
+GROUND_TRUTH_FILENAME = "ground_truth.json"  # COCO, records without a category map
+COCO_PREFIX = "coco/"  # TensorBoard: the 12 COCO numbers
+COCO_CLASSES_PREFIX = "coco_classes/"  # TensorBoard: per-class AP@[.5:.95]
 
 
 def check_metric(metric: str) -> str:
@@ -87,26 +105,12 @@ def coco_category_ids(categories: Sequence[Category], class_names: Sequence[str]
     return [c.coco_id for c in categories]
 
 
-# --- the evaluator ---------------------------------------------------------------------------
+# --- the evaluators ----------------------------------------------------------------------------
 
-def make_evaluator(metric: str, config: Config, data_files: Sequence[str] | None = None) -> Evaluator:
-    """The evaluator of `metric` for a model of `config` on the records `data_files` (None: not
-    known, e.g. an input function of unknown origin; the COCO metric then builds its ground truth
-    from the records)."""
-    class_names = list(config.data.class_names)
-    if check_metric(metric) != COCO:
-        return VOCEvaluator(class_names, metric)
-    found = category_map_of(data_files) if data_files else None
-    if found is None:
-        return COCOEvaluator(class_names)
-    path, categories = found
-    return COCOEvaluator(class_names, coco_category_ids(categories, class_names, path))
-
-
-def uses_coco_ids(evaluator: Evaluator) -> bool:
-    """Whether the evaluator writes the COCO data set's own ids (its ground truth is that data
-    set's annotation file, so it is not written)."""
-    return isinstance(evaluator, COCOEvaluator) and evaluator.coco_ids
+def _batch_arrays(detections: Mapping[str, Any], labels: Mapping[str, Any]):
+    labels = {key: np.asarray(value) for key, value in labels.items()}
+    dets = tuple(np.asarray(detections[k]) for k in ("boxes", "scores", "classes", "num_detections"))
+    return dets, labels
 
 
 def _known_areas(labels: Mapping[str, np.ndarray], original_shapes: np.ndarray) -> np.ndarray | None:
@@ -127,21 +131,97 @@ def _known_areas(labels: Mapping[str, np.ndarray], original_shapes: np.ndarray) 
     return np.where(areas >= 0, areas, box_areas)
 
 
-def add_batch(evaluator: Evaluator, image_ids: np.ndarray, original_shapes: np.ndarray,
-              detections: Mapping[str, Any], labels: Mapping[str, Any]) -> None:
-    """One EVAL batch (numpy or eager tensors): detections {"boxes", "scores", "classes",
-    "num_detections"}, labels {"boxes", "labels", "difficult", "num_boxes", and "is_crowd",
-    "area" when the records have them}."""
-    labels = {key: np.asarray(value) for key, value in labels.items()}
-    dets = tuple(np.asarray(detections[k]) for k in ("boxes", "scores", "classes", "num_detections"))
-    is_crowd = labels.get("is_crowd")
-    difficult = labels["difficult"].astype(bool)
-    if isinstance(evaluator, COCOEvaluator):
-        truth = (labels["boxes"], labels["labels"], difficult, labels["num_boxes"])
-        evaluator.add_batch(image_ids, original_shapes, dets, truth, is_crowd=is_crowd,
-                            areas=_known_areas(labels, original_shapes))
-        return
-    if is_crowd is not None:  # a crowd region is no object to find: ignored like a difficult one
-        difficult = difficult | is_crowd.astype(bool)
-    evaluator.add_batch(image_ids, original_shapes, dets,
-                        (labels["boxes"], labels["labels"], difficult, labels["num_boxes"]))
+class VOCMetric(Evaluator):
+    """VOC07 (11-point) or VOC12 (all-point) AP per class, computed by `ssd.voc.metric`."""
+
+    def __init__(self, class_names: Sequence[str], metric: str):
+        self.metric = metric
+        self.scorer = voc_metric.VOCEvaluator(class_names, metric)
+
+    def add_batch(self, image_ids, original_shapes, detections, labels) -> None:
+        dets, labels = _batch_arrays(detections, labels)
+        ignored = labels["difficult"].astype(bool)
+        if "is_crowd" in labels:  # a crowd region is no object to find: ignored like a difficult one
+            ignored = ignored | labels["is_crowd"].astype(bool)
+        self.scorer.add_batch(image_ids, original_shapes, dets,
+                              (labels["boxes"], labels["labels"], ignored, labels["num_boxes"]))
+
+    def result(self) -> dict[str, Any]:
+        return self.scorer.result()
+
+    def summary(self, result):
+        return voc_metric.summary_of(result)
+
+    def format(self, result) -> str:
+        return voc_table.format_table(result)
+
+    def scalars(self, result) -> dict[str, float]:
+        tags = {"mAP": result["mAP"], **{f"classes/{name}": ap for name, ap in result["classes"].items()}}
+        return {tag: float(value) for tag, value in tags.items() if value is not None}
+
+    def precision_recall(self, result):
+        return result["precision_recall"], result["num_positives"]
+
+    def write_report(self, result, output_dir: Path, summary) -> None:
+        self.scorer.write_results(output_dir / RESULTS_SUBDIR)
+        write_json(output_dir / SUMMARY_FILENAME, dict(summary), indent=2)
+        m_ap = result["mAP"]
+        title = (f"{METRICS[self.metric]} precision/recall at step {summary.get('step')}, "
+                 f"mAP {'n/a' if m_ap is None else f'{100 * m_ap:.1f}'}")
+        draw_precision_recall(result["precision_recall"], result["classes"], title=title).save(
+            output_dir / CURVES_FILENAME)
+
+
+class COCOMetric(Evaluator):
+    """COCO's 12 numbers and per-class AP@[.5:.95], computed by pycocotools (`ssd.coco.metric`)."""
+
+    metric = COCO
+
+    def __init__(self, class_names: Sequence[str], category_ids: Sequence[int] | None = None):
+        self.scorer = coco_metric.COCOEvaluator(class_names, category_ids)
+
+    @property
+    def uses_coco_ids(self) -> bool:
+        """Whether the results carry a COCO data set's own ids (whose annotation file is then the
+        ground truth, so none is written)."""
+        return bool(self.scorer.coco_ids)
+
+    def add_batch(self, image_ids, original_shapes, detections, labels) -> None:
+        dets, labels = _batch_arrays(detections, labels)
+        truth = (labels["boxes"], labels["labels"], labels["difficult"].astype(bool), labels["num_boxes"])
+        self.scorer.add_batch(image_ids, original_shapes, dets, truth, is_crowd=labels.get("is_crowd"),
+                              areas=_known_areas(labels, original_shapes))
+
+    def result(self) -> dict[str, Any]:
+        return self.scorer.result()
+
+    def summary(self, result):
+        return coco_metric.summary_of(result)
+
+    def format(self, result) -> str:
+        return coco_metric.format_stats(result) + "\n\n" + coco_metric.format_table(result)
+
+    def scalars(self, result) -> dict[str, float]:
+        tags = {**{COCO_PREFIX + key: result[key] for key in coco_metric.STAT_KEYS},
+                **{COCO_CLASSES_PREFIX + name: ap for name, ap in result["classes"].items()}}
+        return {tag: float(value) for tag, value in tags.items() if value is not None}
+
+    def write_report(self, result, output_dir: Path, summary) -> None:
+        self.scorer.write_results(output_dir / DETECTIONS_FILENAME)
+        if not self.uses_coco_ids:
+            self.scorer.write_ground_truth(output_dir / GROUND_TRUTH_FILENAME)
+        coco_metric.write_summary(output_dir / SUMMARY_FILENAME, summary)
+
+
+def make_evaluator(metric: str, config: Config, data_files: Sequence[str] | None = None) -> Evaluator:
+    """The evaluator of `metric` for a model of `config` on the records `data_files` (None: not
+    known, e.g. an input function of unknown origin; the COCO metric then builds its ground truth
+    from the records)."""
+    class_names = list(config.data.class_names)
+    if check_metric(metric) != COCO:
+        return VOCMetric(class_names, metric)
+    found = category_map_of(data_files) if data_files else None
+    if found is None:
+        return COCOMetric(class_names)
+    path, categories = found
+    return COCOMetric(class_names, coco_category_ids(categories, class_names, path))

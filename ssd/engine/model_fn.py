@@ -2,7 +2,7 @@
 
 `SSDModelFn(config, context)` is created once per Estimator inside the strategy scope and holds
 the config, the Keras network, the default boxes and the optimizer. Calling it with
-`(features, labels, ModeKeys.TRAIN)` gives the training `EstimatorSpec`: total loss = cls_loss +
+`(features, labels)` gives a training step's `EstimatorSpec`: total loss = cls_loss +
 loc_loss + l2_loss (SSD_FACTS "Loss"). The confidence and box losses are sums over the global
 batch divided by N, the number of positive default boxes in the GLOBAL batch: each replica
 divides its own sums by N all-reduced across replicas. Keras 3 optimizers SUM gradients across
@@ -11,8 +11,10 @@ batch; the weight decay term is added once, as 1/num_replicas of it on every rep
 alongside: each component, `accuracy` (argmax = target over the anchors the loss sees: positives
 and mined negatives) and `num_positives` (global N).
 
-Inference (evaluation, prediction, export) is not a mode of the model function: it is
-`ssd.inference.detector.Detector` over the trained network.
+Inference (evaluation, prediction, export) is `SSDInference` (`SSDModelFn.inference`): the one
+inference path, `ssd.inference.detector.Detector`, over a checkpoint, so that what eval.py,
+visualize.py and the SavedModel compute is what the Estimator computes. It reads checkpoints into
+a float32 network without XLA, as eval.py does by default, whatever precision training runs in.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ import tensorflow as tf
 from ssd.modeling import boxes as box_ops
 from ssd.modeling.anchors import generate_anchors
 from ssd.config.loading import Config, TrainConfig
+from ssd.engine import checkpoint_evaluation, evaluation_reports
 from ssd.engine.estimator import EstimatorSpec, ModelContext, ModelFunction
+from ssd.inference.detector import Detector, build_inference_model, unbatch
+from ssd.inference.saved_model import export_saved_model
+from ssd.modeling.checkpoints import restore_checkpoint
 from ssd.modeling.losses import classification_accuracy, detection_losses, is_bias, weight_decay_loss
 from ssd.modeling.build import build_model
-from ssd.modes import ModeKeys
 from ssd.data.preprocessing import to_display
 
 SUMMARY_IMAGES = 3  # training images drawn with their ground truth for TensorBoard
@@ -71,9 +76,52 @@ def gradient_multiplier(variable, train_config: TrainConfig) -> float:
     return train_config.bias_lr_multiplier if is_bias(variable) else 1.0
 
 
+class SSDInference:
+    """The Estimator's evaluate / predict / export for SSD: the Detector over a checkpoint."""
+
+    def __init__(self, config: Config, model_dir: str):
+        self.config = config
+        self.model_dir = model_dir
+        self._detector: Detector | None = None  # built on first use
+
+    def _built(self) -> Detector:
+        if self._detector is None:
+            self._detector = Detector(build_inference_model(self.config), self.config)
+        return self._detector
+
+    def _restored(self, checkpoint_path: str) -> tuple[Detector, int]:
+        detector = self._built()
+        return detector, restore_checkpoint(detector.model, checkpoint_path, self.config)
+
+    def evaluate(self, checkpoint_path: str, input_fn, data_files=None, write_summaries: bool = True) -> dict:
+        """eval.metric's summary of the checkpoint, as eval.py computes it, into TensorBoard
+        (model_dir/eval) with `write_summaries`; the COCO metric finds the category map beside
+        `data_files`. The summary's keys: "mAP" (VOC) or the 12 numbers (COCO), "classes",
+        "num_images", "metric", "step", "checkpoint"."""
+        return checkpoint_evaluation.evaluate_checkpoint(
+            self._built(), checkpoint_path, input_fn, self.config.eval.metric, output_dir=None,
+            summary_dir=evaluation_reports.summary_dir(self.model_dir) if write_summaries else None,
+            print_table=None, data_files=data_files)
+
+    def predict(self, checkpoint_path: str, dataset):
+        """The Detector's outputs (numpy), plus image_id when the features have it, per example."""
+        detector, _ = self._restored(checkpoint_path)
+        for element in dataset:
+            features = element[0] if isinstance(element, tuple) and len(element) == 2 else element
+            yield from unbatch(detector.detect_features(features))
+
+    def export(self, checkpoint_path: str, export_dir: str) -> int:
+        """The serving SavedModel (ssd.inference.saved_model) of the checkpoint; returns its step."""
+        detector, step = self._restored(checkpoint_path)
+        export_saved_model(detector.model, self.config, export_dir)
+        return step
+
+
 class SSDModelFn(ModelFunction):
     """Holds the config, SSD network, default boxes and optimizer; called in TRAIN mode. Its
     `gradient_multiplier(variable)` gives the training step Caffe's bias learning rate."""
+
+    inference = SSDInference  # what the Estimator evaluates, predicts with and exports through
 
     def __init__(self, config: Config, context: ModelContext):
         self.config = config
@@ -86,10 +134,7 @@ class SSDModelFn(ModelFunction):
         """Read by the training step (`ssd.engine.training.make_train_step`) for each variable."""
         return gradient_multiplier(variable, self.config.train)
 
-    def __call__(self, features, labels, mode: str) -> EstimatorSpec:
-        if mode != ModeKeys.TRAIN:
-            raise ValueError(f"SSDModelFn serves training only, got mode {mode!r}; inference is "
-                             f"ssd.inference.detector.Detector")
+    def __call__(self, features, labels) -> EstimatorSpec:
         cls_logits, box_encodings = self._network(features["image"], training=True)
         return self._train_spec(features, labels, cls_logits, box_encodings)
 
@@ -115,7 +160,7 @@ class SSDModelFn(ModelFunction):
         summary = {"image": features["image"][:SUMMARY_IMAGES],
                    "cls_targets": cls_targets[:SUMMARY_IMAGES],
                    "loc_targets": labels["loc_targets"][:SUMMARY_IMAGES]}
-        return EstimatorSpec(ModeKeys.TRAIN, loss=loss, scalars=scalars, summary_tensors=summary)
+        return EstimatorSpec(loss=loss, scalars=scalars, summary_tensors=summary)
 
     def summary_images(self, tensors) -> dict[str, tf.Tensor]:
         """Training images (un-preprocessed, RGB) with the ground truth of their positive boxes."""

@@ -1,7 +1,7 @@
 """The training step and the host-side loop around it.
 
 `make_train_step(strategy, model_fn, optimizer, global_step)` builds the distributed step: each
-replica runs `model_fn(features, labels, ModeKeys.TRAIN)` under a gradient tape, the loss and the
+replica runs `model_fn(features, labels)` under a gradient tape, the loss and the
 scalars are SUM-reduced across replicas, and the update is applied only when the loss is finite,
 decided in cross-replica context so that every replica (and worker) applies it or none does.
 Under float16 loss scaling (a `keras.optimizers.LossScaleOptimizer`), a step whose gradients
@@ -30,7 +30,6 @@ import tensorflow as tf
 from absl import logging
 
 from ssd.modeling.checkpoints import Checkpointer
-from ssd.modes import ModeKeys
 from ssd.engine.summaries import format_metrics, write_images, write_scalar
 
 Hook = Callable[[int, Mapping[str, tf.Tensor]], None]
@@ -72,9 +71,9 @@ def _gradients(model_fn, optimizer, variables, features, labels):
     """One replica: (gradients, loss, the spec's scalars, summary tensors)."""
     scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     with tf.GradientTape() as tape:
-        spec = model_fn(features, labels, ModeKeys.TRAIN)
+        spec = model_fn(features, labels)
         if spec.loss is None:
-            raise ValueError("the model function returned no loss in TRAIN mode")
+            raise ValueError("the model function returned no loss")
         loss = tf.cast(spec.loss, tf.float32)
         scaled = optimizer.scale_loss(loss) if scales_loss else loss
     grads = tape.gradient(scaled, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)

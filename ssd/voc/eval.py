@@ -28,12 +28,6 @@ from ssd.voc.results import RESULT_PREFIX, ClassDetections, read_detections
 from ssd.voc.table import format_table
 from ssd.voc.annotations import labeled_boxes, parse_voc_xml
 
-# Imported from this module before the metric, the result files and the XML reader had their own;
-# new code imports them from there.
-from ssd.voc.metric import VOCEvaluator  # noqa: E402,F401
-from ssd.voc.results import read_result_file  # noqa: E402,F401
-from ssd.voc.annotations import read_annotation  # noqa: E402,F401
-
 # Notes of the XML reader about fields the metric does not use: not worth a warning here.
 _NOTES_IRRELEVANT_TO_SCORING = ("size_missing", "size_invalid", "truncated_missing", "truncated_invalid")
 MAX_LOGGED_NOTES_PER_KIND = 5

@@ -18,7 +18,7 @@ Per class:
 Every class gets a status. A class without non-difficult ground truth ("no_ground_truth") has no
 AP (the devkit divides by zero): its AP is None, whatever detections it has, and it is left out of
 the mean. A class with ground truth but no detection ("no_detections") has AP 0 and counts in the
-mean, as do the others ("ok").
+mean, as do the others ("ok"): the status words of `ssd.evaluator`.
 
 Precision is 0/0 before the first counted (non-ignored) detection. The devkit keeps that NaN and
 relies on MATLAB's `max` skipping NaN; here it is 0, which gives the same AP (precision is never
@@ -37,14 +37,12 @@ from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 
+from ssd.evaluator import class_status
 from ssd.voc import results as voc_results
 from ssd.voc.image_ids import image_id_text
 from ssd.voc.coords import normalized_to_voc
 
 METRICS = {"voc07": "VOC07 11-point", "voc12": "VOC2010+ all-point"}
-STATUS_OK = "ok"
-STATUS_NO_DETECTIONS = "no_detections"
-STATUS_NO_GROUND_TRUTH = "no_ground_truth"
 # Ground truth that went through normalized float32 coordinates is snapped back to the integer
 # pixels of the annotation when it lies this close (in pixels), so that in-process scoring equals
 # scoring the original XML files.
@@ -210,12 +208,6 @@ def mean_ap(aps: Mapping[str, float | None]) -> float | None:
     """Mean over the classes whose AP is defined; None when there is none."""
     defined = [ap for ap in aps.values() if ap is not None]
     return float(np.mean(defined)) if defined else None
-
-
-def class_status(num_positives: int, num_detections: int) -> str:
-    if num_positives == 0:
-        return STATUS_NO_GROUND_TRUTH
-    return STATUS_OK if num_detections else STATUS_NO_DETECTIONS
 
 
 def score_classes(class_names: Sequence[str],

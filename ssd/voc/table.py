@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ssd.voc.metric import METRICS, STATUS_NO_DETECTIONS, STATUS_NO_GROUND_TRUTH, STATUS_OK
-
-_STATUS_TEXT = {STATUS_NO_GROUND_TRUTH: "no ground truth", STATUS_NO_DETECTIONS: "no detections"}
+from ssd.evaluator import STATUS_NO_GROUND_TRUTH, STATUS_OK, STATUS_TEXT
+from ssd.voc.metric import METRICS
 
 
 def format_table(result: Mapping[str, Any]) -> str:
@@ -29,7 +28,7 @@ def format_table(result: Mapping[str, Any]) -> str:
 
     for name, ap in aps.items():
         status = statuses.get(name, STATUS_NO_GROUND_TRUTH if ap is None else STATUS_OK)
-        note = _STATUS_TEXT.get(status, "")
+        note = STATUS_TEXT.get(status, "")
         if status == STATUS_NO_GROUND_TRUTH and difficult.get(name):
             note += f" (only {difficult[name]} difficult)"
         lines.append(f"{name:<{width}}{fmt(ap):>6}  {note}".rstrip())

@@ -16,7 +16,10 @@ from tensorboard.backend.event_processing.plugin_event_accumulator import EventA
 
 from ssd.modeling import checkpoints
 
-from ssd.engine import evaluation
+from ssd.data.record_files import DataError, resolve_record_files
+from ssd.engine import checkpoint_evaluation, evaluation, evaluation_reports
+from ssd.engine.evaluation_pictures import EVAL_IMAGES, evaluation_pictures
+from ssd.engine.evaluators import DETECTIONS_FILENAME, GROUND_TRUTH_FILENAME, VOCMetric
 from ssd.modeling.anchors import generate_anchors
 from ssd.config.loading import load_config, save_config
 from ssd.draw import class_colors
@@ -27,7 +30,8 @@ from ssd.engine.model_fn import SSDModelFn
 from ssd.modes import ModeKeys
 from ssd.modeling.postprocess import postprocess
 from ssd.data.records import make_example
-from ssd.voc.eval import VOCEvaluator, evaluate_files, read_result_file
+from ssd.voc.eval import evaluate_files
+from ssd.voc.results import read_result_file
 
 pytestmark = pytest.mark.slow  # trains a model or starts processes
 
@@ -165,7 +169,7 @@ def _scripted_detections():
 ])
 def test_evaluate_scores_scripted_detections_by_hand(setup, tmp_path, metric, circle_ap):
     config = setup["config"]
-    evaluator = VOCEvaluator(CLASS_NAMES, metric)
+    evaluator = VOCMetric(CLASS_NAMES, metric)
     dataset = make_input_fn(setup["data"], config, ModeKeys.EVAL)(None)
     stats = evaluation.evaluate(_ScriptedDetector(_scripted_detections()), dataset, evaluator,
                                 num_images=5, progress_stream=io.StringIO())
@@ -176,9 +180,9 @@ def test_evaluate_scores_scripted_detections_by_hand(setup, tmp_path, metric, ci
     assert result["classes"]["square"] == pytest.approx(1.0)
     assert result["classes"]["triangle"] == pytest.approx(1.0)
     assert result["mAP"] == pytest.approx((circle_ap + 2.0) / 3)
-    assert evaluator.image_ids == [f"im{i}" for i in range(5)]
+    assert evaluator.scorer.image_ids == [f"im{i}" for i in range(5)]
 
-    summary = evaluation.write_report(result, evaluator, tmp_path, step=7, checkpoint_path="ckpt-7")
+    summary = evaluation_reports.write_report(evaluator, result, tmp_path, step=7, checkpoint_path="ckpt-7")
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved == json.loads(json.dumps(summary))
     assert saved["step"] == 7 and saved["num_images"] == 5 and saved["metric"] == metric
@@ -269,9 +273,9 @@ def test_coco_metric_on_coco_records_writes_coco_ids_and_pixel_boxes(setup, tmp_
 
     config = setup["config"]
     data = write_coco_records(tmp_path / "data")
-    files = evaluation.resolve_record_files(str(data))
+    files = resolve_record_files(str(data))
     evaluator = make_evaluator("coco", config, files)
-    assert list(evaluator.category_ids) == COCO_CATEGORY_IDS
+    assert list(evaluator.scorer.category_ids) == COCO_CATEGORY_IDS
     per_image = []
     for height, width, objects in IMAGES:  # every object but the crowd region, the highest score first
         kept = [(b, label) for b, label, crowd in objects if not crowd]
@@ -281,13 +285,13 @@ def test_coco_metric_on_coco_records_writes_coco_ids_and_pixel_boxes(setup, tmp_
     evaluation.evaluate(_ScriptedDetector(batches), make_input_fn(files, config, ModeKeys.EVAL)(None),
                         evaluator, progress_stream=io.StringIO())
     result = evaluator.result()
-    summary = evaluation.write_report(result, evaluator, tmp_path / "report", step=3, checkpoint_path="ckpt-3")
+    summary = evaluation_reports.write_report(evaluator, result, tmp_path / "report", step=3, checkpoint_path="ckpt-3")
 
-    results = json.loads((tmp_path / "report" / evaluation.DETECTIONS_FILENAME).read_text())
+    results = json.loads((tmp_path / "report" / DETECTIONS_FILENAME).read_text())
     expected = sorted((COCO_IMAGE_IDS[i], COCO_CATEGORY_IDS[label - 1], _coco_box(box))
                       for i, (_, _, objects) in enumerate(IMAGES) for box, label, crowd in objects if not crowd)
     assert sorted((r["image_id"], r["category_id"], r["bbox"]) for r in results) == expected
-    assert not (tmp_path / "report" / evaluation.GROUND_TRUTH_FILENAME).exists()  # the COCO file is the truth
+    assert not (tmp_path / "report" / GROUND_TRUTH_FILENAME).exists()  # the COCO file is the truth
     stats = _pycocotools_stats(coco_instances(), results)
     saved = json.loads((tmp_path / "report" / "summary.json").read_text())
     from ssd.coco.metric import STAT_KEYS
@@ -304,8 +308,8 @@ def test_coco_metric_on_voc_records_scores_by_hand_and_writes_its_ground_truth(s
     from ssd.engine.evaluators import make_evaluator
 
     config = setup["config"]
-    evaluator = make_evaluator("coco", config, evaluation.resolve_record_files(setup["data"]))
-    assert not evaluator.coco_ids  # VOC-format records: no category map
+    evaluator = make_evaluator("coco", config, resolve_record_files(setup["data"]))
+    assert not evaluator.uses_coco_ids  # VOC-format records: no category map
     evaluation.evaluate(_ScriptedDetector(_scripted_detections()),
                         make_input_fn(setup["data"], config, ModeKeys.EVAL)(None), evaluator,
                         progress_stream=io.StringIO())
@@ -317,11 +321,11 @@ def test_coco_metric_on_voc_records_scores_by_hand_and_writes_its_ground_truth(s
     assert result["classes"] == pytest.approx({"circle": circle, "square": 1.0, "triangle": 1.0})
     assert result["AP"] == pytest.approx((circle + 2) / 3) and result["AP50"] == pytest.approx((circle + 2) / 3)
     output = tmp_path / "report"
-    evaluation.write_report(result, evaluator, output, step=7, checkpoint_path="ckpt-7")
-    truth = json.loads((output / evaluation.GROUND_TRUTH_FILENAME).read_text())
+    evaluation_reports.write_report(evaluator, result, output, step=7, checkpoint_path="ckpt-7")
+    truth = json.loads((output / GROUND_TRUTH_FILENAME).read_text())
     assert [(i["id"], i["file_name"], i["height"], i["width"]) for i in truth["images"]] == [
         (k + 1, f"im{k}", h, w) for k, (h, w, _) in enumerate(IMAGES)]
-    rescored = evaluate_files(output / evaluation.GROUND_TRUTH_FILENAME, output / evaluation.DETECTIONS_FILENAME)
+    rescored = evaluate_files(output / GROUND_TRUTH_FILENAME, output / DETECTIONS_FILENAME)
     saved = json.loads((output / "summary.json").read_text())
     assert {key: saved[key] for key in STAT_KEYS} == {key: rescored[key] for key in STAT_KEYS}
     assert saved["classes"] == rescored["classes"]
@@ -329,14 +333,14 @@ def test_coco_metric_on_voc_records_scores_by_hand_and_writes_its_ground_truth(s
     assert set(saved) == set(rescored) | {"step", "checkpoint"}
 
     # TensorBoard: the 12 numbers and per-class APs as scalars, no curves
-    evaluation.write_tensorboard(result, tmp_path / "tb", 7)
+    evaluation_reports.write_tensorboard(evaluator, result, tmp_path / "tb", 7)
     events = _events(tmp_path / "tb")
     tags = ({f"coco/{key}" for key in STAT_KEYS if result[key] is not None}
             | {f"coco_classes/{name}" for name in CLASS_NAMES})
     assert set(events.PluginTagToContent("scalars")) == tags == set(events.Tags()["tensors"])
     assert float(_tensor(events, "coco/AP")[1]) == pytest.approx(result["AP"])
     assert float(_tensor(events, "coco_classes/circle")[1]) == pytest.approx(circle)
-    text = evaluation.format_result(result)
+    text = evaluator.format(result)
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in text
     assert "circle" in text and "COCO AP (%), 5 images" in text
 
@@ -349,11 +353,11 @@ def test_coco_category_map_that_does_not_fit_the_model_is_named(setup, tmp_path)
     data = write_coco_records(tmp_path / "data")
     write_category_map(data / "cocotest_categories.json",
                        [Category(1, 11, "circle"), Category(2, 20, "triangle"), Category(3, 3, "square")])
-    with pytest.raises(evaluation.DataError, match="cocotest_categories.json.*square.*data.class_names"):
-        evaluation.run_evaluation(config, setup["model_dir"], str(data), metric="coco")
-    make_evaluator("voc07", config, evaluation.resolve_record_files(str(data)))  # VOC ignores the map
+    with pytest.raises(DataError, match="cocotest_categories.json.*square.*data.class_names"):
+        checkpoint_evaluation.run_evaluation(config, setup["model_dir"], str(data), metric="coco")
+    make_evaluator("voc07", config, resolve_record_files(str(data)))  # VOC ignores the map
     # COCO-converted records mixed with records without a map
-    with pytest.raises(evaluation.DataError, match="cannot mix"):
+    with pytest.raises(DataError, match="cannot mix"):
         make_evaluator("coco", config, [str(data / "cocotest-00000-of-00001"), setup["data"] + "/test-00000-of-00001"])
 
 
@@ -370,22 +374,22 @@ def _tensor(events, tag):
 
 def test_tensorboard_gets_curves_and_pictures_of_the_first_images(setup, tmp_path):
     config = setup["config"]
-    evaluator = VOCEvaluator(CLASS_NAMES, "voc07")
+    evaluator = VOCMetric(CLASS_NAMES, "voc07")
     dataset = make_input_fn(setup["data"], config, ModeKeys.EVAL)(None)
     stats = evaluation.evaluate(_ScriptedDetector(_scripted_detections()), dataset, evaluator,
                                 progress_stream=io.StringIO(), num_samples=4)
     assert len(stats["samples"]) == 4  # the first four of five, across batches of two
     stats = evaluation.evaluate(_ScriptedDetector(_scripted_detections()),
                                 make_input_fn(setup["data"], config, ModeKeys.EVAL)(None),
-                                VOCEvaluator(CLASS_NAMES, "voc07"), progress_stream=io.StringIO(),
-                                num_samples=evaluation.EVAL_IMAGES)
-    assert len(stats["samples"]) == len(IMAGES) < evaluation.EVAL_IMAGES
-    evaluator = VOCEvaluator(CLASS_NAMES, "voc07")
+                                VOCMetric(CLASS_NAMES, "voc07"), progress_stream=io.StringIO(),
+                                num_samples=EVAL_IMAGES)
+    assert len(stats["samples"]) == len(IMAGES) < EVAL_IMAGES
+    evaluator = VOCMetric(CLASS_NAMES, "voc07")
     evaluation.evaluate(_ScriptedDetector(_scripted_detections()), dataset, evaluator,
                         progress_stream=io.StringIO())
     result = evaluator.result()
-    pictures = evaluation.evaluation_pictures(stats["samples"], config)
-    evaluation.write_tensorboard(result, tmp_path, 7, pictures)
+    pictures = evaluation_pictures(stats["samples"], config)
+    evaluation_reports.write_tensorboard(evaluator, result, tmp_path, 7, pictures)
     events = _events(tmp_path)
 
     assert set(events.PluginTagToContent("scalars")) == {"mAP"} | {f"classes/{n}" for n in CLASS_NAMES}
@@ -401,8 +405,8 @@ def test_tensorboard_gets_curves_and_pictures_of_the_first_images(setup, tmp_pat
         np.testing.assert_allclose(curve[3][::-1], result["num_positives"][name] - tp)
 
     # pictures: the original aspect ratio, longer side the input size (300), detections | truth
-    assert list(events.PluginTagToContent("images")) == [evaluation.IMAGES_TAG]
-    step, blobs = _tensor(events, evaluation.IMAGES_TAG)
+    assert list(events.PluginTagToContent("images")) == [evaluation_reports.IMAGES_TAG]
+    step, blobs = _tensor(events, evaluation_reports.IMAGES_TAG)
     widths = [2 * w + 8 for w in (300, 300, 171, 300, 300)]  # 80x60 -> 300x225, 40x70 -> 171x300 ...
     assert step == 7 and [p.width for p in pictures] == widths
     assert (int(blobs[0]), int(blobs[1])) == (max(widths), max(p.height for p in pictures))
@@ -441,7 +445,7 @@ def test_tensorboard_gets_curves_and_pictures_of_the_first_images(setup, tmp_pat
 def test_run_evaluation_reports_model_detections_in_voc_pixels(setup):
     config, model_dir = setup["config"], setup["model_dir"]
     table = []
-    (summary,) = evaluation.run_evaluation(config, model_dir, setup["data"], print_table=table.append,
+    (summary,) = checkpoint_evaluation.run_evaluation(config, model_dir, setup["data"], print_table=table.append,
                                            progress_stream=io.StringIO())
     output = Path(model_dir) / "eval_1"
     assert summary["step"] == 1 and summary["checkpoint"] == setup["checkpoint"]
@@ -484,7 +488,7 @@ def test_run_evaluation_reports_model_detections_in_voc_pixels(setup):
     curves = {f"precision_recall/{name}" for name in CLASS_NAMES
               if saved["num_detections"][name] and saved["num_positives"][name]}
     assert curves and set(events.PluginTagToContent("pr_curves")) == curves
-    step, blobs = _tensor(events, evaluation.IMAGES_TAG)
+    step, blobs = _tensor(events, evaluation_reports.IMAGES_TAG)
     assert step == 1 and len(blobs) == 2 + len(IMAGES)  # width, height, then one PNG per image
 
 
@@ -509,7 +513,7 @@ def test_no_checkpoint_is_a_clear_error(setup, tmp_path):
     empty = tmp_path / "untrained"
     save_config(setup["config"], empty)
     with pytest.raises(checkpoints.NoCheckpointError, match="no checkpoint in .*untrained"):
-        evaluation.run_evaluation(setup["config"], str(empty), setup["data"])
+        checkpoint_evaluation.run_evaluation(setup["config"], str(empty), setup["data"])
     with pytest.raises(checkpoints.NoCheckpointError, match="ckpt-999 not found"):
         checkpoints.find_checkpoint(setup["model_dir"], os.path.join(setup["model_dir"], "ckpt-999"))
 
@@ -528,17 +532,17 @@ def test_bad_data_is_named(setup, tmp_path):
     config, model_dir = setup["config"], setup["model_dir"]
     empty = tmp_path / "empty-00000-of-00001"
     tf.io.TFRecordWriter(str(empty)).close()
-    with pytest.raises(evaluation.DataError, match="holds no records.*empty-00000-of-00001"):
-        evaluation.run_evaluation(config, model_dir, str(empty))
-    with pytest.raises(evaluation.DataError, match="missing-\\*"):
-        evaluation.run_evaluation(config, model_dir, str(tmp_path / "missing-*"))
+    with pytest.raises(DataError, match="holds no records.*empty-00000-of-00001"):
+        checkpoint_evaluation.run_evaluation(config, model_dir, str(empty))
+    with pytest.raises(DataError, match="missing-\\*"):
+        checkpoint_evaluation.run_evaluation(config, model_dir, str(tmp_path / "missing-*"))
     corrupt = tmp_path / "corrupt-00000-of-00001"
     corrupt.write_bytes(b"this is not a TFRecord file at all")
-    with pytest.raises(evaluation.DataError, match="corrupt-00000-of-00001"):
-        evaluation.run_evaluation(config, model_dir, str(corrupt))
+    with pytest.raises(DataError, match="corrupt-00000-of-00001"):
+        checkpoint_evaluation.run_evaluation(config, model_dir, str(corrupt))
     (tmp_path / "other-00000-of-00001").write_bytes(empty.read_bytes())
-    with pytest.raises(evaluation.DataError, match="several data sets"):
-        evaluation.resolve_record_files(str(tmp_path))
+    with pytest.raises(DataError, match="several data sets"):
+        resolve_record_files(str(tmp_path))
 
 
 # --- watching ------------------------------------------------------------------------------
@@ -598,7 +602,7 @@ def test_watch_stops_after_the_checkpoint_at_max_steps(setup, tmp_path):
     save_config(config, model_dir)
     save_trainer_checkpoint(config, model_dir, 1, seed=1)
     save_trainer_checkpoint(config, model_dir, 2, seed=2)
-    summaries = evaluation.run_evaluation(config, str(model_dir), setup["data"], watch=True,
+    summaries = checkpoint_evaluation.run_evaluation(config, str(model_dir), setup["data"], watch=True,
                                           watch_timeout_secs=60, watch_interval_secs=1,
                                           print_table=None, progress_stream=io.StringIO())
     assert [s["step"] for s in summaries] == [2]
@@ -620,15 +624,15 @@ def test_watch_skips_a_damaged_checkpoint_and_waits_for_the_next(setup, tmp_path
             state["saved"] = True
 
     checkpoints_seen = []
-    original = evaluation.watch_checkpoints
+    original = checkpoint_evaluation.watch_checkpoints
 
     def watching(*args, **kwargs):
         for path in original(*args, **kwargs, sleep=sleep):
             checkpoints_seen.append(path)
             yield path
 
-    monkeypatch.setattr(evaluation, "watch_checkpoints", watching)
-    summaries = evaluation.run_evaluation(config, str(model_dir), setup["data"], watch=True,
+    monkeypatch.setattr(checkpoint_evaluation, "watch_checkpoints", watching)
+    summaries = checkpoint_evaluation.run_evaluation(config, str(model_dir), setup["data"], watch=True,
                                           watch_timeout_secs=60, watch_interval_secs=0.01,
                                           print_table=None, progress_stream=io.StringIO())
     assert [p.rsplit("/", 1)[-1] for p in checkpoints_seen] == ["ckpt-1", "ckpt-2"]

@@ -132,22 +132,23 @@ def test_ground_truth_as_detections_scores_one_through_the_report_writer(coco_ru
     """The converted records' own boxes fed as detections through the evaluator and the writer:
     pycocotools matches every one to its annotation (AP 1.0 at IoU 0.95), so ids, [x, y, w, h] and
     pixels agree with the annotation file."""
-    from ssd.engine import evaluation
     from ssd.config.loading import load_saved_config
     from ssd.data.input_fn import make_input_fn
-    from ssd.engine.evaluators import add_batch, make_evaluator
+    from ssd.data.record_files import resolve_record_files
+    from ssd.engine.evaluation_reports import write_report
+    from ssd.engine.evaluators import make_evaluator
     from ssd.modes import ModeKeys
 
     config = load_saved_config(str(coco_run["model_dir"]))
-    files = evaluation.resolve_record_files(coco_run["data"])
+    files = resolve_record_files(coco_run["data"])
     evaluator = make_evaluator("coco", config, files)
     for features, labels in make_input_fn(files, config, ModeKeys.EVAL)(None):
         num = labels["labels"].shape[1]
         detections = {"boxes": labels["boxes"], "classes": labels["labels"],
                       "scores": tf.ones_like(labels["boxes"][..., 0]) - tf.range(num, dtype=tf.float32) / 100,
                       "num_detections": labels["num_boxes"]}
-        add_batch(evaluator, features["image_id"].numpy(), features["original_shape"].numpy(), detections, labels)
-    evaluation.write_report(evaluator.result(), evaluator, tmp_path, step=0, checkpoint_path="none")
+        evaluator.add_batch(features["image_id"].numpy(), features["original_shape"].numpy(), detections, labels)
+    write_report(evaluator, evaluator.result(), tmp_path, step=0, checkpoint_path="none")
     results = json.loads((tmp_path / "detections.json").read_text())
     instances = json.loads(coco_run["annotations"].read_text())
     assert len(results) == len(instances["annotations"])

@@ -42,14 +42,13 @@ class _LinearModelFn(ModelFunction):
         self.optimizer = keras.optimizers.SGD(model_config["lr"], momentum=MOMENTUM)
         self._network = context.compile(self.model)
 
-    def __call__(self, features, labels, mode):
-        assert mode == ModeKeys.TRAIN
+    def __call__(self, features, labels):
         prediction = self._network(features["x"], training=True)
         squared_error = tf.reduce_sum(tf.square(prediction - labels["y"]), axis=1)
         replica = tf.distribute.get_replica_context()
         count = replica.all_reduce("sum", tf.cast(tf.shape(squared_error)[0], tf.float32))
         loss = tf.reduce_sum(squared_error) / count
-        return EstimatorSpec(mode, loss=loss, scalars={"mse": loss})
+        return EstimatorSpec(loss=loss, scalars={"mse": loss})
 
 
 def _reference(step_batches):
@@ -299,7 +298,7 @@ def test_evaluation_during_training_equals_eval_py_on_the_same_checkpoints(ssd_r
     pictures and mAP."""
     import shutil
 
-    from ssd.engine.evaluation import run_evaluation
+    from ssd.engine.checkpoint_evaluation import run_evaluation
     during_training = _event_scalars(ssd_run["model_dir"] / "eval")
     model_dir = tmp_path / "model"
     shutil.copytree(ssd_run["model_dir"], model_dir, ignore=shutil.ignore_patterns("eval"))
@@ -321,7 +320,8 @@ def test_evaluation_during_training_equals_eval_py_on_the_same_checkpoints(ssd_r
     for name in CLASS_NAMES:
         assert during_training[(f"classes/{name}", 3)] == pytest.approx(summaries[3]["classes"][name])
     # the curves and the pictures of the first images: the same tags, values and pixels
-    from ssd.engine.evaluation import EVAL_IMAGES, IMAGES_TAG
+    from ssd.engine.evaluation_pictures import EVAL_IMAGES
+    from ssd.engine.evaluation_reports import IMAGES_TAG
     all_during_training = _event_tensors(ssd_run["model_dir"] / "eval")
     all_by_eval_py = _event_tensors(model_dir / "eval")
     assert set(all_by_eval_py) == set(all_during_training)
@@ -344,7 +344,9 @@ def test_coco_evaluation_during_training_equals_eval_py_on_the_same_checkpoints(
     from ssd.coco.categories import Category, category_map_path, write_category_map
     from ssd.coco.metric import STAT_KEYS
     from ssd.data.input_fn import make_input_fn
-    from ssd.engine.evaluation import DETECTIONS_FILENAME, IMAGES_TAG, run_evaluation
+    from ssd.engine.checkpoint_evaluation import run_evaluation
+    from ssd.engine.evaluation_reports import IMAGES_TAG
+    from ssd.engine.evaluators import DETECTIONS_FILENAME
     from ssd.engine.model_fn import SSDModelFn
     coco_ids = [7, 2, 30]
     data_dir = tmp_path / "data"

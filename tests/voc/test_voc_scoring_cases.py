@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from ssd.voc.eval import UnknownClassesError, evaluate_files
-from ssd.voc.metric import (STATUS_NO_DETECTIONS, STATUS_NO_GROUND_TRUTH, STATUS_OK, VOCEvaluator,
-                            evaluate_class, summary_of)
+from ssd.evaluator import STATUS_NO_DETECTIONS, STATUS_NO_GROUND_TRUTH, STATUS_OK
+from ssd.voc.metric import VOCEvaluator, evaluate_class, summary_of
 from ssd.voc.table import format_table
 
 REPO = Path(__file__).resolve().parents[2]
