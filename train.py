@@ -39,7 +39,6 @@ and a damaged newest checkpoint is skipped for the newest intact one, with a war
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
 from pathlib import Path
@@ -136,12 +135,9 @@ def run_config_for(config: config_lib.Config, model_dir: str, strategy):
         jit_compile=train.jit_compile)
 
 
-def run(model_dir: str) -> None:
-    recipe_given = FLAGS["config"].present
-    config, changes = resume.resolve_config(model_dir, FLAGS.config, recipe_given, explicit_overrides())
-
-    # TensorFlow's runtime starts here: the multi-worker strategy must come first.
-    from ssd.engine.distribute import DistributionError, check_batch_divisible, is_chief, make_strategy
+def make_checked_strategy(config: config_lib.Config):
+    """The --strategy's tf.distribute strategy, whose replicas must split the batch evenly."""
+    from ssd.engine.distribute import DistributionError, check_batch_divisible, make_strategy
     try:
         strategy = make_strategy(FLAGS.strategy, FLAGS.num_gpus)
         replicas = strategy.num_replicas_in_sync
@@ -150,16 +146,15 @@ def run(model_dir: str) -> None:
         raise TrainingError(str(e)) from e
     logging.info("strategy %s: %d replica(s), global batch %d (%d per replica)",
                  type(strategy).__name__, replicas, config.train.batch_size, per_replica)
+    return strategy
 
-    import tensorflow as tf
 
+def make_input_fns(config: config_lib.Config):
+    """(training input function, evaluation's or None), after checking the records' classes."""
     from ssd.data.input_fn import make_input_fn
-    from ssd.engine.estimator import Estimator, NonFiniteLossError
-    from ssd.engine.model_fn import SSDModelFn
-    from ssd.modes import ModeKeys
-    from ssd.modeling.pretrained import PretrainedError, initialize_for_config
     from ssd.data.record_classes import check_record_classes
-    from ssd.data.record_files import DataError, data_error_from
+    from ssd.data.record_files import DataError
+    from ssd.modes import ModeKeys
 
     try:
         train_input_fn = make_input_fn(FLAGS.data_dir, config, ModeKeys.TRAIN)
@@ -173,10 +168,47 @@ def run(model_dir: str) -> None:
         raise TrainingError(f"no data files: {e}") from e
     except DataError as e:
         raise TrainingError(str(e)) from e
+    return train_input_fn, eval_input_fn
 
-    from ssd.modeling.checkpoints import DamagedCheckpointError, remove_stale_temporaries
+
+def initialize_first_start(estimator, config: config_lib.Config) -> None:
+    """On the first start, the weights of --fine_tune_checkpoint or of --pretrained; on a resume,
+    nothing (the checkpoint has them)."""
+    from ssd.modeling.pretrained import PretrainedError, initialize_for_config
+
+    latest = estimator.latest_checkpoint()
+    if latest is None and FLAGS.fine_tune_checkpoint:
+        fine_tune_start(estimator.model, config)
+    elif latest is None:
+        try:
+            report = initialize_for_config(estimator.model, config, FLAGS.pretrained)
+        except PretrainedError as e:
+            raise TrainingError(str(e)) from e
+        logging.info("backbone from %s (%s): copied %s; subsampled %s", report["source"],
+                     report["format"], report["copied"] or "nothing", report["subsampled"] or "nothing")
+    else:
+        logging.info("resuming from %s; --pretrained=%s is not applied", latest, FLAGS.pretrained)
+        if FLAGS.fine_tune_checkpoint:
+            logging.info("resuming from %s; --fine_tune_checkpoint=%s is not used (it "
+                         "initializes the first start only)", latest, FLAGS.fine_tune_checkpoint)
+
+
+def run(model_dir: str) -> None:
+    recipe_given = FLAGS["config"].present
+    config, changes = resume.resolve_config(model_dir, FLAGS.config, recipe_given, explicit_overrides())
+    # TensorFlow's runtime starts here: the multi-worker strategy must come first.
+    strategy = make_checked_strategy(config)
+    train_input_fn, eval_input_fn = make_input_fns(config)
+
+    import tensorflow as tf
+
+    from ssd.data.record_files import data_error_from
+    from ssd.engine.distribute import is_chief
+    from ssd.engine.estimator import Estimator, NonFiniteLossError
     from ssd.engine.interrupts import StopSignals
     from ssd.engine.model_dir_lock import ModelDirLock, ModelDirLockedError
+    from ssd.engine.model_fn import SSDModelFn
+    from ssd.modeling.checkpoints import DamagedCheckpointError, remove_stale_temporaries
 
     chief = is_chief(strategy)
     # Only the chief writes into model_dir, so only it takes the lock; `eval.py --watch` never does.
@@ -187,22 +219,7 @@ def run(model_dir: str) -> None:
                 remove_stale_temporaries(model_dir)
             estimator = Estimator(SSDModelFn, model_config=config,
                                   run_config=run_config_for(config, model_dir, strategy))
-            latest = estimator.latest_checkpoint()
-            if latest is None and FLAGS.fine_tune_checkpoint:
-                fine_tune_start(estimator.model, config)
-            elif latest is None:
-                try:
-                    report = initialize_for_config(estimator.model, config, FLAGS.pretrained)
-                except PretrainedError as e:
-                    raise TrainingError(str(e)) from e
-                logging.info("backbone from %s (%s): copied %s; subsampled %s", report["source"],
-                             report["format"], report["copied"] or "nothing",
-                             report["subsampled"] or "nothing")
-            else:
-                logging.info("resuming from %s; --pretrained=%s is not applied", latest, FLAGS.pretrained)
-                if FLAGS.fine_tune_checkpoint:
-                    logging.info("resuming from %s; --fine_tune_checkpoint=%s is not used (it "
-                                 "initializes the first start only)", latest, FLAGS.fine_tune_checkpoint)
+            initialize_first_start(estimator, config)
             if chief:  # only now: a start that failed above leaves no config to be held to
                 for field, (old, new) in changes.items():
                     logging.info("config change on resume: %s: %r -> %r", field, old, new)

@@ -115,6 +115,67 @@ def _per_class_nms(candidate_boxes: tf.Tensor, keys: tf.Tensor, iou_threshold: f
                      (candidate_boxes, keys), fn_output_signature=tf.bool)
 
 
+def _check_shapes(cls_logits: tf.Tensor, anchors: tf.Tensor) -> tuple[int, int]:
+    """(default boxes, classes incl. background) of the network's outputs, which must fit."""
+    num_anchors = _static_dim(cls_logits, 1, "default boxes")
+    num_classes = _static_dim(cls_logits, 2, "classes")
+    if _static_dim(anchors, 0, "default boxes") != num_anchors:
+        raise ValueError(f"postprocess: {anchors.shape[0]} default boxes but the network outputs "
+                         f"{num_anchors} per image")
+    if num_classes < 2:
+        raise ValueError(f"postprocess: need background + at least one class, got {num_classes} logits")
+    return num_anchors, num_classes
+
+
+def _candidate_scores(cls_logits: tf.Tensor, boxes: tf.Tensor, eval_config) -> tf.Tensor:
+    """Steps 1-2: object class scores [B, C-1, A], _NOT_A_CANDIDATE below the score threshold
+    or for boxes no larger than min_box_size."""
+    num_classes = cls_logits.shape[2]
+    scores = tf.nn.softmax(tf.cast(cls_logits, tf.float32), axis=-1)
+    # the object classes by gather rather than a slice: TFLite's int8 quantizer requantizes a
+    # slice of the softmax to int8 (steps of 1/256) even when told to keep post-processing float
+    scores = tf.transpose(tf.gather(scores, tf.range(1, num_classes), axis=2), [0, 2, 1])
+    eligible = scores > eval_config.score_threshold
+    if eval_config.min_box_size > 0:
+        heights = boxes[..., 2] - boxes[..., 0]
+        widths = boxes[..., 3] - boxes[..., 1]
+        large = (heights > eval_config.min_box_size) & (widths > eval_config.min_box_size)
+        eligible &= large[:, tf.newaxis, :]
+    return tf.where(eligible, scores, _NOT_A_CANDIDATE)
+
+
+def _best_of_image(kept_scores: tf.Tensor, top_boxes: tf.Tensor, eval_config) -> dict[str, tf.Tensor]:
+    """Step 4: the highest-scoring survivors of each image, padded to max_detections rows."""
+    batch_size = tf.shape(kept_scores)[0]
+    k = kept_scores.shape[2]
+    max_detections = eval_config.max_detections
+    # all survivors of an image in one row, class-major, so top_k's lower-index rule prefers the
+    # lower class and then the higher-ranked candidate on equal scores
+    pool = kept_scores.shape[1] * k
+    pool_scores = tf.reshape(kept_scores, [batch_size, pool])
+    pool_boxes = tf.reshape(top_boxes, [batch_size, pool, 4])
+    take = min(max_detections, pool)
+    final_scores, final_index = tf.math.top_k(pool_scores, k=take, sorted=True)
+    final_boxes = tf.gather(pool_boxes, final_index, batch_dims=1)
+    final_classes = final_index // k + 1
+
+    valid = final_scores > eval_config.score_threshold
+    final_scores = tf.where(valid, final_scores, 0.0)
+    final_classes = tf.where(valid, final_classes, 0)
+    final_boxes = tf.where(valid[..., tf.newaxis], final_boxes, 0.0)
+    if take < max_detections:
+        pad = max_detections - take
+        final_scores = tf.pad(final_scores, [[0, 0], [0, pad]])
+        final_classes = tf.pad(final_classes, [[0, 0], [0, pad]])
+        final_boxes = tf.pad(final_boxes, [[0, 0], [0, pad], [0, 0]])
+    return {
+        "boxes": final_boxes,
+        "scores": final_scores,
+        "classes": tf.cast(final_classes, tf.int32),
+        "num_detections": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
+    }
+
+
 def postprocess(cls_logits: tf.Tensor, box_encodings: tf.Tensor, anchors, config,
                 nms: str = "combined") -> dict[str, tf.Tensor]:
     """cls_logits [B, A, C], box_encodings [B, A, 4], anchors [A, 4] -> padded detections.
@@ -131,69 +192,23 @@ def postprocess(cls_logits: tf.Tensor, box_encodings: tf.Tensor, anchors, config
     cls_logits = tf.convert_to_tensor(cls_logits)
     box_encodings = tf.convert_to_tensor(box_encodings)
     anchors = tf.convert_to_tensor(anchors, dtype=tf.float32)
-    num_anchors = _static_dim(cls_logits, 1, "default boxes")
-    num_classes = _static_dim(cls_logits, 2, "classes")
-    if _static_dim(anchors, 0, "default boxes") != num_anchors:
-        raise ValueError(f"postprocess: {anchors.shape[0]} default boxes but the network outputs "
-                         f"{num_anchors} per image")
-    if num_classes < 2:
-        raise ValueError(f"postprocess: need background + at least one class, got {num_classes} logits")
-    batch_size = tf.shape(cls_logits)[0]
-    num_object_classes = num_classes - 1
+    num_anchors, _ = _check_shapes(cls_logits, anchors)
     k = min(ev.pre_nms_top_k, num_anchors)
-    max_detections = ev.max_detections
 
     boxes = box_ops.decode(tf.cast(box_encodings, tf.float32), anchors[tf.newaxis], config.matching.variances)
     boxes = tf.clip_by_value(boxes, 0.0, 1.0)
-    scores = tf.nn.softmax(tf.cast(cls_logits, tf.float32), axis=-1)
-    # the object classes by gather rather than a slice: TFLite's int8 quantizer requantizes a
-    # slice of the softmax to int8 (steps of 1/256) even when told to keep post-processing float
-    scores = tf.transpose(tf.gather(scores, tf.range(1, num_classes), axis=2), [0, 2, 1])  # [B, C-1, A]
-
-    eligible = scores > ev.score_threshold
-    if ev.min_box_size > 0:
-        heights = boxes[..., 2] - boxes[..., 0]
-        widths = boxes[..., 3] - boxes[..., 1]
-        large = (heights > ev.min_box_size) & (widths > ev.min_box_size)
-        eligible &= large[:, tf.newaxis, :]
-    scores = tf.where(eligible, scores, _NOT_A_CANDIDATE)
-
+    scores = _candidate_scores(cls_logits, boxes, ev)  # [B, C-1, A]
     top_scores, top_anchor = tf.math.top_k(scores, k=k, sorted=True)  # [B, C-1, k]
     top_boxes = tf.gather(boxes, top_anchor, batch_dims=1)  # [B, C-1, k, 4]
 
     keys = _rank_keys(top_scores, k, ev.score_threshold)
-    max_survivors = min(k, max_detections)
+    max_survivors = min(k, ev.max_detections)
     if nms == "combined":
         survives = _combined_nms(top_boxes, keys, ev.nms_iou_threshold, max_survivors)
     else:
         survives = _per_class_nms(top_boxes, keys, ev.nms_iou_threshold, max_survivors)
     kept_scores = tf.where(survives, top_scores, _NOT_A_CANDIDATE)
-
-    # all survivors of an image in one row, class-major, so top_k's lower-index rule prefers the
-    # lower class and then the higher-ranked candidate on equal scores
-    pool = num_object_classes * k
-    pool_scores = tf.reshape(kept_scores, [batch_size, pool])
-    pool_boxes = tf.reshape(top_boxes, [batch_size, pool, 4])
-    take = min(max_detections, pool)
-    final_scores, final_index = tf.math.top_k(pool_scores, k=take, sorted=True)
-    final_boxes = tf.gather(pool_boxes, final_index, batch_dims=1)
-    final_classes = final_index // k + 1
-
-    valid = final_scores > ev.score_threshold
-    final_scores = tf.where(valid, final_scores, 0.0)
-    final_classes = tf.where(valid, final_classes, 0)
-    final_boxes = tf.where(valid[..., tf.newaxis], final_boxes, 0.0)
-    if take < max_detections:
-        pad = max_detections - take
-        final_scores = tf.pad(final_scores, [[0, 0], [0, pad]])
-        final_classes = tf.pad(final_classes, [[0, 0], [0, pad]])
-        final_boxes = tf.pad(final_boxes, [[0, 0], [0, pad], [0, 0]])
-    return {
-        "boxes": final_boxes,
-        "scores": final_scores,
-        "classes": tf.cast(final_classes, tf.int32),
-        "num_detections": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
-    }
+    return _best_of_image(kept_scores, top_boxes, ev)
 
 
 def to_pixels(boxes: tf.Tensor, original_shape: tf.Tensor) -> tf.Tensor:

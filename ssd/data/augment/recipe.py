@@ -93,6 +93,26 @@ def _tf1_geometry(boxes, size, seed, config: DataConfig):
     return offsets[chosen], windows[chosen], croppeds[chosen], keeps[chosen]
 
 
+def _resized_whole(encoded: tf.Tensor, size: tf.Tensor, out, config: DataConfig) -> tf.Tensor:
+    """The "none" recipe: the whole image resized to the input size, preprocessed."""
+    image = tf.image.resize(tf.cast(decode_region(encoded, tf.concat([[0, 0], size], 0)), tf.float32), out)
+    return from_bgr_minus_mean(to_bgr(subtract_mean(image, config.mean_rgb)), config)
+
+
+def _distorted_minus_mean(pixels: tf.Tensor, mode: str, color_seed: tf.Tensor,
+                          config: DataConfig) -> tuple[tf.Tensor, tf.Tensor]:
+    """(pixels after the recipe's photometric distortion minus the mean, whether their channels
+    are reversed): the distortion may hand back BGR for free, and the mean follows the channels."""
+    if not config.photometric:
+        reversed_ = tf.constant(False)
+    elif mode == "paper":
+        pixels, reversed_ = distort_colors_bgr(pixels, color_seed)
+    else:
+        pixels, reversed_ = distort_colors_fast_bgr(pixels, color_seed), tf.constant(True)
+    mean_rgb = tf.constant(config.mean_rgb, tf.float32)
+    return subtract_mean(pixels, tf.where(reversed_, mean_rgb[::-1], mean_rgb)), reversed_
+
+
 def augment_for_training(encoded: tf.Tensor, boxes: tf.Tensor, labels: tf.Tensor,
                          difficult: tf.Tensor, seed: tf.Tensor, config: DataConfig,
                          output_size: int) -> dict[str, tf.Tensor]:
@@ -107,7 +127,6 @@ def augment_for_training(encoded: tf.Tensor, boxes: tf.Tensor, labels: tf.Tensor
     the encoded image).
     """
     boxes = tf.reshape(tf.cast(boxes, tf.float32), [-1, 4])
-    mean_rgb = tf.constant(config.mean_rgb, tf.float32)
     size = image_size(encoded)
     geometry_seed, color_seed, flip_seed = split_seed(seed, 3)
     out = (output_size, output_size)
@@ -116,10 +135,7 @@ def augment_for_training(encoded: tf.Tensor, boxes: tf.Tensor, labels: tf.Tensor
         raise ValueError(f"data.augmentation: unknown mode {mode!r}")
 
     if mode == "none":
-        image = tf.image.resize(tf.cast(decode_region(encoded, tf.concat([[0, 0], size], 0)),
-                                        tf.float32), out)
-        image = to_bgr(subtract_mean(image, config.mean_rgb))
-        return dict(image=from_bgr_minus_mean(image, config), boxes=boxes,
+        return dict(image=_resized_whole(encoded, size, out, config), boxes=boxes,
                     labels=labels, difficult=difficult, image_size=size)
 
     geometry = _paper_geometry if mode == "paper" else _tf1_geometry
@@ -144,15 +160,7 @@ def augment_for_training(encoded: tf.Tensor, boxes: tf.Tensor, labels: tf.Tensor
     def render():
         region = tf.concat([top_left - offset, visible_size], axis=0)
         pixels = tf.cast(decode_region(encoded, region, size[1]), tf.float32)
-        # the photometric step may hand back BGR for free; the mean follows the channels
-        if not config.photometric:
-            reversed_ = tf.constant(False)
-        elif mode == "paper":
-            pixels, reversed_ = distort_colors_bgr(pixels, color_seed)
-        else:
-            pixels, reversed_ = distort_colors_fast_bgr(pixels, color_seed), tf.constant(True)
-        mean = tf.where(reversed_, mean_rgb[::-1], mean_rgb)
-        pixels = subtract_mean(pixels, mean)
+        pixels, reversed_ = _distorted_minus_mean(pixels, mode, color_seed, config)
         image = render_window(pixels, top_left - window_i[:2], window_size, out, method)
         return image, reversed_
 

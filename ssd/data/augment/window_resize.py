@@ -69,6 +69,66 @@ def _nearest_window(visible, offset, window_size, out):
     return tf.pad(picked, [[top, bottom], [left, right], [0, 0]])
 
 
+def _paste(image, first, count, out):
+    """Places the computed outputs at `first` in the zero (canvas) output of size `out`."""
+    after = tf.constant(out, tf.int32) - first - count
+    return tf.pad(image, tf.stack([tf.stack([first[0], after[0]]),
+                                   tf.stack([first[1], after[1]]), [0, 0]]))
+
+
+def _covered_block(window_size, low, high, out):
+    """(first, count) [2] int32 of the outputs whose samples fall within [low, high] per axis."""
+    first, count = [], []
+    for axis in range(2):
+        axis_first, axis_count = _covered_outputs(window_size[axis], low[axis], high[axis], out[axis])
+        first.append(axis_first)
+        count.append(axis_count)
+    return tf.stack(first), tf.stack(count)
+
+
+def _bilinear_on_canvas(visible, offset, window_size, out, canvas_before, canvas_after):
+    """crop_and_resize samples on the canvas-window grid, over the outputs near the image."""
+    padded = _pad_visible_by_one(visible, canvas_before, canvas_after)
+    extent = tf.cast(tf.shape(padded)[:2] - 1, tf.float32)
+    offset_f = tf.cast(offset, tf.float32)
+    visible_f = tf.cast(tf.shape(visible)[:2], tf.float32)
+    # pixel centres of the padded image, +-1 to spare
+    first, count = _covered_block(window_size, offset_f - 0.5, offset_f + visible_f + 0.5, out)
+    step = tf.cast(window_size, tf.float32) / tf.constant(out, tf.float32)
+    # half-pixel sample positions in pixel indices of the padded image
+    start = (tf.cast(first, tf.float32) + 0.5) * step - 0.5 - (offset_f - 1.0)
+    stop = start + tf.cast(count - 1, tf.float32) * step
+    box = tf.concat([start / extent, stop / extent], axis=0)
+    image = tf.image.crop_and_resize(padded[None], box[None], [0], count, method="bilinear",
+                                     extrapolation_value=0.0)[0]
+    return _paste(image, first, count, out)
+
+
+def _kernel_on_canvas(name, visible, offset, window_size, out):
+    """ScaleAndTranslate with `name`'s kernel over the image padded as far as its taps reach."""
+    kernel_type, antialias, radius = _CANVAS_KERNELS[name]
+    visible_size = tf.shape(visible)[:2]
+    scale = tf.constant(out, tf.float32) / tf.cast(window_size, tf.float32)
+    reach = radius * (tf.maximum(1.0 / scale, 1.0) if antialias else tf.ones([2]))
+    # every tap of any output pixel that touches the image stays inside the padding
+    margin = 2 * tf.cast(tf.math.ceil(reach), tf.int32) + 1
+    # (no further than the window's edge, where the kernel stops as at an image edge)
+    before = tf.minimum(margin, offset)
+    after = tf.minimum(margin, window_size - offset - visible_size)
+    padded = tf.pad(visible, tf.stack([tf.stack([before[0], after[0]]),
+                                       tf.stack([before[1], after[1]]), [0, 0]]))
+    # ScaleAndTranslate gives 0 where the sample falls outside its input: compute only the
+    # outputs whose sample lies on the padded image
+    low = tf.cast(offset - before, tf.float32)
+    high = tf.cast(offset + visible_size + after, tf.float32)
+    first, count = _covered_block(window_size, low, high, out)
+    translation = low * scale - tf.cast(first, tf.float32)
+    image = tf.raw_ops.ScaleAndTranslate(
+        images=padded[None], size=count, scale=scale, translation=translation,
+        kernel_type=kernel_type, antialias=antialias)[0]
+    return _paste(image, first, count, out)
+
+
 def render_window(visible: tf.Tensor, offset: tf.Tensor, window_size: tf.Tensor,
                   output_size: tuple[int, int], method: tf.Tensor) -> tf.Tensor:
     """Resizes a canvas window to `output_size`, the canvas being zero.
@@ -92,78 +152,18 @@ def render_window(visible: tf.Tensor, offset: tf.Tensor, window_size: tf.Tensor,
     def plain(name):
         return lambda: tf.image.resize(visible, out, method=name)
 
-    def paste(image, first, count):
-        """Places the computed outputs at `first` in the zero (canvas) output."""
-        after = tf.constant(out, tf.int32) - first - count
-        return tf.pad(image, tf.stack([tf.stack([first[0], after[0]]),
-                                       tf.stack([first[1], after[1]]), [0, 0]]))
-
-    def sampled(name):
-        # crop_and_resize samples on the canvas-window grid, over the outputs near the image
-        def run():
-            padded = _pad_visible_by_one(visible, canvas_before, canvas_after)
-            extent = tf.cast(tf.shape(padded)[:2] - 1, tf.float32)
-            offset_f = tf.cast(offset, tf.float32)
-            first, count = [], []
-            for axis in range(2):
-                low = offset_f[axis] - 0.5  # pixel centres of the padded image, +-1 to spare
-                high = offset_f[axis] + tf.cast(visible_size[axis], tf.float32) + 0.5
-                axis_first, axis_count = _covered_outputs(window_size[axis], low, high,
-                                                          out[axis])
-                first.append(axis_first)
-                count.append(axis_count)
-            first, count = tf.stack(first), tf.stack(count)
-            step = tf.cast(window_size, tf.float32) / tf.constant(out, tf.float32)
-            # half-pixel sample positions in pixel indices of the padded image
-            start = (tf.cast(first, tf.float32) + 0.5) * step - 0.5 - (offset_f - 1.0)
-            stop = start + tf.cast(count - 1, tf.float32) * step
-            box = tf.concat([start / extent, stop / extent], axis=0)
-            image = tf.image.crop_and_resize(padded[None], box[None], [0], count, method=name,
-                                             extrapolation_value=0.0)[0]
-            return paste(image, first, count)
-        return run
-
-    def kernel(name):
-        kernel_type, antialias, radius = _CANVAS_KERNELS[name]
-
-        def run():
-            window_f = tf.cast(window_size, tf.float32)
-            scale = tf.constant(out, tf.float32) / window_f
-            reach = radius * (tf.maximum(1.0 / scale, 1.0) if antialias else tf.ones([2]))
-            # every tap of any output pixel that touches the image stays inside the padding
-            margin = 2 * tf.cast(tf.math.ceil(reach), tf.int32) + 1
-            # (no further than the window's edge, where the kernel stops as at an image edge)
-            before = tf.minimum(margin, offset)
-            after = tf.minimum(margin, window_size - offset - visible_size)
-            padded = tf.pad(visible, tf.stack([tf.stack([before[0], after[0]]),
-                                               tf.stack([before[1], after[1]]), [0, 0]]))
-            # ScaleAndTranslate gives 0 where the sample falls outside its input: compute only
-            # the outputs whose sample lies on the padded image
-            low = tf.cast(offset - before, tf.float32)
-            high = tf.cast(offset + visible_size + after, tf.float32)
-            first, count = [], []
-            for axis in range(2):
-                axis_first, axis_count = _covered_outputs(window_size[axis], low[axis],
-                                                          high[axis], out[axis])
-                first.append(axis_first)
-                count.append(axis_count)
-            first, count = tf.stack(first), tf.stack(count)
-            translation = low * scale - tf.cast(first, tf.float32)
-            image = tf.raw_ops.ScaleAndTranslate(
-                images=padded[None], size=count, scale=scale, translation=translation,
-                kernel_type=kernel_type, antialias=antialias)[0]
-            return paste(image, first, count)
-        return run
+    def on_canvas(name):
+        return lambda: _kernel_on_canvas(name, visible, offset, window_size, out)
 
     def nearest():
         return _nearest_window(visible, offset, window_size, out)
 
-    canvas_branches = [sampled("bilinear"), kernel("area"), nearest, kernel("bicubic"),
-                       kernel("lanczos3")]
-    plain_branches = [plain("bilinear"), plain("area"), nearest, plain("bicubic"),
-                      plain("lanczos3")]
+    def bilinear():
+        return _bilinear_on_canvas(visible, offset, window_size, out, canvas_before, canvas_after)
+
+    canvas_branches = [bilinear, on_canvas("area"), nearest, on_canvas("bicubic"), on_canvas("lanczos3")]
+    plain_branches = [plain("bilinear"), plain("area"), nearest, plain("bicubic"), plain("lanczos3")]
     image = tf.cond(shows_canvas, lambda: tf.switch_case(method, canvas_branches),
                     lambda: tf.switch_case(method, plain_branches))
     image.set_shape(out + [visible.shape[-1]])
     return image
-
