@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TF_PACKAGE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 'tensorflow[and-cuda]>=2.16' || echo 'tensorflow-cpu>=2.16')
 PYTEST_ARGS ?=
+# test processes (pytest-xdist); a test file stays in one process, so its shared fixtures are made once
+TEST_WORKERS ?= 2
 
 .PHONY: test test-fast demo install clean bench
 
@@ -17,11 +19,11 @@ $(VENV)/.installed: setup.py
 	touch $@
 
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 # the developers' inner loop: everything but the tests marked slow (training, processes)
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS) tests
 
 demo: install
 	$(PY) demo.py

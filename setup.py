@@ -46,6 +46,6 @@ setup(
     extras_require={
         "cpu": [f"tensorflow-cpu>={MIN_TENSORFLOW}"],
         "gpu": [f"tensorflow[and-cuda]>={MIN_TENSORFLOW}"],
-        "test": ["pytest"],
+        "test": ["pytest", "pytest-xdist"],  # xdist: `make test` runs the files in two processes
     },
 )
