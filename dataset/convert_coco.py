@@ -17,7 +17,11 @@ Writes `<name>-00000-of-000NN` ..., `<name>_categories.json` and `<name>_summary
 (sharded, atomic, seeded shuffle and summary as dataset/tfrecord_writer.py describes).
 
 Categories: COCO's ids are sparse (1..90 for 80 categories); label i (1..K) is the i-th category
-in the order the annotation file lists them. `<name>_categories.json` records the map,
+kept, in the order the annotation file lists them (dataset/coco_categories.py: categories no
+annotation uses are reported, and left out when they only repeat another's name or are the
+supercategory of all the others, as the data set entry of Roboflow exports is).
+--categories_from=FILE gives another split's class list and label order instead (the training
+split's annotation file or `<name>_categories.json`). `<name>_categories.json` records the map,
 {"categories": [{"label": 1, "coco_id": 1, "name": "person"}, ...]}; evaluation reads it with
 `ssd.coco.categories.read_category_map` to write detections with COCO ids. Several annotation
 files must list the same categories.
@@ -29,13 +33,18 @@ iscrowd, image/object/area = the annotation's area (pixels of the JSON size), di
 truncated 0 (COCO has neither).
 
 What happens with irregular input:
-  * crowd annotations (iscrowd 1): kept, flagged is_crowd (the COCO metric ignores detections
-    on them; training must not use them as targets);
+  * crowd annotations (iscrowd 1): with --crowd=ignore (the default, COCO's meaning) kept and
+    flagged is_crowd (the COCO metric ignores detections on them; training does not use them as
+    targets); with --crowd=objects converted as ordinary objects. Labeling tools (CVAT) mark objects
+    drawn as masks iscrowd 1: when most annotations are crowd the converter warns and names the
+    flag, and a data set whose every annotation is a crowd region is refused before anything is
+    written, unless --evaluation_only says it is for evaluation;
   * images without annotations: kept (evaluation needs them); --skip_empty leaves out images
     without an annotation other than crowd regions (listed in the summary);
   * boxes with a zero or negative width or height: dropped; malformed boxes (not four finite
     numbers): dropped; boxes reaching outside the image: clipped; boxes entirely outside:
-    dropped (each counted as a warning);
+    dropped (each counted as a warning); boxes spilling past the edge by less than a pixel (the
+    rounding of labeling tools): clipped and only counted (summary: corrected_without_warning);
   * annotations without an area: the box area (warning); without iscrowd: 0 (warning);
   * the JSON width/height and the image file: the EXIF rule of ssd/data/orientation.py chooses the
     stored or the upright pixels first (--exif as in convert_voc.py). If the size still differs,
@@ -44,6 +53,8 @@ What happens with irregular input:
     since the boxes cannot be placed on it reliably. Images without a JSON size use the file's;
   * grayscale, CMYK, PNG and other non-RGB-JPEG images: re-encoded as RGB JPEG (dataset/voc_image.py);
     undecodable images: skipped and listed;
+  * file names with folders ("images/x.jpg", as Label Studio and CVAT write them) are relative to
+    --image_dir (the export's root); an absolute file name is looked for under --image_dir too;
   * missing image files: an error listing them, or with --skip_missing skipped and listed;
   * category ids of annotations missing from `categories`, annotations of unknown images,
     duplicate image ids, duplicate category ids or names, and --image_ids_file ids absent from
@@ -52,11 +63,8 @@ What happens with irregular input:
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
-import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -73,37 +81,16 @@ import numpy as np
 from absl import app, flags, logging
 
 from dataset import voc_image
+from dataset.coco_annotations import (CROWD_POLICIES, Box, CocoImage, check_training_targets, find_images,
+                                      read_image_ids, split_missing)
 from dataset.tfrecord_writer import (DEFAULT_SHUFFLE_SEED, IMAGES_PER_SHARD, ConversionError, ConvertedImage,
                                      Note, Outcome, WarningTally, check_name, write_records)
-from ssd.coco.categories import (Category, CategoryError, category_map, category_map_path,
-                                 write_category_map)
+from ssd.coco.categories import category_map_path, category_map_text
 from ssd.coco.coords import coco_to_normalized
 from ssd.data.orientation import EXIF_POLICIES, UPRIGHT, check_policy
 
 JPEG_QUALITY = 95
-MAX_LISTED = 10  # ids quoted in an error message
-
-Box = tuple[float, float, float, float]
-
-
-@dataclasses.dataclass(frozen=True)
-class CocoObject:
-    label: int
-    name: str
-    bbox: Box | None      # [x, y, width, height] as in the JSON; None when malformed
-    area: float | None    # None when the JSON gives none
-    is_crowd: int
-    iscrowd_given: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class CocoImage:
-    """One image to convert."""
-    image_id: int
-    file_name: str
-    path: str
-    size: tuple[int, int] | None  # (width, height) of the JSON; None when missing or invalid
-    objects: tuple[CocoObject, ...]
+SUBPIXEL_SPILL = 1.0  # pixels past the image edge clipped without a warning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,176 +99,6 @@ class ImageOptions:
     drop_empty: bool = False
     jpeg_quality: int = JPEG_QUALITY
     exif_policy: str = "auto"
-
-
-# ----------------------------------------------------------------------------- reading the JSON
-
-def load_json(path: str | Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as error:
-        raise ConversionError(f"cannot read {path}: {error}") from error
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
-            or not isinstance(data.get("categories"), list):
-        raise ConversionError(f"{path}: not a COCO annotation file (needs 'images' and 'categories' lists)")
-    if not isinstance(data.get("annotations", []), list):
-        raise ConversionError(f"{path}: 'annotations' is not a list")
-    return data
-
-
-def read_image_ids(path: str | Path) -> tuple[list[int], int]:
-    """(the COCO image ids of a text file, one per line, in file order, each once; repeats)."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as error:
-        raise ConversionError(f"cannot read {path}: {error}") from error
-    ids = []
-    for number, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                ids.append(int(line.strip()))
-            except ValueError:
-                raise ConversionError(f"{path}:{number}: {line.strip()!r} is not a COCO image id") from None
-    unique = list(dict.fromkeys(ids))
-    return unique, len(ids) - len(unique)
-
-
-def _listing(items: Sequence, total: int | None = None) -> str:
-    total = len(items) if total is None else total
-    shown = "\n".join(f"  {item}" for item in list(items)[:MAX_LISTED])
-    return shown + (f"\n  ... and {total - MAX_LISTED} more" if total > MAX_LISTED else "")
-
-
-def _number(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def _bbox(value) -> Box | None:
-    if not isinstance(value, (list, tuple)) or len(value) != 4:
-        return None
-    numbers = tuple(_number(v) for v in value)
-    return None if None in numbers else numbers
-
-
-def _size(entry: dict) -> tuple[int, int] | None:
-    width, height = entry.get("width"), entry.get("height")
-    valid = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height))
-    return (width, height) if valid else None
-
-
-def _objects_by_image(annotations: Sequence[dict], labels: dict[int, Category], known_images: set[int],
-                      source: str) -> dict[int, list[CocoObject]]:
-    """Annotations grouped by image id, in file order. Raises ConversionError for category ids not
-    in `categories` and for image ids not in `images`."""
-    grouped: dict[int, list[CocoObject]] = collections.defaultdict(list)
-    unknown_categories: collections.Counter = collections.Counter()
-    unknown_images: collections.Counter = collections.Counter()
-    for index, annotation in enumerate(annotations):
-        if not isinstance(annotation, dict):
-            raise ConversionError(f"{source}: annotations[{index}] is not an object")
-        category = labels.get(annotation.get("category_id"))
-        image_id = annotation.get("image_id")
-        if category is None:
-            unknown_categories[repr(annotation.get("category_id"))] += 1
-        if image_id not in known_images:
-            unknown_images[repr(image_id)] += 1
-        if category is None or image_id not in known_images:
-            continue
-        iscrowd = annotation.get("iscrowd")
-        grouped[image_id].append(CocoObject(
-            label=category.label, name=category.name, bbox=_bbox(annotation.get("bbox")),
-            area=_number(annotation.get("area")), is_crowd=int(bool(iscrowd)),
-            iscrowd_given=iscrowd is not None))
-    if unknown_categories:
-        found = [f"category_id {k}: {n} annotations" for k, n in sorted(unknown_categories.items())]
-        raise ConversionError(f"{source}: {len(unknown_categories)} category ids of annotations are not in "
-                              f"'categories':\n{_listing(found)}")
-    if unknown_images:
-        found = [f"image_id {k}: {n} annotations" for k, n in sorted(unknown_images.items())]
-        raise ConversionError(f"{source}: annotations refer to {len(unknown_images)} image ids that are "
-                              f"not in 'images':\n{_listing(found)}")
-    return grouped
-
-
-def find_images(annotations_files: Sequence[str | Path], image_dirs: Sequence[str | Path],
-                image_ids: Sequence[int] | None = None
-                ) -> tuple[list[CocoImage], list[Category], list[dict]]:
-    """(images in file order, or in `image_ids` order; the category map; one description per file).
-
-    Raises ConversionError for malformed files, categories differing between files, duplicate
-    image ids and `image_ids` absent from every file.
-    """
-    if len(annotations_files) != len(image_dirs) or not annotations_files:
-        raise ConversionError(f"give one image directory per annotation file ({len(annotations_files)} "
-                              f"annotation files, {len(image_dirs)} image directories)")
-    images: dict[int, CocoImage] = {}
-    categories: list[Category] | None = None
-    sources, duplicates, malformed = [], [], []
-    for annotations_file, image_dir in zip(map(str, annotations_files), map(str, image_dirs)):
-        data = load_json(annotations_file)
-        try:
-            these = category_map(data["categories"], source=f"{annotations_file}: categories")
-        except CategoryError as error:
-            raise ConversionError(str(error)) from error
-        if categories is None:
-            categories = these
-        elif these != categories:
-            raise ConversionError(f"{annotations_file} lists other categories (or another order) than "
-                                  f"{annotations_files[0]}; labels would differ")
-        labels = {c.coco_id: c for c in categories}
-        listed: set[int] = set()
-        for index, entry in enumerate(data["images"]):
-            image_id = entry.get("id") if isinstance(entry, dict) else None
-            file_name = entry.get("file_name") if isinstance(entry, dict) else None
-            if isinstance(image_id, bool) or not isinstance(image_id, int) or not isinstance(file_name, str):
-                malformed.append(f"{annotations_file}: images[{index}] needs an integer 'id' and a "
-                                 f"'file_name'")
-            elif image_id in images or image_id in listed:
-                duplicates.append(f"image id {image_id} ({file_name}) in {annotations_file}")
-            else:
-                listed.add(image_id)
-        if malformed or duplicates:
-            continue
-        grouped = _objects_by_image(data.get("annotations", []), labels, listed, annotations_file)
-        for entry in data["images"]:
-            image_id = entry["id"]
-            images[image_id] = CocoImage(image_id=image_id, file_name=entry["file_name"],
-                                         path=os.path.join(image_dir, entry["file_name"]), size=_size(entry),
-                                         objects=tuple(grouped.get(image_id, ())))
-        sources.append({"annotations_file": annotations_file, "image_dir": image_dir,
-                        "num_images": len(listed), "num_annotations": len(data.get("annotations", []))})
-    if malformed:
-        raise ConversionError(f"{len(malformed)} malformed image entries:\n{_listing(malformed)}")
-    if duplicates:
-        raise ConversionError(f"{len(duplicates)} image ids are listed more than once (ids must be unique; "
-                              f"they are the records' source_id):\n{_listing(duplicates)}")
-    if image_ids is None:
-        return list(images.values()), categories, sources
-    absent = [image_id for image_id in image_ids if image_id not in images]
-    if absent:
-        raise ConversionError(f"{len(absent)} ids of the image id list are in no annotation file:\n"
-                              f"{_listing(absent)}")
-    return [images[image_id] for image_id in image_ids], categories, sources
-
-
-def split_missing(images: Sequence[CocoImage], skip_missing: bool) -> tuple[list[CocoImage], list[dict]]:
-    """(images whose file exists, summary items of the others). Raises ConversionError for missing
-    files unless `skip_missing`."""
-    present, missing = [], []
-    for image in images:
-        if os.path.isfile(image.path):
-            present.append(image)
-        else:
-            missing.append({"image_id": str(image.image_id), "file": image.path,
-                            "reason": f"missing file: no {image.path}"})
-    if missing and not skip_missing:
-        raise ConversionError(f"{len(missing)} image files are missing (pass --skip_missing to leave "
-                              f"them out):\n{_listing([m['file'] for m in missing])}")
-    for item in missing:
-        logging.warning("%s: image %s: skipped: %s", item["file"], item["image_id"], item["reason"])
-    return present, missing
 
 
 # ----------------------------------------------------------------------------- per-image work
@@ -296,7 +113,8 @@ def clip_coco_box(box: Box, height: float, width: float) -> tuple[Box | None, st
         return None, "box_outside"
     if (x0, y0, x1, y1) == (x, y, x + w, y + h):
         return box, None
-    return (x0, y0, x1 - x0, y1 - y0), "box_clipped"
+    spill = max(-x, -y, x + w - float(width), y + h - float(height))
+    return (x0, y0, x1 - x0, y1 - y0), ("box_clipped_subpixel" if spill < SUBPIXEL_SPILL else "box_clipped")
 
 
 def _exif_note(image: voc_image.EncodedImage, policy: str) -> Note | None:
@@ -382,11 +200,14 @@ def convert_coco(annotations_files: Sequence[str | Path], image_dirs: Sequence[s
                  num_shards: int | None = None, num_workers: int = 1, drop_empty: bool = False,
                  skip_missing: bool = False, exif_policy: str = "auto",
                  shuffle_seed: int | None = DEFAULT_SHUFFLE_SEED, jpeg_quality: int = JPEG_QUALITY,
-                 progress_stream: TextIO | None = None) -> dict:
+                 categories_from: str | Path | None = None, crowd: str = "ignore",
+                 evaluation_only: bool = False, progress_stream: TextIO | None = None) -> dict:
     """Converts the images of the COCO annotation files (paired with their image directories),
     or those named by `image_ids_file`, into TFRecords and writes the category map beside them.
 
-    `shuffle_seed` None keeps the files' (or the id list's) order. Returns the summary that is also
+    `shuffle_seed` None keeps the files' (or the id list's) order; `categories_from`, `crowd` and
+    `evaluation_only` as the flags of the same names (module docstring). Nothing in
+    `output_directory` changes unless the conversion succeeds. Returns the summary that is also
     written to `<output_directory>/<name>_summary.json`. Raises ConversionError for input that
     needs fixing.
     """
@@ -395,29 +216,37 @@ def convert_coco(annotations_files: Sequence[str | Path], image_dirs: Sequence[s
         check_policy(exif_policy)
     except ValueError as error:
         raise ConversionError(str(error)) from error
-    tally = WarningTally()
+    if crowd not in CROWD_POLICIES:
+        raise ConversionError(f"crowd must be one of {CROWD_POLICIES}, got {crowd!r}")
+    tally = WarningTally(quiet_kinds=("box_clipped_subpixel",))
     image_ids = None
     if image_ids_file is not None:
         image_ids, repeated = read_image_ids(image_ids_file)
         if repeated:
             tally.add("duplicate_id", str(image_ids_file), f"{repeated} ids listed more than once; each "
                                                            f"converted once")
-    images, categories, sources = find_images(annotations_files, image_dirs, image_ids)
+    images, selection, sources = find_images(annotations_files, image_dirs, image_ids,
+                                             categories_from=categories_from, crowd=crowd)
+    for note in selection.notes:
+        logging.warning("%s", note)
+    categories = selection.categories
     tasks, missing = split_missing(images, skip_missing)
     if not tasks:
         raise ConversionError(f"nothing to convert: {len(images)} images, {len(missing)} with missing files")
+    check_training_targets(tasks, crowd, evaluation_only)
     map_path = category_map_path(output_directory, name)
-    Path(output_directory).mkdir(parents=True, exist_ok=True)
-    write_category_map(map_path, categories)
     options = ImageOptions(annotations_file=", ".join(map(str, annotations_files)), drop_empty=drop_empty,
                            jpeg_quality=jpeg_quality, exif_policy=exif_policy)
     header = {"sources": sources, "image_ids_file": None if image_ids_file is None else str(image_ids_file),
-              "category_map": map_path.name, "exif_policy": exif_policy, "num_missing": len(missing)}
+              "category_map": map_path.name, "categories_from": None if categories_from is None else str(categories_from),
+              "category_notes": selection.notes, "crowd": crowd, "exif_policy": exif_policy,
+              "num_missing": len(missing)}
     return write_records(tasks, functools.partial(convert_image, options=options), key=_image_key,
                          output_directory=output_directory, name=name,
                          class_names=[c.name for c in categories], header=header, skipped=missing,
                          tally=tally, num_shards=num_shards, num_workers=num_workers,
-                         shuffle_seed=shuffle_seed, progress_stream=progress_stream)
+                         shuffle_seed=shuffle_seed, progress_stream=progress_stream,
+                         side_files={map_path.name: category_map_text(categories)})
 
 
 # ----------------------------------------------------------------------------- command line
@@ -453,6 +282,14 @@ def define_flags() -> None:
     flags.DEFINE_bool("shuffle", True, "Shuffle the images (seeded, deterministic) before sharding; "
                                        "--noshuffle keeps the files' (or the id list's) order.")
     flags.DEFINE_integer("shuffle_seed", DEFAULT_SHUFFLE_SEED, "Seed of the shuffled order.")
+    flags.DEFINE_string("categories_from", None,
+                        "The class list and label order of another split: its COCO annotation file or "
+                        "its <name>_categories.json (val/test get the training split's classes).")
+    flags.DEFINE_enum("crowd", "ignore", list(CROWD_POLICIES),
+                      "Annotations with iscrowd 1: ignore = crowd regions, no training target (COCO's "
+                      "meaning); objects = ordinary objects (labeling tools mark masks so).")
+    flags.DEFINE_bool("evaluation_only", False, "The split is only evaluated: convert it even when "
+                                                "every annotation is a crowd region.")
 
 
 def default_name(annotations_files: Sequence[str]) -> str:
@@ -475,7 +312,9 @@ def main(argv: Sequence[str]) -> None:
                                image_ids_file=FLAGS.image_ids_file, num_shards=FLAGS.num_shards or None,
                                num_workers=FLAGS.num_workers, drop_empty=FLAGS.skip_empty,
                                skip_missing=FLAGS.skip_missing, exif_policy=FLAGS.exif,
-                               shuffle_seed=FLAGS.shuffle_seed if FLAGS.shuffle else None)
+                               shuffle_seed=FLAGS.shuffle_seed if FLAGS.shuffle else None,
+                               categories_from=FLAGS.categories_from, crowd=FLAGS.crowd,
+                               evaluation_only=FLAGS.evaluation_only)
     except ConversionError as error:
         sys.exit(f"convert_coco.py: error: {error}")
     print(f"{name}: {summary['num_images']} images, {summary['num_objects']} objects "

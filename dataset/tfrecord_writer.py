@@ -27,7 +27,7 @@ import multiprocessing
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TextIO, TypeVar
+from typing import Callable, Collection, Iterator, Mapping, Sequence, TextIO, TypeVar
 
 import tensorflow as tf
 from absl import logging
@@ -82,12 +82,17 @@ class Outcome:
 class WarningTally:
     """Counts warnings by kind; logs the first few of each kind with their file."""
 
-    def __init__(self, max_logged: int = MAX_LOGGED_PER_KIND):
+    def __init__(self, max_logged: int = MAX_LOGGED_PER_KIND, quiet_kinds: Collection[str] = ()):
         self.max_logged = max_logged
         self.counts: collections.Counter[str] = collections.Counter()
         self.examples: dict[str, list[str]] = collections.defaultdict(list)
+        self.quiet_kinds = frozenset(quiet_kinds)  # corrections too small to warn about: only counted
+        self.quiet_counts: collections.Counter[str] = collections.Counter()
 
     def add(self, kind: str, file: str, message: str) -> None:
+        if kind in self.quiet_kinds:
+            self.quiet_counts[kind] += 1
+            return
         self.counts[kind] += 1
         if self.counts[kind] <= self.max_logged:
             text = f"{file}: {message}" if file else message
@@ -207,12 +212,14 @@ def write_records(tasks: Sequence[Task], convert: Callable[[Task], Outcome], *,
                   class_names: Sequence[str], header: dict, skipped: list[dict], tally: WarningTally,
                   num_shards: int | None = None, num_workers: int = 1,
                   shuffle_seed: int | None = DEFAULT_SHUFFLE_SEED,
-                  progress_stream: TextIO | None = None) -> dict:
+                  progress_stream: TextIO | None = None, side_files: Mapping[str, str] | None = None) -> dict:
     """Converts `tasks` and writes their records; returns the summary also written as JSON.
 
     `header` (the converter's own fields: sources, options) opens the summary after the name;
     `skipped` holds images the converter already left out ({"image_id", "file", "reason"}), to
-    which images skipped here are added. Raises ConversionError when no image could be written.
+    which images skipped here are added. `side_files` ({file name: text}, e.g. a category map) are
+    put in place with the shards, so a failed run leaves an earlier conversion's untouched. Raises
+    ConversionError when no image could be written.
     """
     check_name(name)
     output_directory = Path(output_directory)
@@ -256,18 +263,21 @@ def write_records(tasks: Sequence[Task], convert: Callable[[Task], Outcome], *,
             "skipped": skipped,
             "warnings": dict(sorted(tally.counts.items())),
             "warning_examples": {kind: tally.examples[kind] for kind in sorted(tally.examples)},
+            "corrected_without_warning": dict(sorted(tally.quiet_counts.items())),
             "order": order_description(shuffle_seed),
             "num_shards": num_shards,
             "shards": shard_names,
             "images_per_shard": counts.images_per_shard,
         }
+        for file_name, text in (side_files or {}).items():
+            (partial_directory / file_name).write_text(text)
         summary_path = output_directory / summary_name(name)
         summary_path.unlink(missing_ok=True)
         for stale in finished_shards(output_directory, name):
             if stale.name not in shard_names:
                 stale.unlink()
-        for shard in shard_names:
-            os.replace(partial_directory / shard, output_directory / shard)
+        for file_name in [*shard_names, *(side_files or {})]:
+            os.replace(partial_directory / file_name, output_directory / file_name)
         write_json_atomically(summary_path, summary)
     finally:
         for writer in writers:

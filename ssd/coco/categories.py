@@ -27,36 +27,20 @@ class CategoryError(ValueError):
     """The categories cannot be mapped; the message names the bad entry or file."""
 
 
-def category_map(categories: Sequence[dict], source: str = "categories") -> list[Category]:
-    """Labels 1..K for the COCO `categories` list, in its order. Raises CategoryError for entries
-    without an integer id or a name, and for ids or names listed twice."""
-    result, ids, names = [], set(), set()
-    for index, entry in enumerate(categories):
-        entry = entry if isinstance(entry, dict) else {}
-        coco_id, name = entry.get("id"), entry.get("name")
-        if isinstance(coco_id, bool) or not isinstance(coco_id, int) or not isinstance(name, str) or not name:
-            raise CategoryError(f"{source}: entry {index} needs an integer 'id' and a 'name'")
-        if coco_id in ids:
-            raise CategoryError(f"{source}: category id {coco_id} is listed twice")
-        if name in names:
-            raise CategoryError(f"{source}: category name {name!r} is listed twice")
-        ids.add(coco_id)
-        names.add(name)
-        result.append(Category(label=len(result) + 1, coco_id=coco_id, name=name))
-    if not result:
-        raise CategoryError(f"{source}: no categories")
-    return result
-
-
 def category_map_path(output_directory: str | Path, name: str) -> Path:
     return Path(output_directory) / f"{name}_categories.json"
 
 
+def category_map_text(categories: Sequence[Category]) -> str:
+    """The category map file's content."""
+    content = {"categories": [{"label": c.label, "coco_id": c.coco_id, "name": c.name} for c in categories]}
+    return json.dumps(content, indent=2) + "\n"
+
+
 def write_category_map(path: str | Path, categories: Sequence[Category]) -> None:
     path = Path(path)
-    content = {"categories": [{"label": c.label, "coco_id": c.coco_id, "name": c.name} for c in categories]}
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(content, indent=2) + "\n")
+    partial.write_text(category_map_text(categories))
     os.replace(partial, path)
 
 

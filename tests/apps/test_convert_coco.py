@@ -15,11 +15,11 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # dataset/ holds scripts, not an installed package
     sys.path.insert(0, str(REPO))
 
-from dataset import convert_coco, tfrecord_writer  # noqa: E402
+from dataset import coco_categories, convert_coco, tfrecord_writer  # noqa: E402
+from dataset.coco_categories import CategorySelectionError  # noqa: E402
 from dataset.tfrecord_writer import ConversionError  # noqa: E402
 from ssd.data import records  # noqa: E402
-from ssd.coco.categories import (Category, CategoryError, category_map, read_category_map,  # noqa: E402
-                                 write_category_map)
+from ssd.coco.categories import Category, CategoryError, read_category_map, write_category_map  # noqa: E402
 from ssd.coco.coords import coco_to_normalized, normalized_to_coco  # noqa: E402
 
 pytestmark = pytest.mark.slow  # trains a model or starts processes
@@ -48,6 +48,12 @@ def test_coco_box_round_trip():
                                atol=1e-9)
 
 
+def category_map(categories, used_ids=None):
+    """The class list of `categories` when annotations use every one (default)."""
+    used = {c["id"] for c in categories} if used_ids is None else used_ids
+    return coco_categories.select(categories, used, "test").categories
+
+
 def test_category_map_follows_file_order_not_ids(tmp_path):
     mapped = category_map(CATEGORIES)
     assert mapped == [Category(1, 18, "dog"), Category(2, 1, "person"), Category(3, 3, "car")]
@@ -55,12 +61,12 @@ def test_category_map_follows_file_order_not_ids(tmp_path):
     write_category_map(path, mapped)
     assert read_category_map(path) == mapped
     assert json.loads(path.read_text())["categories"][0] == {"label": 1, "coco_id": 18, "name": "dog"}
-    with pytest.raises(CategoryError, match="category id 18 is listed twice"):
+    with pytest.raises(CategorySelectionError, match="category id 18 is listed twice"):
         category_map(CATEGORIES + [{"id": 18, "name": "wolf"}])
-    with pytest.raises(CategoryError, match="'dog' is listed twice"):
+    with pytest.raises(CategorySelectionError, match="'dog' is listed twice \\(ids 18 and 19\\)"):
         category_map(CATEGORIES + [{"id": 19, "name": "dog"}])
-    with pytest.raises(CategoryError, match="entry 1 needs an integer 'id'"):
-        category_map([{"id": 1, "name": "a"}, {"id": "2", "name": "b"}])
+    with pytest.raises(CategorySelectionError, match="entry 1 needs an integer 'id'"):
+        category_map([{"id": 1, "name": "a"}, {"id": "2", "name": "b"}], {1})
     path.write_text('{"categories": [{"label": 2, "coco_id": 1, "name": "a"}]}')
     with pytest.raises(CategoryError, match="labels must be 1..1"):
         read_category_map(path)
