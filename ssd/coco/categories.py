@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
+from ssd.data.records import CATEGORIES_SUFFIX
+
 
 class Category(NamedTuple):
     label: int    # the library's contiguous label, 1..K
@@ -28,7 +30,7 @@ class CategoryError(ValueError):
 
 
 def category_map_path(output_directory: str | Path, name: str) -> Path:
-    return Path(output_directory) / f"{name}_categories.json"
+    return Path(output_directory) / f"{name}{CATEGORIES_SUFFIX}"
 
 
 def category_map_text(categories: Sequence[Category]) -> str:

@@ -19,6 +19,7 @@ image of the last one. No record is skipped silently: reading fails at that poin
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import re
 from typing import Sequence
@@ -73,21 +74,28 @@ def _directory_shards(directory: str) -> list[str]:
 
 def resolve_files(file_pattern: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """Files named by a glob, comma-separated globs, a directory (the `<name>-N-of-M` shards of
-    its one data set) or a list of any of these; sorted, without duplicates. Raises
-    FileNotFoundError naming the pattern when nothing matches, ValueError for a directory of
-    several data sets."""
+    its one data set) or a list of any of these; sorted, without duplicates. A glob leaves out
+    the converters' side files (`<name>_summary.json`, `<name>_categories.json`), which `<name>*`
+    matches too. Raises FileNotFoundError naming the pattern when nothing matches, ValueError for
+    a directory of several data sets."""
     if isinstance(file_pattern, (str, os.PathLike)):
         patterns = [p.strip() for p in os.fspath(file_pattern).split(",") if p.strip()]
     else:
         patterns = [os.fspath(p) for p in file_pattern]
     files: set[str] = set()
+    side_files = []
     for pattern in patterns:
         if tf.io.gfile.isdir(pattern):
             files.update(_directory_shards(pattern))
-        else:
-            files.update(f for f in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(f))
+            continue
+        matched = [f for f in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(f)]
+        if glob.has_magic(pattern):
+            side_files += [f for f in matched if records.is_side_file(f)]
+            matched = [f for f in matched if not records.is_side_file(f)]
+        files.update(matched)
     if not files:
-        raise FileNotFoundError(f"no input files match {file_pattern!r} "
+        only = f"; only the converter's side files {sorted(side_files)}" if side_files else ""
+        raise FileNotFoundError(f"no input files match {file_pattern!r}{only} "
                                 f"(a directory means its {records.SHARD_PATTERN} files)")
     return sorted(files)
 

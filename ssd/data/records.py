@@ -44,6 +44,9 @@ UNKNOWN_AREA = -1.0
 SHARD_PATTERN = "*-of-*"
 _SHARD_NAME = re.compile(r"^(?P<name>.+)-(?P<index>\d+)-of-(?P<count>\d+)$")
 _SUMMARY_SUFFIX = "_summary.json"
+CATEGORIES_SUFFIX = "_categories.json"  # convert_coco.py's category map
+# what the converters write beside the shards: a glob like `<name>*` matches them too
+_SIDE_FILE_SUFFIXES = (_SUMMARY_SUFFIX, CATEGORIES_SUFFIX)
 
 
 def shard_name(name: str, index: int, num_shards: int) -> str:
@@ -58,6 +61,11 @@ def parse_shard_name(path: str | os.PathLike) -> tuple[str, int, int] | None:
     if match is None:
         return None
     return match["name"], int(match["index"]), int(match["count"])
+
+
+def is_side_file(path: str | os.PathLike) -> bool:
+    """Whether a file is one the converters write beside the shards (summary, category map)."""
+    return os.path.basename(os.fspath(path)).endswith(_SIDE_FILE_SUFFIXES)
 
 
 def summary_name(name: str) -> str:

@@ -92,6 +92,17 @@ def test_directory_of_several_data_sets_is_refused_not_mixed(tmp_path):
     assert resolve_files(str(tmp_path / "train-*")) == [str(tmp_path / "train-00000-of-00001")]
 
 
+def test_a_glob_leaves_out_the_converters_side_files_but_a_named_file_is_taken(tmp_path):
+    for name in ("shards-00000-of-00002", "shards-00001-of-00002", "shards_summary.json",
+                 "shards_categories.json"):
+        (tmp_path / name).write_bytes(b"")
+    shards = [str(tmp_path / "shards-00000-of-00002"), str(tmp_path / "shards-00001-of-00002")]
+    assert resolve_files(str(tmp_path / "shards*")) == shards
+    assert resolve_files(str(tmp_path / "shards_summary.json")) == [str(tmp_path / "shards_summary.json")]
+    with pytest.raises(FileNotFoundError, match="only the converter's side files.*shards_summary.json"):
+        resolve_files(str(tmp_path / "shards_*"))
+
+
 def test_eval_returns_the_written_boxes_padded_per_batch(shards):
     directory, truth = shards
     config = tiny_config(**{"eval.batch_size": 5})
