@@ -63,6 +63,7 @@ flags.DEFINE_float("watch_interval_secs", 30.0, "With --watch: seconds between l
 
 
 def main(argv) -> None:
+    cli.kernels_for_precision(FLAGS.precision)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     for name in ("model_dir", "data_dir"):

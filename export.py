@@ -80,6 +80,7 @@ def export_tflite_model(model, config) -> str:
 
 
 def main(argv) -> None:
+    cli.kernels_for_precision(FLAGS.precision)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     for name in ("model_dir", "export_dir"):

@@ -196,6 +196,7 @@ def initialize_first_start(estimator, config: config_lib.Config) -> None:
 def run(model_dir: str) -> None:
     recipe_given = FLAGS["config"].present
     config, changes = resume.resolve_config(model_dir, FLAGS.config, recipe_given, explicit_overrides())
+    cli.kernels_for_precision(config.train.mixed_precision)
     # TensorFlow's runtime starts here: the multi-worker strategy must come first.
     strategy = make_checked_strategy(config)
     train_input_fn, eval_input_fn = make_input_fns(config)

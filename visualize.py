@@ -24,7 +24,6 @@ it cannot tell (auto keeps the stored grid and warns, like the converters).
 from __future__ import annotations
 
 import glob
-import os
 import sys
 from pathlib import Path
 
@@ -303,6 +302,7 @@ def summary_line(counts: dict, threshold: float, output_dir: str, annotated: boo
 
 
 def main(argv) -> None:
+    cli.kernels_for_precision(FLAGS.precision)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.images:

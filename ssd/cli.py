@@ -140,6 +140,16 @@ def quiet_tensorflow_startup() -> None:
 
 # --- help and usage errors ------------------------------------------------------------------
 
+def kernels_for_precision(precision: str) -> None:
+    """Before TensorFlow loads, for a run computing in `precision`: CPU kernels that have it
+    (`ssd.cpu.kernels_for_bfloat16`), said in the log when they change."""
+    if precision == "bfloat16":
+        note = cpu.kernels_for_bfloat16()
+        if note:
+            from absl import logging
+            logging.warning("%s", note)
+
+
 def usage_error(message: str) -> NoReturn:
     """Prints `<app>: error: <message> (see --help)` and exits with status 2."""
     sys.stderr.write(f"{program_name()}: error: {message} (see --help)\n")

@@ -8,6 +8,12 @@ unless the user chose with `TF_ENABLE_ONEDNN_OPTS`; the variable is read when Te
 so it must run before the first `import tensorflow` (the apps do it first thing). oneDNN sums in
 another order than Eigen: results agree to float rounding, not bit for bit.
 
+oneDNN has bfloat16 convolutions only on CPUs with AVX-512 (or when `ONEDNN_MAX_CPU_ISA` does not
+hold it below that); elsewhere a bfloat16 network fails in oneDNN ("could not create a primitive
+descriptor"), while TensorFlow's own kernels compute it, slowly. An app that is asked for
+bfloat16 calls `kernels_for_bfloat16()` before TensorFlow loads: where oneDNN was only this
+module's preference and lacks bfloat16, it is turned back off.
+
 `describe()` names the CPU, its vector extensions, the kernels in use and the thread settings in
 one line, printed beside every benchmark figure so that figures of two machines are not compared
 by mistake.
@@ -24,6 +30,13 @@ ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
 # TensorFlow turns oneDNN on by itself where any of these is present (its x86 default rule)
 _ONEDNN_BY_DEFAULT = ("avx512_vnni", "avx512_bf16", "amx_tile")
+# oneDNN's bfloat16 convolutions need AVX-512 ("avx512_core": F, BW, VL, DQ)
+_ONEDNN_BFLOAT16 = ("avx512f", "avx512bw", "avx512vl", "avx512dq")
+ISA_LIMIT_VARIABLE = "ONEDNN_MAX_CPU_ISA"  # oneDNN's own cap on the instructions it uses
+_ISA_LIMITS_WITHOUT_AVX512 = ("sse41", "avx", "avx2", "avx2_vnni", "avx2_vnni_2")
+# set beside the variable by prefer_onednn, so that it and the apps it starts know the value was
+# the project's preference, not the user's choice
+PREFERENCE_MARKER = "SSD_ONEDNN_PREFERRED"
 
 
 def _is_x86() -> bool:
@@ -59,7 +72,29 @@ def prefer_onednn(environ=None) -> bool:
     if ONEDNN_VARIABLE in environ or not _is_x86() or "tensorflow" in sys.modules:
         return False
     environ[ONEDNN_VARIABLE] = "1"
+    environ[PREFERENCE_MARKER] = "1"
     return True
+
+
+def onednn_has_bfloat16(flags: set[str] | None = None, environ=None) -> bool:
+    """Whether oneDNN can compute bfloat16 convolutions on this CPU (AVX-512, not capped below)."""
+    environ = os.environ if environ is None else environ
+    flags = cpu_flags() if flags is None else flags
+    limit = environ.get(ISA_LIMIT_VARIABLE, "").strip().lower()
+    return all(flag in flags for flag in _ONEDNN_BFLOAT16) and limit not in _ISA_LIMITS_WITHOUT_AVX512
+
+
+def kernels_for_bfloat16(flags: set[str] | None = None, environ=None) -> str | None:
+    """Before TensorFlow loads, for a run in bfloat16: turns oneDNN back off where only
+    `prefer_onednn` turned it on and it has no bfloat16 convolutions here. Returns what to log,
+    or None when nothing changed."""
+    environ = os.environ if environ is None else environ
+    preferred = environ.get(PREFERENCE_MARKER) == "1" and environ.get(ONEDNN_VARIABLE) == "1"
+    if not preferred or "tensorflow" in sys.modules or onednn_has_bfloat16(flags, environ):
+        return None
+    environ[ONEDNN_VARIABLE] = "0"
+    return ("bfloat16 on a CPU without AVX-512: oneDNN has no bfloat16 convolutions here, so "
+            "TensorFlow's own kernels compute it (slower than float32 on this CPU)")
 
 
 def onednn_state(environ=None, flags: set[str] | None = None) -> str:

@@ -1,9 +1,6 @@
 import os
 
-from ssd.cpu import prefer_onednn
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-prefer_onednn()  # the kernels the apps compute with (before TensorFlow loads)
 
 import keras.src.backend.config as keras_config  # noqa: E402
 import pytest  # noqa: E402

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # dataset/ holds scripts, not an installed package
     sys.path.insert(0, str(REPO))
 
-from dataset import convert_voc, tfrecord_writer, voc_image  # noqa: E402
+from dataset import convert_voc, voc_entries, tfrecord_writer, voc_image  # noqa: E402
 from ssd.data import records  # noqa: E402
 from ssd.voc import annotations as voc_xml
 from ssd.voc.coords import voc_to_normalized  # noqa: E402
@@ -328,25 +328,25 @@ def test_years_and_all_annotated_mode(tmp_path):
                       list_order=["07c", "07a"])
     (voc07 / "ImageSets" / "Main" / "test.txt").write_text("07t\n")
     make_root(tmp_path / "VOCdevkit" / "VOC2012", {i: item(i) for i in ("12b", "12a")}, list_order=["12b"])
-    roots = convert_voc.voc_roots(tmp_path / "VOCdevkit", ["2007", "2012"])
+    roots = voc_entries.voc_roots(tmp_path / "VOCdevkit", ["2007", "2012"])
     assert roots == [tmp_path / "VOCdevkit" / "VOC2007", tmp_path / "VOCdevkit" / "VOC2012"]
     assert convert_voc.default_name(["2007", "2012"], [], ["trainval"], False) == "voc0712_trainval"
-    split_entries = convert_voc.find_entries(roots, ["trainval"], all_annotated=False).entries
+    split_entries = voc_entries.find_entries(roots, ["trainval"], all_annotated=False).entries
     assert [e.image_id for e in split_entries] == ["07c", "07a", "12b"]
     # every annotation, sorted per root, without VOC2007's test images
-    found = convert_voc.find_entries(roots, ["trainval"], all_annotated=True)
+    found = voc_entries.find_entries(roots, ["trainval"], all_annotated=True)
     assert [e.image_id for e in found.entries] == ["07a", "07c", "12a", "12b"]
     assert found.sources[0]["excluded_test_ids"] == 1
 
 
 def test_class_list_sources(tmp_path):
-    assert convert_voc.load_class_names([" b", "a "]) == ("b", "a")
+    assert voc_entries.load_class_names([" b", "a "]) == ("b", "a")
     (tmp_path / "classes.txt").write_text("circle\n square \n\ntriangle\n")
-    from_file = convert_voc.load_class_names(classes_file=tmp_path / "classes.txt")
+    from_file = voc_entries.load_class_names(classes_file=tmp_path / "classes.txt")
     assert from_file == ("circle", "square", "triangle")
-    assert len(convert_voc.load_class_names()) == 20
+    assert len(voc_entries.load_class_names()) == 20
     with pytest.raises(convert_voc.ConversionError, match="more than once: a"):
-        convert_voc.load_class_names(["a", "b", "a"])
+        voc_entries.load_class_names(["a", "b", "a"])
 
 
 def test_clip_voc_box_cases():

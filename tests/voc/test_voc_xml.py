@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # dataset/ holds scripts, not an installed package
     sys.path.insert(0, str(REPO))
 
-from dataset import convert_voc  # noqa: E402
+from dataset import convert_voc, voc_entries  # noqa: E402
 from ssd.voc.image_ids import image_id_text, read_image_ids, repeated_ids  # noqa: E402
 from ssd.voc.coords import normalized_to_voc  # noqa: E402
 from ssd.voc.eval import evaluate_files, read_ground_truth  # noqa: E402
@@ -89,7 +89,7 @@ def voc_root(tmp_path):
 
 def converter_view(root):
     """What the converter puts into the records, per image, back in VOC pixels."""
-    entries = convert_voc.find_entries([root], ["test"], all_annotated=False).entries
+    entries = voc_entries.find_entries([root], ["test"], all_annotated=False).entries
     options = convert_voc.ImageOptions({n: i for i, n in enumerate(CLASSES, start=1)}, skip_unknown_classes=True)
     view = {}
     for entry in entries:
@@ -168,4 +168,4 @@ def test_split_lists_and_image_id_text(tmp_path):
     assert [image_id_text(v) for v in (b"000001", "000002", 3, np.array(b"x"), np.bytes_(b"y"), np.str_("z"))] \
         == ["000001", "000002", "3", "x", "y", "z"]
     with pytest.raises(convert_voc.ConversionError, match="no split list .*val.txt"):
-        convert_voc.read_split_ids(tmp_path, "val")
+        voc_entries.read_split_ids(tmp_path, "val")
