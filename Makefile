@@ -21,9 +21,10 @@ $(VENV)/.installed: setup.py
 test: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
-# the developers' inner loop: everything but the tests marked slow (training, processes)
+# the developers' inner loop: everything but the tests marked slow (training, processes); its
+# fixtures are cheap, so tests spread one by one
 test-fast: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist load -m "not slow" $(PYTEST_ARGS) tests
 
 demo: install
 	$(PY) demo.py

@@ -51,6 +51,7 @@ def test_prefer_onednn_too_late_once_tensorflow_is_loaded(monkeypatch):
     assert not cpu.prefer_onednn(environ) and environ == {}
 
 
+@pytest.mark.slow  # starts processes
 @pytest.mark.parametrize("user_value", [None, "0"])
 def test_apps_start_tensorflow_with_onednn_unless_the_user_chose(user_value):
     env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", cpu.PREFERENCE_MARKER)}
@@ -98,6 +99,7 @@ def test_bfloat16_turns_back_off_only_the_projects_own_preference(monkeypatch):
     assert cpu.kernels_for_bfloat16(AVX2_ONLY, late) is None
 
 
+@pytest.mark.slow  # starts a process
 def test_an_app_in_bfloat16_computes_where_onednn_has_no_bfloat16():
     """ONEDNN_MAX_CPU_ISA=AVX2 makes this CPU an AVX2-only one for oneDNN, whose bfloat16
     convolution then fails to start; the app's kernels for bfloat16 compute it."""

@@ -114,6 +114,7 @@ def test_the_converter_summary_beside_the_shards_is_used(tmp_path):
     record_classes.check_record_classes(str(tmp_path), SHAPES)
 
 
+@pytest.mark.slow  # starts train.py
 def test_train_refuses_fruit_records_with_the_shapes_recipe_before_writing(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

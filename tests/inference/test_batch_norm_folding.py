@@ -99,6 +99,7 @@ def test_ssd_networks_fold_every_batch_norm_and_keep_their_outputs(recipe):
         np.testing.assert_allclose(got.numpy() / scale, want.numpy() / scale, atol=1e-5)
 
 
+@pytest.mark.slow  # exports a SavedModel
 def test_saved_model_holds_the_folded_network(tmp_path):
     from ssd.inference.saved_model import SIGNATURE_IMAGES, export_saved_model
     config = load_config("ssdlite320_shapes_cpu")
