@@ -18,10 +18,9 @@ from typing import Sequence
 from absl import logging
 
 from dataset import coco_categories
-from dataset.tfrecord_writer import ConversionError
+from dataset.tfrecord_writer import ConversionError, listing
 from ssd.coco.categories import Category
 
-MAX_LISTED = 10  # ids quoted in an error message
 CROWD_POLICIES = ("ignore", "objects")
 MOSTLY_CROWD = 0.5  # a larger share of crowd annotations is most likely a labeling tool's masks
 
@@ -78,12 +77,6 @@ def read_image_ids(path: str | Path) -> tuple[list[int], int]:
     return unique, len(ids) - len(unique)
 
 
-def _listing(items: Sequence, total: int | None = None) -> str:
-    total = len(items) if total is None else total
-    shown = "\n".join(f"  {item}" for item in list(items)[:MAX_LISTED])
-    return shown + (f"\n  ... and {total - MAX_LISTED} more" if total > MAX_LISTED else "")
-
-
 def _number(value) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
@@ -129,11 +122,11 @@ def _objects_by_image(annotations: Sequence[dict], labels: dict[int, Category], 
     if unknown_categories:
         found = [f"category_id {k}: {n} annotations" for k, n in sorted(unknown_categories.items())]
         raise ConversionError(f"{source}: {len(unknown_categories)} category ids of annotations are not in "
-                              f"'categories':\n{_listing(found)}")
+                              f"'categories':\n{listing(found)}")
     if unknown_images:
         found = [f"image_id {k}: {n} annotations" for k, n in sorted(unknown_images.items())]
         raise ConversionError(f"{source}: annotations refer to {len(unknown_images)} image ids that are "
-                              f"not in 'images':\n{_listing(found)}")
+                              f"not in 'images':\n{listing(found)}")
     return grouped
 
 
@@ -214,26 +207,26 @@ def find_images(annotations_files: Sequence[str | Path], image_dirs: Sequence[st
         sources.append({"annotations_file": annotations_file, "image_dir": image_dir,
                         "num_images": len(listed), "num_annotations": len(data.get("annotations", []))})
     if malformed:
-        raise ConversionError(f"{len(malformed)} malformed image entries:\n{_listing(malformed)}")
+        raise ConversionError(f"{len(malformed)} malformed image entries:\n{listing(malformed)}")
     if duplicates:
         raise ConversionError(f"{len(duplicates)} image ids are listed more than once (ids must be unique; "
-                              f"they are the records' source_id):\n{_listing(duplicates)}")
+                              f"they are the records' source_id):\n{listing(duplicates)}")
     if image_ids is None:
         return list(images.values()), selection, sources
     absent = [image_id for image_id in image_ids if image_id not in images]
     if absent:
         raise ConversionError(f"{len(absent)} ids of the image id list are in no annotation file:\n"
-                              f"{_listing(absent)}")
+                              f"{listing(absent)}")
     return [images[image_id] for image_id in image_ids], selection, sources
 
 
-def check_training_targets(images: Sequence[CocoImage], crowd: str, evaluation_only: bool) -> int:
-    """The number of crowd annotations. Warns when most annotations are crowd regions; raises
-    ConversionError when every one is and the data is not meant for evaluation only."""
+def check_training_targets(images: Sequence[CocoImage], crowd: str, evaluation_only: bool) -> None:
+    """Warns when most annotations are crowd regions; raises ConversionError when every one is and
+    the data is not meant for evaluation only."""
     objects = [obj for image in images for obj in image.objects]
     crowds = sum(obj.is_crowd for obj in objects)
     if not objects or crowd != "ignore" or crowds <= MOSTLY_CROWD * len(objects):
-        return crowds
+        return
     message = (f"{crowds} of the {len(objects)} annotations are crowd regions (iscrowd 1), which "
                f"training ignores; labeling tools such as CVAT mark objects drawn as masks that way: "
                f"pass --crowd=objects to train on them")
@@ -241,7 +234,6 @@ def check_training_targets(images: Sequence[CocoImage], crowd: str, evaluation_o
         raise ConversionError(f"no training target left: {message}, or --evaluation_only if this "
                               f"split is only evaluated (the COCO metric then ignores detections on them)")
     logging.warning("MOST ANNOTATIONS ARE CROWD REGIONS: %s", message)
-    return crowds
 
 
 def split_missing(images: Sequence[CocoImage], skip_missing: bool) -> tuple[list[CocoImage], list[dict]]:
@@ -256,7 +248,7 @@ def split_missing(images: Sequence[CocoImage], skip_missing: bool) -> tuple[list
                             "reason": f"missing file: no {image.path}"})
     if missing and not skip_missing:
         raise ConversionError(f"{len(missing)} image files are missing (pass --skip_missing to leave "
-                              f"them out):\n{_listing([m['file'] for m in missing])}")
+                              f"them out):\n{listing([m['file'] for m in missing])}")
     for item in missing:
         logging.warning("%s: image %s: skipped: %s", item["file"], item["image_id"], item["reason"])
     return present, missing

@@ -39,6 +39,7 @@ from ssd.progress import Progress
 IMAGES_PER_SHARD = 1000
 DEFAULT_SHUFFLE_SEED = 0
 MAX_LOGGED_PER_KIND = 5  # warnings of one kind logged with their file; the rest are only counted
+MAX_LISTED = 10  # items quoted in an error message
 
 Note = tuple[str, str]  # (warning kind, message)
 Task = TypeVar("Task")
@@ -100,6 +101,13 @@ class WarningTally:
             logging.warning("%s", text)
             if self.counts[kind] == self.max_logged:
                 logging.warning("(further '%s' warnings are only counted)", kind)
+
+
+def listing(items: Sequence, total: int | None = None) -> str:
+    """The first MAX_LISTED items, one per indented line, and how many more (of `total`)."""
+    total = len(items) if total is None else total
+    shown = "\n".join(f"  {item}" for item in list(items)[:MAX_LISTED])
+    return shown + (f"\n  ... and {total - MAX_LISTED} more" if total > MAX_LISTED else "")
 
 
 def check_name(name: str) -> None:

@@ -11,13 +11,12 @@ from typing import Sequence
 
 from absl import logging
 
-from dataset.tfrecord_writer import ConversionError
+from dataset.tfrecord_writer import ConversionError, listing
 from ssd.config.loading import VOC_CLASSES
 from ssd.voc import annotations as voc_xml
 from ssd.voc.image_ids import read_image_ids
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".JPG", ".JPEG", ".png", ".PNG")
-MAX_LISTED = 10          # ids quoted in an error message
 
 Note = voc_xml.Note
 
@@ -68,13 +67,6 @@ def annotated_ids(root: Path) -> tuple[list[str], int]:
     test_ids = set(read_split_ids(root, "test"))
     kept = [image_id for image_id in ids if image_id not in test_ids]
     return kept, len(ids) - len(kept)
-
-
-def _listing(items: Sequence[str], total: int | None = None) -> str:
-    total = len(items) if total is None else total
-    shown = "\n".join(f"  {item}" for item in items[:MAX_LISTED])
-    more = f"\n  ... and {total - MAX_LISTED} more" if total > MAX_LISTED else ""
-    return shown + more
 
 
 def find_entries(roots: Sequence[str | Path], splits: Sequence[str], all_annotated: bool,
@@ -136,10 +128,10 @@ def find_entries(roots: Sequence[str | Path], splits: Sequence[str], all_annotat
                                  image_path=str(root / "JPEGImages" / image_name)))
     if missing and not skip_missing:
         raise ConversionError(f"{len(missing)} image ids have missing files (pass --skip_missing to "
-                              f"leave them out):\n{_listing(missing)}")
+                              f"leave them out):\n{listing(missing)}")
     if duplicates:
         raise ConversionError(f"{len(duplicates)} image ids occur in more than one root (ids must be "
-                              f"unique; convert those roots separately):\n{_listing(duplicates)}")
+                              f"unique; convert those roots separately):\n{listing(duplicates)}")
     for item in missing_items:
         logging.warning("%s: %s: skipped: %s", item["file"], item["image_id"], item["reason"])
     return FoundEntries(entries=entries, sources=sources, notes=notes, missing=missing_items)

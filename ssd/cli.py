@@ -138,8 +138,6 @@ def quiet_tensorflow_startup() -> None:
         sys.meta_path.insert(0, _QuietTensorFlowFinder(min_level))
 
 
-# --- help and usage errors ------------------------------------------------------------------
-
 def kernels_for_precision(precision: str) -> None:
     """Before TensorFlow loads, for a run computing in `precision`: CPU kernels that have it
     (`ssd.cpu.kernels_for_bfloat16`), said in the log when they change."""
@@ -149,6 +147,8 @@ def kernels_for_precision(precision: str) -> None:
             from absl import logging
             logging.warning("%s", note)
 
+
+# --- help and usage errors ------------------------------------------------------------------
 
 def usage_error(message: str) -> NoReturn:
     """Prints `<app>: error: <message> (see --help)` and exits with status 2."""

@@ -105,8 +105,6 @@ def resolve_record_files(data: str | os.PathLike | Sequence[str | os.PathLike]) 
     try:
         return resolve_files(data)
     except (FileNotFoundError, ValueError) as e:
-        if isinstance(e, DataError):
-            raise
         raise DataError(str(e)) from None
 
 

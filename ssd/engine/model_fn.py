@@ -118,7 +118,7 @@ class SSDInference:
 
 
 class SSDModelFn(ModelFunction):
-    """Holds the config, SSD network, default boxes and optimizer; called in TRAIN mode. Its
+    """Holds the config, SSD network, default boxes and optimizer; called for a training step. Its
     `gradient_multiplier(variable)` gives the training step Caffe's bias learning rate."""
 
     inference = SSDInference  # what the Estimator evaluates, predicts with and exports through
