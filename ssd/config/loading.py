@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
-from ssd.config.anchor_presets import preset_values, tfod_scales  # noqa: F401 (tfod_scales: public here)
+from ssd.config.anchor_presets import preset_values
 from ssd.config.architectures import BACKBONE_PREPROCESSING, ARCHITECTURES
 from ssd.config.schema import (ANCHOR_PRESETS, AUGMENTATIONS, COCO_CLASSES, EVAL_METRICS,
                                NAMED_CLASS_LISTS, OPTIMIZERS, TF1, TFOD, VOC_CLASSES, AnchorConfig,

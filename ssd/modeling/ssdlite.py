@@ -40,9 +40,8 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
-# the geometry is pure Python (a config loads without Keras); re-exported here
-from ssd.config.architectures import (MIN_INPUT_SIZE, MOBILENET_V2_BLOCKS,  # noqa: F401
-                               SSDLITE_EXTRA_CHANNELS)
+# the geometry is pure Python (a config loads without Keras)
+from ssd.config.architectures import SSDLITE_EXTRA_CHANNELS
 from ssd.config.architectures import ssdlite_feature_map_sizes as feature_map_sizes
 
 BACKBONE_SOURCE_LAYERS = ("block_13_expand_relu", "out_relu")
