@@ -81,7 +81,8 @@ def main(argv) -> None:
                 config_lib.to_dict(config),
                 config_lib.Overrides({"eval.batch_size": FLAGS.batch_size}, {"eval.batch_size": "--batch_size"}),
                 FLAGS.model_dir)
-        record_classes.check_record_classes(FLAGS.data_dir, config.data.class_names)
+        record_classes.check_record_classes(FLAGS.data_dir, config.data.class_names,
+                                           remedy=record_classes.evaluation_remedy)
         timeout = FLAGS.watch_timeout_secs if FLAGS.watch_timeout_secs > 0 else None
         summaries = run_evaluation(
             config, FLAGS.model_dir, FLAGS.data_dir, checkpoint_path=FLAGS.checkpoint_path,

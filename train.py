@@ -152,7 +152,7 @@ def make_checked_strategy(config: config_lib.Config):
 def make_input_fns(config: config_lib.Config):
     """(training input function, evaluation's or None), after checking the records' classes."""
     from ssd.data.input_fn import make_input_fn
-    from ssd.data.record_classes import check_record_classes
+    from ssd.data.record_classes import check_record_classes, evaluation_remedy
     from ssd.data.record_files import DataError
     from ssd.modes import ModeKeys
 
@@ -163,7 +163,7 @@ def make_input_fns(config: config_lib.Config):
             eval_input_fn = make_input_fn(FLAGS.eval_data_dir, config, ModeKeys.EVAL)
         check_record_classes(FLAGS.data_dir, config.data.class_names)
         if eval_input_fn is not None:
-            check_record_classes(FLAGS.eval_data_dir, config.data.class_names)
+            check_record_classes(FLAGS.eval_data_dir, config.data.class_names, remedy=evaluation_remedy)
     except FileNotFoundError as e:
         raise TrainingError(f"no data files: {e}") from e
     except DataError as e:
@@ -193,9 +193,27 @@ def initialize_first_start(estimator, config: config_lib.Config) -> None:
                          "initializes the first start only)", latest, FLAGS.fine_tune_checkpoint)
 
 
+def classes_from_records(model_dir: str, overrides: config_lib.Overrides) -> None:
+    """On a fresh start without data.class_names given, the class list the records were
+    converted with (the converter's summary beside the shards) becomes the config's: one list,
+    stated once, from which model.num_classes follows. A resumed run keeps its model's classes
+    (the records are checked against them)."""
+    from ssd.data.record_classes import record_class_list
+
+    if "data.class_names" in overrides or (Path(model_dir) / config_lib.CONFIG_FILENAME).exists():
+        return
+    names, source = record_class_list(FLAGS.data_dir, read_records=False)
+    if names is None:
+        return  # the recipe's; the records are checked against them
+    overrides.set("data.class_names", names, f"the records' classes ({source})")
+    logging.info("classes from the records (%s): %s", source, ", ".join(names))
+
+
 def run(model_dir: str) -> None:
     recipe_given = FLAGS["config"].present
-    config, changes = resume.resolve_config(model_dir, FLAGS.config, recipe_given, explicit_overrides())
+    overrides = explicit_overrides()
+    classes_from_records(model_dir, overrides)
+    config, changes = resume.resolve_config(model_dir, FLAGS.config, recipe_given, overrides)
     cli.kernels_for_precision(config.train.mixed_precision)
     # TensorFlow's runtime starts here: the multi-worker strategy must come first.
     strategy = make_checked_strategy(config)

@@ -60,9 +60,10 @@ def _fill_anchor_preset(config: Config) -> None:
 # --- fields derived from the architecture ---------------------------------------------------
 
 def _fill_derived_fields(values: dict[str, Any]) -> dict[str, Any]:
-    """`values` with `model.backbone` and `data.preprocessing` filled in when absent: the
-    architecture's backbone and that backbone's input convention (ssd.config.architectures). Configs
-    saved before these fields existed are VGG16 ones and get exactly what they used."""
+    """`values` with `model.backbone`, `data.preprocessing` and `model.num_classes` filled in when
+    absent: the architecture's backbone, that backbone's input convention
+    (ssd.config.architectures) and the class list's length plus the background. Configs saved
+    before the first two existed are VGG16 ones and get exactly what they used."""
     model = values.get("model", {})
     data = values.get("data", {})
     if not isinstance(model, Mapping) or not isinstance(data, Mapping):
@@ -73,6 +74,9 @@ def _fill_derived_fields(values: dict[str, Any]) -> dict[str, Any]:
         model["backbone"] = ARCHITECTURES[architecture].backbone
     if "preprocessing" not in data and model.get("backbone") in BACKBONE_PREPROCESSING:
         data["preprocessing"] = BACKBONE_PREPROCESSING[model["backbone"]]
+    names = data.get("class_names", DataConfig().class_names)
+    if "num_classes" not in model and isinstance(names, (list, tuple)):
+        model["num_classes"] = len(names) + 1
     return {**values, "model": model, "data": data}
 
 
@@ -167,7 +171,7 @@ def from_json(text: str) -> Config:
 
 
 def apply_overrides(values: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Sets dotted fields (e.g. {"model.num_classes": 4}) in a nested dict, in place."""
+    """Sets dotted fields (e.g. {"train.batch_size": 8}) in a nested dict, in place."""
     for dotted, value in overrides.items():
         parts = dotted.split(".")
         node = values
@@ -217,6 +221,12 @@ def _leading_field(message: str) -> str:
     return message.split(":", 1)[0].split("[", 1)[0].strip()
 
 
+def _forget_class_count(values: dict[str, Any]) -> None:
+    model = values.get("model")
+    if isinstance(model, dict):
+        values["model"] = {k: v for k, v in model.items() if k != "num_classes"}
+
+
 def config_from(values: Mapping[str, Any], overrides: Mapping[str, Any], origin: str) -> Config:
     """A validated Config from `values` (read from `origin`, e.g. a recipe file) with the dotted
     `overrides` applied (`Overrides` tells where each came from).
@@ -230,8 +240,11 @@ def config_from(values: Mapping[str, Any], overrides: Mapping[str, Any], origin:
             _check_override(field, overrides[field])
         except ConfigError as e:
             raise ConfigError(f"{override_origin(overrides, field)}: {e}") from None
+    values = copy.deepcopy(dict(values))
+    if "data.class_names" in overrides and "model.num_classes" not in overrides:
+        _forget_class_count(values)  # it follows the new class list
     try:
-        return from_dict(apply_overrides(copy.deepcopy(dict(values)), overrides))
+        return from_dict(apply_overrides(copy.deepcopy(values), overrides))
     except ConfigError as e:
         error = e
     blamed = _leading_field(str(error))

@@ -51,7 +51,8 @@ class ModelConfig:
     # "vgg16" or "mobilenet_v2"; a recipe that leaves it out gets its architecture's backbone
     backbone: str = "vgg16"
     input_size: int = 300
-    num_classes: int = 21  # object classes + background (label 0)
+    # object classes + background (label 0); derived from data.class_names when left out
+    num_classes: int = 21
     width_multiplier: float = 1.0  # scales backbone and extra-layer channels
     extra_batch_norm: bool = False  # vgg16: batch norm after each extra-layer conv
     extra_padding: str = "caffe"  # vgg16 stride-2 extra convs: "caffe" (pad 1 all round) or "same" (TF1: bottom/right)

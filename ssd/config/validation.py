@@ -118,7 +118,7 @@ def validate_loss(lo: LossConfig) -> None:
 def validate_class_count(m: ModelConfig, d: DataConfig) -> None:
     _require(len(d.class_names) == m.num_classes - 1, "model.num_classes",
              f"is {m.num_classes} but data.class_names has {len(d.class_names)} names "
-             f"(num_classes counts the background too)")
+             f"(num_classes counts the background too; leave it out and it follows the class list)")
 
 
 def validate_preprocessing(m: ModelConfig, d: DataConfig) -> None:

@@ -47,18 +47,32 @@ def summary_path(record_file: str) -> str | None:
     return path if tf.io.gfile.exists(path) else None
 
 
-def classes_of_summary(path: str) -> dict[int, str] | None:
-    """{label: name} of the classes a converter summary lists with objects; None when the file
-    does not hold a class list."""
+def _read_summary(path: str) -> dict | None:
     try:
         with tf.io.gfile.GFile(path) as f:
             summary = json.load(f)
     except (ValueError, tf.errors.OpError):
         return None
-    names = summary.get("classes") if isinstance(summary, dict) else None
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    return summary if isinstance(summary, dict) else None
+
+
+def class_list_of_summary(path: str) -> list[str] | None:
+    """The whole class list (labels 1..N) a converter summary names, used or not; None when the
+    file does not hold one."""
+    summary = _read_summary(path)
+    names = summary.get("classes") if summary is not None else None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         return None
-    counts = summary.get("objects_per_class")
+    return names
+
+
+def classes_of_summary(path: str) -> dict[int, str] | None:
+    """{label: name} of the classes a converter summary lists with objects; None when the file
+    does not hold a class list."""
+    names = class_list_of_summary(path)
+    if names is None:
+        return None
+    counts = _read_summary(path).get("objects_per_class")
     counts = counts if isinstance(counts, dict) else {}
     return {label: name for label, name in enumerate(names, start=1) if counts.get(name, 1) > 0}
 
@@ -111,6 +125,34 @@ def record_class_names(files: Sequence[str], limit: int = SAMPLE_RECORDS_PER_FIL
     return names, unnamed
 
 
+def record_class_list(data: str | Sequence[str], limit: int = SAMPLE_RECORDS_PER_FILE,
+                      read_records: bool = True) -> tuple[list[str] | None, str]:
+    """(the class list the records of `data` were converted with, where it was read), or (None,
+    why not). The converters' summaries state it whole, absent classes included; records without
+    one tell it only when their sampled names cover labels 1..N, one name each. With
+    `read_records` False only the summaries are read (files only: TensorFlow's runtime, which a
+    multi-worker strategy must configure first, is not started)."""
+    try:
+        files = resolve_files(data)
+    except (FileNotFoundError, ValueError) as e:
+        return None, str(e)
+    summaries = sorted({path for path in map(summary_path, files) if path is not None})
+    lists = {tuple(names) for names in map(class_list_of_summary, summaries) if names is not None}
+    if summaries and len(lists) == 1 and len(summaries) == len({summary_path(f) for f in files}):
+        return list(next(iter(lists))), _shown(summaries)
+    if len(lists) > 1:
+        return None, f"the summaries {_shown(summaries)} list different classes"
+    if not read_records:
+        return None, "no converter summary beside every shard"
+    names, unnamed = record_class_names(files, limit)
+    labels = sorted(names)
+    if unnamed or not labels:
+        return None, "the records carry no class names"
+    if labels != list(range(1, len(labels) + 1)) or any(len(names[l]) != 1 for l in labels):
+        return None, "the records' labels do not name classes 1..N one name each"
+    return [next(iter(names[l])) for l in labels], f"the class names in {_shown(files)}"
+
+
 # --- the comparison ------------------------------------------------------------------------
 
 def disagreements(record_names: Mapping[int, Iterable[str]], class_names: Sequence[str]) -> list[str]:
@@ -131,15 +173,23 @@ def _record_list(record_names: Mapping[int, Iterable[str]]) -> str:
     return ", ".join(f"{label}:{'/'.join(sorted(record_names[label]))}" for label in sorted(record_names))
 
 
-def _remedy(record_names: Mapping[int, Iterable[str]]) -> str:
-    labels = sorted(record_names)
-    if labels == list(range(1, len(labels) + 1)) and all(len(set(record_names[l])) == 1 for l in labels):
-        names = [next(iter(record_names[l])) for l in labels]
-        setting = f"--set data.class_names='{json.dumps(names)}' --set model.num_classes={len(names) + 1}"
-    else:
-        setting = "--set data.class_names=[...] --set model.num_classes=<number of classes + 1>"
-    return (f"Convert the data with the config's classes (--classes), or train a config of the "
-            f"records' classes ({setting}).")
+def training_remedy(record_classes: Sequence[str] | None, class_names: Sequence[str]) -> str:
+    """train.py's fix: train for the records' classes."""
+    if record_classes is None:
+        return ("Convert the data with the config's classes (convert_voc.py --classes=..., "
+                "convert_coco.py --categories_from=...), or set the records' classes with "
+                "--set data.class_names='[...]'.")
+    return (f"To train for the records' classes, leave data.class_names out (training reads them "
+            f"from the converter's summary), or give them: "
+            f"--set data.class_names='{json.dumps(list(record_classes))}'. A model directory "
+            f"trained for other classes cannot resume with them: use a new --model_dir.")
+
+
+def evaluation_remedy(record_classes: Sequence[str] | None, class_names: Sequence[str]) -> str:
+    """eval.py's fix: convert the evaluation data with the model's classes."""
+    return (f"Convert the evaluation data with the model's classes, labels 1..{len(class_names)} "
+            f"in its order: convert_voc.py --classes={','.join(class_names)}, or convert_coco.py "
+            f"--categories_from=<the training split's annotation file or <name>_categories.json>.")
 
 
 def _shown(files: Sequence[str]) -> str:
@@ -147,11 +197,13 @@ def _shown(files: Sequence[str]) -> str:
 
 
 def check_record_classes(data: str | Sequence[str], class_names: Sequence[str],
-                         limit: int = SAMPLE_RECORDS_PER_FILE) -> None:
+                         limit: int = SAMPLE_RECORDS_PER_FILE, remedy=training_remedy) -> None:
     """Raises RecordClassesError when the records of `data` (a pattern, a directory of shards or
     files, as `ssd.data.input_fn.resolve_files` takes) name a label differently from `class_names`
     (the config's `data.class_names`, label l = class_names[l - 1]); warns about files whose
-    records carry no class names. Missing files are left to the input pipeline to report."""
+    records carry no class names. Missing files are left to the input pipeline to report.
+    `remedy(records' class list or None, class_names)` words the fix for the calling app
+    (`training_remedy`, `evaluation_remedy`)."""
     try:
         files = resolve_files(data)
     except (FileNotFoundError, ValueError):
@@ -164,9 +216,12 @@ def check_record_classes(data: str | Sequence[str], class_names: Sequence[str],
     lines = disagreements(record_names, class_names)
     if lines:
         shown = lines[:_MAX_SHOWN] + ([f"... {len(lines) - _MAX_SHOWN} more"] if len(lines) > _MAX_SHOWN else [])
+        whole_list, _ = record_class_list(files, limit)
+        listed = (", ".join(f"{label}:{name}" for label, name in enumerate(whole_list, start=1))
+                  if whole_list is not None else _record_list(record_names))
         raise RecordClassesError(
             f"the records in {_shown(files)} were made for other classes than the config's:\n"
             + "\n".join(f"  {line}" for line in shown)
-            + f"\n  records (label:name): {_record_list(record_names)}"
+            + f"\n  records (label:name): {listed}"
             + f"\n  config data.class_names: {', '.join(class_names)}"
-            + "\n" + _remedy(record_names))
+            + "\n" + remedy(whole_list, class_names))

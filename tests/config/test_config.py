@@ -398,3 +398,25 @@ def test_resuming_a_vgg_model_as_ssdlite_is_refused(tmp_path):
     with pytest.raises(cfg.ConfigError, match="^model.architecture: .* trained with "
                                               "model.architecture='ssd300'"):
         resolve_config(tmp_path, "ssdlite320_mobilenetv2_voc", True, {})
+
+
+def test_num_classes_follows_the_class_list():
+    recipes = {name: json.loads(cfg.recipe_path(name).read_text()) for name in cfg.recipe_names()}
+    assert all("num_classes" not in values.get("model", {}) for values in recipes.values())
+    assert cfg.load_config("ssd300_coco").model.num_classes == 81
+    assert cfg.load_config("ssd300_voc0712").model.num_classes == 21
+    assert cfg.load_config("ssd300_shapes_cpu").model.num_classes == 5
+    pets = cfg.load_config("ssd300_coco", {"data.class_names": ["cat", "dog"]})
+    assert pets.model.num_classes == 3
+    # a saved config states both; a new class list over it still sets the count
+    resumed = cfg.config_from(cfg.to_dict(pets), {"data.class_names": ["cat", "dog", "bird"]}, "saved")
+    assert resumed.model.num_classes == 4
+    assert cfg.from_json(cfg.to_json(pets)).model.num_classes == 3
+
+
+def test_a_class_count_against_the_class_list_is_refused_with_the_fix():
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.load_config("ssd300_voc0712", {"data.class_names": ["cat", "dog"], "model.num_classes": 21})
+    message = str(info.value)
+    assert message.startswith("override model.num_classes=21: model.num_classes: is 21")
+    assert "follows the class list" in message

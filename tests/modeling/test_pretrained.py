@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from ssd.modeling.pretrained import initialize_for_config
 from ssd.modeling.pretrained import vgg16 as pretrained
 from ssd.config.loading import load_config
 from ssd.modeling.build import build_model
@@ -255,6 +256,29 @@ def test_checkpoint_without_vgg(model, tmp_path):
                               {"resnet/conv1/weights": np.zeros((3, 3), np.float32)})
     with pytest.raises(PretrainedError, match="resnet/conv1/weights"):
         initialize_backbone(model, prefix)
+
+
+def test_a_foreign_checkpoint_is_named_in_a_few_of_its_variables(model, tmp_path):
+    arrays = {f"resnet/block{i}/weights": np.zeros((2,), np.float32) for i in range(50)}
+    with pytest.raises(PretrainedError) as info:
+        initialize_backbone(model, write_checkpoint(tmp_path / "resnet", arrays))
+    message = str(info.value)
+    assert "resnet/block0/weights" in message and "more" in message
+    assert message.count("resnet/") < 10
+
+
+@pytest.mark.parametrize("as_prefix", [False, True])
+def test_a_detection_model_directory_is_pointed_to_fine_tuning(model, tmp_path, as_prefix):
+    model_dir = tmp_path / "runs" / "pets"
+    model_dir.mkdir(parents=True)
+    prefix = write_checkpoint(model_dir / "ckpt-10", {"model/_operations/1/_kernel": np.zeros(2, np.float32)})
+    (model_dir / "config.json").write_text("{}")
+    source = prefix if as_prefix else str(model_dir)
+    with pytest.raises(PretrainedError) as info:
+        initialize_for_config(model, load_config("ssd300_voc0712"), source)
+    message = str(info.value)
+    assert f"--fine_tune_checkpoint={source}" in message
+    assert "_operations" not in message and "\n" not in message and len(message.replace(source, "").replace(str(model_dir), "")) < 250
 
 
 def test_wrong_shape_names_layer_and_assigns_nothing(model, tmp_path):

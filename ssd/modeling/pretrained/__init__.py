@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import os
+
 import keras
 
 from ssd.config.architectures import MOBILENET_V2, VGG16
@@ -14,6 +16,17 @@ from ssd.modeling.pretrained.mobilenet_v2 import initialize_mobilenet_v2_backbon
 from ssd.modeling.pretrained.vgg16 import initialize_backbone
 
 __all__ = ["PretrainedError", "initialize_for_config"]
+
+_MODEL_CONFIG = "config.json"  # what a model directory of this project holds (ssd.config.loading)
+
+
+def _detection_model_dir(source: str) -> str | None:
+    """The model directory `source` names (itself, or the one holding a checkpoint prefix), if
+    it is one of this project's."""
+    for directory in (source, os.path.dirname(source)):
+        if directory and os.path.isfile(os.path.join(directory, _MODEL_CONFIG)):
+            return directory
+    return None
 
 
 def initialize_for_config(model: keras.Model, config, source: str) -> dict:
@@ -24,6 +37,12 @@ def initialize_for_config(model: keras.Model, config, source: str) -> dict:
     initialize_mobilenet_v2_backbone` at the config's width multiplier. Raises PretrainedError
     for a source that cannot be used (a missing file, ImageNet weights offline).
     """
+    model_dir = _detection_model_dir(source)
+    if model_dir is not None:
+        raise PretrainedError(
+            f"--pretrained={source} is a detection model ({model_dir} holds its {_MODEL_CONFIG}); "
+            f"--pretrained takes backbone weights only. Start from the whole detector with "
+            f"--fine_tune_checkpoint={source} instead.")
     backbone = config.model.backbone
     if backbone == MOBILENET_V2:
         return initialize_mobilenet_v2_backbone(model, source, config.model.width_multiplier)

@@ -129,6 +129,9 @@ def _keras_file_arrays(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return _keras_vgg16_arrays(vgg, str(path))
 
 
+_NAMES_SHOWN = 6  # of a foreign checkpoint's variables, in an error
+
+
 def _slim_arrays(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     try:
         reader = tf.train.load_checkpoint(path)
@@ -139,7 +142,8 @@ def _slim_arrays(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     anchor = _SLIM_SCOPE + "conv1/conv1_1/weights"
     prefixes = sorted(name[:-len(anchor)] for name in names if name.endswith(anchor))
     if len(prefixes) != 1:
-        found = ", ".join(sorted(names)[:40]) + (" ..." if len(names) > 40 else "")
+        found = (", ".join(sorted(names)[:_NAMES_SHOWN])
+                 + (f" and {len(names) - _NAMES_SHOWN} more" if len(names) > _NAMES_SHOWN else ""))
         reason = "has no" if not prefixes else "has several"
         raise PretrainedError(f"{path}: checkpoint {reason} TF-slim vgg_16 variables "
                               f"('{anchor}'); it holds: {found}")
