@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import h5py
@@ -525,3 +526,38 @@ def test_batch_norm_momentum_from_the_config_reaches_every_batch_norm():
         load_config("ssdlite320_shapes_cpu", {"model.batch_norm_momentum": 1.0})
     with pytest.raises(ConfigError, match="model.batch_norm_momentum: is a mobilenet_v2 option"):
         load_config("ssd300_voc0712", {"model.batch_norm_momentum": 0.9})
+
+
+def test_the_tfod_recipe_sets_the_apis_batch_norm_decay_everywhere():
+    from ssd.config.loading import load_config
+    from ssd.modeling.build import build_model
+
+    config = load_config("ssdlite300_mobilenetv2_coco_tfod", {"model.width_multiplier": 0.35})
+    model = build_model(config)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert {layer.momentum for layer in norms} == {0.9997}
+    assert {layer.epsilon for layer in norms} == {1e-3}
+    assert [int(s.shape[1]) for s in model.outputs] == [1917, 1917]
+
+
+def test_backbone_depthwise_kernels_decay_on_or_off():
+    from ssd.modeling import losses
+
+    config = _ssdlite_config()
+    from ssd.modeling.build import build_model
+
+    model = build_model(config)
+    depthwise = [layer for layer in model.layers if isinstance(layer, keras.layers.DepthwiseConv2D)]
+    backbone = [layer for layer in depthwise if not layer.name.endswith("_dw")]
+    assert len(backbone) == 17  # one per MobileNetV2 bottleneck
+    assert all(layer.name.endswith("_depthwise") for layer in backbone)
+    half_square = sum(0.5 * np.sum(layer.kernel.numpy().astype(np.float64) ** 2)
+                      for layer in backbone)
+    on = dataclasses.replace(config.loss, weight_decay=1.0, decay_biases=False)
+    off = dataclasses.replace(on, decay_backbone_depthwise_kernels=False)
+    difference = float(losses.weight_decay_loss(model, on)) - float(losses.weight_decay_loss(model, off))
+    # the extra layers' and heads' depthwise kernels stay decayed (the API's conv_hyperparams)
+    assert difference == pytest.approx(half_square, rel=1e-4)
+    heads = sum(0.5 * np.sum(layer.kernel.numpy().astype(np.float64) ** 2)
+                for layer in depthwise if layer.name.endswith("_dw"))
+    assert float(losses.weight_decay_loss(model, off)) > heads > 0
