@@ -474,8 +474,20 @@ def test_pretrained_dispatch_goes_to_the_backbone_loader(tiny_ssdlite, monkeypat
     assert calls == ["x.h5"]
 
 
+def _tfod_config():
+    """The TF Object Detection API's recipe (RMSProp, exponential decay, its crop) at toy size."""
+    from ssd.config.loading import load_config
+
+    shapes = _ssdlite_config()
+    return load_config("ssdlite300_mobilenetv2_coco_tfod", {
+        "model.width_multiplier": 0.25, "model.num_classes": shapes.model.num_classes,
+        "data.class_names": shapes.data.class_names, "data.seed": 1, "data.shuffle_buffer": 8,
+        "train.batch_size": 2, "eval.batch_size": 2})
+
+
 @pytest.mark.slow
-def test_a_few_training_steps_of_the_shapes_recipe_through_the_estimator(tmp_path):
+@pytest.mark.parametrize("make_config", [_ssdlite_config, _tfod_config])
+def test_a_few_training_steps_of_the_shapes_recipe_through_the_estimator(tmp_path, make_config):
     import io
 
     from PIL import Image
@@ -486,7 +498,7 @@ def test_a_few_training_steps_of_the_shapes_recipe_through_the_estimator(tmp_pat
     from ssd.modes import ModeKeys
     from ssd.data.records import make_example
 
-    config = _ssdlite_config()
+    config = make_config()
     data = tmp_path / "shapes-00000-of-00001"
     rng = np.random.default_rng(5)
     with tf.io.TFRecordWriter(str(data)) as writer:
