@@ -9,7 +9,7 @@ loading a config needs neither TensorFlow nor Keras.
 Backbones:
   vgg16 (ssd300, ssd512): source maps conv4_3, fc7, then every extra layer marked `is_source`;
     Caffe geometry (ceil-mode pooling, symmetric padding).
-  mobilenet_v2 (ssdlite320): source maps `block_13_expand_relu` (stride 16), `out_relu`
+  mobilenet_v2 (ssdlite320, ssdlite300): source maps `block_13_expand_relu` (stride 16), `out_relu`
     (stride 32), then one per SSDLite extra layer (`extra_channels`), all with TensorFlow's
     'same' padding (see `ssd.modeling.ssdlite`).
 """
@@ -137,7 +137,13 @@ def _even_steps(input_size: int, map_sizes: list[int]) -> tuple[float, ...]:
     return tuple(input_size / size for size in map_sizes)
 
 
-_SSDLITE_SIZE = 320
+def _ssdlite(name: str, input_size: int) -> Architecture:
+    return Architecture(
+        name, MOBILENET_V2, input_size,
+        steps=_even_steps(input_size, ssdlite_feature_map_sizes(input_size)),
+        ratio_3_layers=(True,) * (2 + len(SSDLITE_EXTRA_CHANNELS)),
+        extra_channels=SSDLITE_EXTRA_CHANNELS)
+
 
 ARCHITECTURES = {
     "ssd300": Architecture("ssd300", VGG16, 300,
@@ -148,11 +154,11 @@ ARCHITECTURES = {
                            steps=(8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0),
                            ratio_3_layers=(False, True, True, True, True, False, False),
                            extra_layers=_EXTRAS_512),
-    "ssdlite320": Architecture(
-        "ssdlite320", MOBILENET_V2, _SSDLITE_SIZE,
-        steps=_even_steps(_SSDLITE_SIZE, ssdlite_feature_map_sizes(_SSDLITE_SIZE)),
-        ratio_3_layers=(True,) * (2 + len(SSDLITE_EXTRA_CHANNELS)),
-        extra_channels=SSDLITE_EXTRA_CHANNELS),
+    # the MobileNetV2 paper's SSDLite (maps 20, 10, 5, 3, 2, 1: 2,034 boxes with the tfod preset)
+    "ssdlite320": _ssdlite("ssdlite320", 320),
+    # the TF Object Detection API's ssdlite_mobilenet_v2_coco (fixed_shape_resizer 300x300;
+    # maps 19, 10, 5, 3, 2, 1: 1,917 boxes)
+    "ssdlite300": _ssdlite("ssdlite300", 300),
 }
 
 
@@ -174,7 +180,7 @@ def feature_map_sizes(name: str, input_size: int) -> list[int]:
     """Side lengths of the source feature maps the network produces for a square input.
 
     ssd300 at 300 gives [38, 19, 10, 5, 3, 1]; ssd512 at 512 gives [64, 32, 16, 8, 4, 2, 1];
-    ssdlite320 at 320 gives [20, 10, 5, 3, 2, 1].
+    ssdlite320 at 320 gives [20, 10, 5, 3, 2, 1]; ssdlite300 at 300 gives [19, 10, 5, 3, 2, 1].
     """
     architecture = get_architecture(name)
     if architecture.backbone == MOBILENET_V2:

@@ -36,9 +36,10 @@ NAMED_CLASS_LISTS = {"voc": VOC_CLASSES, "coco": COCO_CLASSES}
 TF1 = "tf1"
 TFOD = "tfod"  # the TF Object Detection API's ssd_anchor_generator (SSDLite)
 ANCHOR_PRESETS = (TF1, "caffe", TFOD)
-AUGMENTATIONS = ("paper", TF1, "none")
+AUGMENTATIONS = ("paper", TF1, TFOD, "none")
 EVAL_METRICS = ("voc07", "voc12", "coco")
-OPTIMIZERS = ("momentum", "sgd", "adam")
+OPTIMIZERS = ("momentum", "sgd", "adam", "rmsprop")
+LR_SCHEDULES = ("piecewise", "exponential")
 
 
 class ConfigError(ValueError):
@@ -47,7 +48,8 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class ModelConfig:
-    architecture: str = "ssd300"  # "ssd300", "ssd512" or "ssdlite320" (ssd.config.architectures)
+    # "ssd300", "ssd512", "ssdlite320" or "ssdlite300" (ssd.config.architectures)
+    architecture: str = "ssd300"
     # "vgg16" or "mobilenet_v2"; a recipe that leaves it out gets its architecture's backbone
     backbone: str = "vgg16"
     input_size: int = 300
@@ -57,9 +59,11 @@ class ModelConfig:
     extra_batch_norm: bool = False  # vgg16: batch norm after each extra-layer conv
     extra_padding: str = "caffe"  # vgg16 stride-2 extra convs: "caffe" (pad 1 all round) or "same" (TF1: bottom/right)
     l2_norm_scale_init: float = 20.0  # vgg16: conv4_3's normalization scale
-    # mobilenet_v2: the moving-average momentum of every batch norm; null keeps the defaults
-    # (Keras' 0.999 in the backbone, the TF Object Detection API's 0.9997 elsewhere), made for
-    # long runs: a short run needs less (ssd.modeling.ssdlite)
+    # mobilenet_v2: the moving-average momentum of every batch norm, the backbone's included;
+    # null keeps the defaults (Keras' 0.999 in the backbone, the TF Object Detection API's 0.9997
+    # elsewhere). 0.9997 everywhere is the API's `ssdlite_mobilenet_v2_coco` (its
+    # `mobilenet_v2.training_scope(bn_decay=0.9997)` for the backbone). Made for long runs: a short
+    # run needs less (ssd.modeling.ssdlite)
     batch_norm_momentum: float | None = None
 
 
@@ -78,7 +82,8 @@ class AnchorConfig:
            order comes first and the extra square last. Its table: scales linear from 0.2 to 0.95
            over the maps, ratios 1, 2, 1/2, 3, 1/3 and an extra square of sqrt(s_k * s_k+1)
            (s_n+1 = 1); the lowest map has 3 boxes ("reduce boxes in lowest layer"): ratios 2 and
-           1/2 at s_1 and a square of 0.1 (the API puts that square first, here it is last).
+           1/2 at s_1 and a square of 0.1 (the API puts that square first, here it is last,
+           unless `lowest_square_first`).
     Fields left empty in a recipe are filled from the preset's table for the architecture.
     """
 
@@ -92,6 +97,11 @@ class AnchorConfig:
     min_sizes: list[float] = dataclasses.field(default_factory=list)
     max_sizes: list[float] = dataclasses.field(default_factory=list)
     clip: bool = False
+    # tfod only: the lowest map's extra square (the 0.1 box) comes first at each location, as
+    # the API's `create_ssd_anchors(reduce_boxes_in_lowest_layer=True)` orders it: (0.1, 1),
+    # (s_1, 2), (s_1, 1/2). Needed to read the heads of an API-trained model; false keeps the
+    # uniform "extra square last" of earlier models.
+    lowest_square_first: bool = False
 
     @property
     def boxes_per_location(self) -> list[int]:
@@ -114,7 +124,14 @@ class LossConfig:
     smooth_l1_beta: float = 1.0
     weight_decay: float = 5e-4
     decay_biases: bool = True  # the TF1 reference decays kernels and biases; Caffe does not
-    norm_scale_decay_multiplier: float = 0.1  # the conv4_3 scale is decayed at 0.1x
+    # the conv4_3 L2-norm scale's share of weight decay: the TF1 original's 0.1; Caffe's Normalize
+    # layer has no decay_mult, so the Caffe recipes decay it like any weight (1)
+    norm_scale_decay_multiplier: float = 0.1
+    # mobilenet_v2: whether the backbone's depthwise kernels (Keras' `*_depthwise` layers) are
+    # decayed. The TF Object Detection API's MobileNetV2 (`mobilenet_v2.training_scope`) gives
+    # `slim.separable_conv2d` no regularizer, so false is the API; its SSDLite extra layers and
+    # heads decay their depthwise kernels (its conv_hyperparams), here always.
+    decay_backbone_depthwise_kernels: bool = True
 
 
 @dataclasses.dataclass
@@ -125,7 +142,10 @@ class DataConfig:
     # be the backbone's, and a recipe that leaves it out gets it. mean_rgb is the zoom-out
     # canvas colour in both, and the subtracted mean in caffe_bgr_mean.
     preprocessing: str = "caffe_bgr_mean"
-    augmentation: str = "paper"  # "paper", "tf1" or "none"
+    # "paper", "tf1", "tfod" (the TF Object Detection API's random_horizontal_flip + ssd_random_crop
+    # with its defaults, ssd.data.augment.tfod_crop; reads none of the fields below but
+    # flip_probability) or "none"
+    augmentation: str = "paper"
     photometric: bool = True
     expansion_probability: float = 0.5
     max_expansion: float = 4.0
@@ -145,9 +165,20 @@ class DataConfig:
 class TrainConfig:
     batch_size: int = 32  # global, split across replicas
     max_steps: int = 120_000
-    optimizer: str = "momentum"  # "momentum", "sgd" or "adam"
-    momentum: float = 0.9
+    optimizer: str = "momentum"  # "momentum", "sgd", "adam" or "rmsprop"
+    momentum: float = 0.9  # momentum and rmsprop (the API's momentum_optimizer_value)
+    # rmsprop, as TF1's RMSPropOptimizer (ssd.engine.optimizers): the moving average's decay and
+    # the epsilon added under the square root; the TF Object Detection API's SSDLite: 0.9, 1.0
+    rmsprop_decay: float = 0.9
+    rmsprop_epsilon: float = 1.0
     learning_rate: float = 1e-3
+    # "piecewise": learning_rate * lr_factors[i] between lr_boundaries; "exponential": the API's
+    # exponential_decay_learning_rate, learning_rate * lr_decay_factor ** (step / lr_decay_steps),
+    # the exponent floored with lr_decay_staircase. Both never below lr_floor.
+    lr_schedule: str = "piecewise"
+    lr_decay_steps: int = 800_720
+    lr_decay_factor: float = 0.95
+    lr_decay_staircase: bool = True
     # biases learn at this multiple of the learning rate (Caffe: 2); SGD and momentum only
     bias_lr_multiplier: float = 1.0
     lr_boundaries: list[int] = dataclasses.field(default_factory=lambda: [500, 80_000, 100_000])

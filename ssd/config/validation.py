@@ -6,7 +6,8 @@ import math
 
 from ssd.config.architectures import (ARCHITECTURES, BACKBONE_PREPROCESSING, BACKBONES, MOBILENET_V2,
                                PREPROCESSINGS, feature_map_sizes)
-from ssd.config.schema import (ANCHOR_PRESETS, AUGMENTATIONS, EVAL_METRICS, OPTIMIZERS,
+from ssd.config.schema import (ANCHOR_PRESETS, AUGMENTATIONS, EVAL_METRICS, LR_SCHEDULES, OPTIMIZERS,
+                               TFOD,
                                AnchorConfig, Config, ConfigError, DataConfig, EvalConfig,
                                LossConfig, MatchingConfig, ModelConfig, TrainConfig)
 
@@ -97,6 +98,8 @@ def validate_anchors(a: AnchorConfig, m: ModelConfig) -> None:
         _positive_list(ratios, field)
         if a.preset == "caffe":
             _require(ratios[0] == 1.0, field, "the caffe preset puts the ratio-1 box first")
+    _require(not a.lowest_square_first or a.preset == TFOD, "anchors.lowest_square_first",
+             f"orders the {TFOD!r} preset's boxes; leave it false with preset {a.preset!r}")
     _validate_anchor_sizes(a, n, m.architecture)
 
 
@@ -106,6 +109,12 @@ def validate_matching(mt: MatchingConfig) -> None:
              "must be in [0, positive_threshold]")
     _require_length(mt.variances, 4, "matching.variances")
     _positive_list(mt.variances, "matching.variances")
+
+
+def validate_loss_for_model(lo: LossConfig, m: ModelConfig) -> None:
+    _require(lo.decay_backbone_depthwise_kernels or m.backbone == MOBILENET_V2,
+             "loss.decay_backbone_depthwise_kernels",
+             f"is a mobilenet_v2 option ({m.backbone} has no depthwise kernels); leave it true")
 
 
 def validate_loss(lo: LossConfig) -> None:
@@ -159,6 +168,10 @@ def _validate_schedule(t: TrainConfig) -> None:
                  "boundaries must increase")
     _positive_list(t.lr_factors, "train.lr_factors")
     _require(t.lr_floor >= 0, "train.lr_floor", "must be >= 0")
+    _choice(t.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
+    _require(t.lr_decay_steps >= 1, "train.lr_decay_steps", f"must be >= 1, got {t.lr_decay_steps}")
+    _require(0 < t.lr_decay_factor <= 1, "train.lr_decay_factor",
+             f"must be in (0, 1], got {t.lr_decay_factor}")
 
 
 def validate_train(t: TrainConfig) -> None:
@@ -167,11 +180,16 @@ def validate_train(t: TrainConfig) -> None:
     _choice(t.optimizer, OPTIMIZERS, "train.optimizer")
     _require(t.bias_lr_multiplier > 0 and math.isfinite(t.bias_lr_multiplier),
              "train.bias_lr_multiplier", f"must be positive, got {t.bias_lr_multiplier}")
-    # scaling a gradient by k is k x the learning rate for SGD, but Adam divides it out
-    _require(t.bias_lr_multiplier == 1 or t.optimizer != "adam", "train.bias_lr_multiplier",
-             f"is {t.bias_lr_multiplier}, but Adam's steps do not scale with the gradient, so "
-             f"only 1 works with train.optimizer 'adam' (use 'momentum' or 'sgd')")
+    # scaling a gradient by k is k x the learning rate for SGD, but Adam and RMSProp divide it out
+    _require(t.bias_lr_multiplier == 1 or t.optimizer in ("momentum", "sgd"),
+             "train.bias_lr_multiplier",
+             f"is {t.bias_lr_multiplier}, but {t.optimizer!r} steps do not scale with the gradient, "
+             f"so only 1 works with train.optimizer {t.optimizer!r} (use 'momentum' or 'sgd')")
     _require(0 <= t.momentum < 1, "train.momentum", "must be in [0, 1)")
+    _require(0 <= t.rmsprop_decay < 1, "train.rmsprop_decay",
+             f"must be in [0, 1), got {t.rmsprop_decay}")
+    _require(t.rmsprop_epsilon > 0, "train.rmsprop_epsilon",
+             f"must be positive, got {t.rmsprop_epsilon}")
     _validate_schedule(t)
     for name in ("save_checkpoints_steps", "save_summary_steps", "log_step_count_steps",
                  "image_summary_steps", "save_checkpoints_secs"):
@@ -197,6 +215,7 @@ def validate(config: Config) -> None:
     validate_anchors(config.anchors, config.model)
     validate_matching(config.matching)
     validate_loss(config.loss)
+    validate_loss_for_model(config.loss, config.model)
     validate_class_count(config.model, config.data)
     validate_data(config.data)
     validate_preprocessing(config.model, config.data)

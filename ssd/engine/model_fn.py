@@ -19,61 +19,23 @@ a float32 network without XLA, as eval.py does by default, whatever precision tr
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from ssd.modeling import boxes as box_ops
 from ssd.modeling.anchors import generate_anchors
-from ssd.config.loading import Config, TrainConfig
+from ssd.config.loading import Config
 from ssd.engine import checkpoint_evaluation, evaluation_reports
 from ssd.engine.estimator import EstimatorSpec, ModelContext, ModelFunction
 from ssd.inference.detector import Detector, build_inference_model, unbatch
 from ssd.inference.saved_model import export_saved_model
 from ssd.modeling.checkpoints import restore_checkpoint
-from ssd.modeling.losses import classification_accuracy, detection_losses, is_bias, weight_decay_loss
+from ssd.engine.optimizers import gradient_multiplier, make_optimizer
+from ssd.modeling.losses import classification_accuracy, detection_losses, weight_decay_loss
 from ssd.modeling.build import build_model
 from ssd.data.preprocessing import to_display
 
 SUMMARY_IMAGES = 3  # training images drawn with their ground truth for TensorBoard
-
-
-def learning_rate_at(step, train_config: TrainConfig) -> tf.Tensor:
-    """Piecewise constant: learning_rate * lr_factors[i] on steps [boundary[i-1], boundary[i]).
-
-    `step` counts the updates already applied, so with the seed's boundaries [500, 80000, 100000]
-    and factors [0.1, 1, 0.1, 0.01] the first 500 updates use 1e-4. Never below lr_floor.
-    """
-    step = tf.cast(step, tf.int64)
-    boundaries = tf.constant(train_config.lr_boundaries, tf.int64, shape=[len(train_config.lr_boundaries)])
-    index = tf.reduce_sum(tf.cast(step >= boundaries, tf.int32))
-    factor = tf.gather(tf.constant(train_config.lr_factors, tf.float32), index)
-    return tf.maximum(train_config.learning_rate * factor, train_config.lr_floor)
-
-
-def make_optimizer(train_config: TrainConfig, global_step: tf.Variable) -> keras.optimizers.Optimizer:
-    """The configured optimizer with the learning rate schedule read from `global_step`."""
-    def learning_rate():
-        return learning_rate_at(global_step, train_config)
-
-    if train_config.optimizer == "momentum":
-        return keras.optimizers.SGD(learning_rate, momentum=train_config.momentum)
-    if train_config.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate)
-    if train_config.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate)
-    raise ValueError(f"train.optimizer: unknown optimizer {train_config.optimizer!r}")
-
-
-def gradient_multiplier(variable, train_config: TrainConfig) -> float:
-    """What a variable's gradient is multiplied by before the optimizer applies it.
-
-    For SGD with or without momentum the update is linear in the gradient, so multiplying a
-    bias's gradient by `bias_lr_multiplier` trains it at exactly that multiple of the learning
-    rate, as Caffe's per-parameter `lr_mult` does (validation refuses a multiplier with Adam,
-    whose steps do not scale with the gradient).
-    """
-    return train_config.bias_lr_multiplier if is_bias(variable) else 1.0
 
 
 class SSDInference:

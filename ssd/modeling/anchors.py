@@ -10,6 +10,8 @@ Per-location boxes, for the presets of `AnchorConfig`:
          with h = scales[l] / sqrt(r), w = scales[l] * sqrt(r);
   tfod:  the same boxes in the TF Object Detection API's order: one box per ratio first, the
          extra square last (SSDLite's lowest map: (s_1, 2), (s_1, 1/2), then the 0.1 square);
+         with `anchors.lowest_square_first` the lowest map's extra square comes first, the API's
+         exact order there: (0.1, 1), (s_1, 2), (s_1, 1/2);
   caffe: the square of side min_size, the square of side sqrt(min_size * max_size), then one box per
          remaining ratio r in aspect_ratios[l][1:] with h = min_size / sqrt(r), w = min_size * sqrt(r);
          sizes are pixels, truncated to whole pixels first (`caffe_pixel_size`), and are divided
@@ -58,7 +60,7 @@ def location_box_sizes(config: Config, layer: int) -> np.ndarray:
     root = np.sqrt(ratios)
     ratio_boxes = np.stack([scale / root, scale * root], axis=-1)
     squares = np.asarray(square, dtype=np.float64)
-    if anchors.preset == TFOD:
+    if anchors.preset == TFOD and not (layer == 0 and anchors.lowest_square_first):
         return np.concatenate([ratio_boxes, squares], axis=0)
     return np.concatenate([squares, ratio_boxes], axis=0)
 

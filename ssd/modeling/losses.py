@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from ssd.modeling.ssdlite import BACKBONE_DEPTHWISE_SUFFIX
+
 NORM_SCALE_LAYER = "conv4_3_norm"
 NORM_SCALE_WEIGHT = "scale"
 _DECAYED_WEIGHTS = ("kernel",)
@@ -127,6 +129,8 @@ def _decay_multiplier(variable, loss_config) -> float:
     if name == NORM_SCALE_WEIGHT and NORM_SCALE_LAYER in parts[:-1]:
         return loss_config.norm_scale_decay_multiplier
     if name in _DECAYED_WEIGHTS:
+        if len(parts) > 1 and parts[-2].endswith(BACKBONE_DEPTHWISE_SUFFIX):
+            return 1.0 if loss_config.decay_backbone_depthwise_kernels else 0.0
         return 1.0
     if is_bias(variable):
         return 1.0 if loss_config.decay_biases else 0.0
@@ -139,7 +143,8 @@ def _decay_multiplier(variable, loss_config) -> float:
 def weight_decay_loss(model, loss_config) -> tf.Tensor:
     """weight_decay * sum of l2_loss(v) (= sum(v^2) / 2) over the model's trainable variables.
 
-    Conv and dense kernels are decayed fully, biases when `decay_biases`, the conv4_3 L2-norm scale
+    Conv and dense kernels are decayed fully (MobileNetV2's depthwise kernels when
+    `decay_backbone_depthwise_kernels`), biases when `decay_biases`, the conv4_3 L2-norm scale
     (`conv4_3_norm/scale`) at `norm_scale_decay_multiplier`, batch-norm variables not at all.
     Frozen (non-trainable) variables are left out. An unrecognised trainable variable is an error
     rather than being silently skipped.

@@ -45,6 +45,9 @@ from ssd.config.architectures import SSDLITE_EXTRA_CHANNELS
 from ssd.config.architectures import ssdlite_feature_map_sizes as feature_map_sizes
 
 BACKBONE_SOURCE_LAYERS = ("block_13_expand_relu", "out_relu")
+# Keras' MobileNetV2 names its 17 depthwise layers `expanded_conv_depthwise`, `block_N_depthwise`;
+# this module's own (extra layers, heads) end in `_dw`
+BACKBONE_DEPTHWISE_SUFFIX = "_depthwise"
 EXTRA_CHANNELS = SSDLITE_EXTRA_CHANNELS
 MIN_EXTRA_CHANNELS = 16
 

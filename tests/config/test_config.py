@@ -69,7 +69,7 @@ def test_overrides_apply_dotted_fields():
     ({"anchors.boxes_per_location": [4, 6, 6, 6, 4]}, "anchors.boxes_per_location"),
     ({"anchors.boxes_per_location": "many"}, "anchors.boxes_per_location"),
     ({"eval.metric": "voc10"}, "eval.metric"),
-    ({"train.optimizer": "rmsprop"}, "train.optimizer"),
+    ({"train.optimizer": "adagrad"}, "train.optimizer"),
     ({"train.bias_lr_multiplier": -1.0}, "train.bias_lr_multiplier"),
     ({"data.class_names": "imagenet"}, "data.class_names"),
     ({"anchors.preset": "caffe", "anchors.aspect_ratios": [], "anchors.scales": [], "anchors.extra_scales": [],
@@ -420,3 +420,62 @@ def test_a_class_count_against_the_class_list_is_refused_with_the_fix():
     message = str(info.value)
     assert message.startswith("override model.num_classes=21: model.num_classes: is 21")
     assert "follows the class list" in message
+
+
+# --- Caffe's Normalize decay; the TF Object Detection API's SSDLite recipe -------------------------
+
+def test_the_conv4_3_scale_decays_at_1x_in_caffe_recipes_and_01x_in_the_tf1_ones():
+    for name in cfg.recipe_names():
+        config = cfg.load_config(name)
+        if config.anchors.preset == "caffe":  # Caffe's Normalize layer: no decay_mult, i.e. 1
+            assert config.loss.norm_scale_decay_multiplier == 1.0, name
+        elif config.anchors.preset == "tf1":  # the TF1 original's l2_loss(scale) * 0.1
+            assert config.loss.norm_scale_decay_multiplier == 0.1, name
+
+
+def test_tfod_recipe_is_the_apis_ssdlite_mobilenet_v2_coco():
+    c = cfg.load_config("ssdlite300_mobilenetv2_coco_tfod")
+    assert (c.model.architecture, c.model.backbone, c.model.input_size) == ("ssdlite300", "mobilenet_v2", 300)
+    assert c.model.num_classes == 81 and c.data.class_names == list(cfg.COCO_CLASSES)
+    assert c.model.batch_norm_momentum == 0.9997 and c.model.width_multiplier == 1.0
+    assert c.anchors.preset == "tfod" and c.anchors.lowest_square_first and not c.anchors.clip
+    assert c.anchors.aspect_ratios[0] == [2.0, 0.5]
+    assert c.anchors.aspect_ratios[1:] == [[1.0, 2.0, 0.5, 3.0, 0.3333]] * 5
+    assert c.matching.positive_threshold == c.matching.negative_threshold == 0.5
+    assert c.matching.variances == [0.1, 0.1, 0.2, 0.2]  # faster_rcnn_box_coder 10, 10, 5, 5
+    assert (c.loss.weight_decay, c.loss.decay_biases, c.loss.decay_backbone_depthwise_kernels) == \
+        (4e-5, False, False)
+    assert c.loss.negative_ratio == 3.0
+    assert (c.data.augmentation, c.data.flip_probability, c.data.preprocessing) == ("tfod", 0.5, "tf_rgb_unit")
+    t = c.train
+    assert (t.batch_size, t.max_steps, t.optimizer) == (24, 200_000, "rmsprop")
+    assert (t.momentum, t.rmsprop_decay, t.rmsprop_epsilon) == (0.9, 0.9, 1.0)
+    assert (t.learning_rate, t.lr_schedule, t.lr_decay_steps, t.lr_decay_factor,
+            t.lr_decay_staircase, t.lr_floor) == (0.004, "exponential", 800_720, 0.95, True, 0.0)
+    e = c.eval
+    assert (e.score_threshold, e.nms_iou_threshold, e.max_detections, e.metric) == (1e-8, 0.6, 100, "coco")
+    # no cap before NMS: every default box is a candidate, as the API's batch_non_max_suppression
+    assert e.pre_nms_top_k >= len(generate_anchors(c)) == 1917
+
+
+def test_new_fields_keep_the_earlier_recipes_as_they_were():
+    for name in cfg.recipe_names():
+        if name == "ssdlite300_mobilenetv2_coco_tfod":
+            continue
+        c = cfg.load_config(name)
+        assert c.data.augmentation in ("paper", "tf1"), name
+        assert (c.train.optimizer, c.train.lr_schedule) != ("rmsprop", "exponential"), name
+        assert c.train.lr_schedule == "piecewise" and not c.anchors.lowest_square_first, name
+        assert c.loss.decay_backbone_depthwise_kernels, name
+    assert generate_anchors(cfg.load_config("ssdlite320_mobilenetv2_coco")).shape == (2034, 4)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"loss.decay_backbone_depthwise_kernels": False},
+     "loss.decay_backbone_depthwise_kernels: is a mobilenet_v2 option"),
+    ({"data.augmentation": "tfodd"}, "data.augmentation: must be"),
+    ({"train.optimizer": "rmsprop", "train.bias_lr_multiplier": 2.0}, "train.bias_lr_multiplier"),
+])
+def test_new_fields_are_validated_by_name(values, message):
+    with pytest.raises(cfg.ConfigError, match=message):
+        cfg.load_config("ssd300_voc0712", values)

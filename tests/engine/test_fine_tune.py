@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from ssd.config.loading import load_config, load_saved_config, save_config
 from ssd.engine import fine_tune as ft
-from ssd.engine.model_fn import make_optimizer
+from ssd.engine.optimizers import make_optimizer
 from ssd.inference.detector import build_inference_model
 from ssd.modeling.checkpoints import Checkpointer, training_items
 from tests.apps.test_train import CLASSES as RECORD_CLASSES

@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from ssd.config.loading import ConfigError, TrainConfig, load_config
 from ssd.engine.estimator import EstimatorSpec, ModelContext
-from ssd.engine.model_fn import SSDModelFn, gradient_multiplier, make_optimizer
+from ssd.engine.model_fn import SSDModelFn
+from ssd.engine.optimizers import gradient_multiplier, make_optimizer
 from ssd.engine.training import make_train_step
 
 INPUTS = 3

@@ -5,7 +5,7 @@ import pytest
 
 from ssd.modeling import anchors as anchor_module
 from ssd.modeling.anchors import caffe_pixel_size, generate_anchors, num_anchors_per_layer
-from ssd.config.loading import load_config
+from ssd.config.loading import ConfigError, load_config
 
 
 def _config(architecture="ssd300", preset="tf1", **overrides):
@@ -313,3 +313,52 @@ def test_tfod_preset_on_ssd300_uses_linear_scales_over_its_six_maps():
     assert config.anchors.boxes_per_location == [3, 6, 6, 6, 6, 6]
     np.testing.assert_allclose(config.anchors.scales, TFOD_SCALES, atol=1e-12)
     assert generate_anchors(config).shape[0] == 38 * 38 * 3 + (19 * 19 + 100 + 25 + 9 + 1) * 6
+
+
+SSDLITE300_MAPS, SSDLITE300_K = [19, 10, 5, 3, 2, 1], [3, 6, 6, 6, 6, 6]
+
+
+def test_ssdlite300_geometry_and_count_by_hand():
+    config = load_config("ssdlite300_mobilenetv2_coco_tfod")
+    assert config.anchors.feature_map_sizes == SSDLITE300_MAPS
+    assert config.anchors.boxes_per_location == SSDLITE300_K
+    # 19 * 19 * 3 + (100 + 25 + 9 + 4 + 1) * 6 = 1083 + 834
+    assert num_anchors_per_layer(config) == [1083, 600, 150, 54, 24, 6]
+    assert generate_anchors(config).shape == (1917, 4)
+
+
+def test_ssdlite300_boxes_in_the_apis_order_by_hand():
+    """The API's box specs: lowest map (0.1, 1), (0.2, 2), (0.2, 0.5); then (s, r) for r in 1, 2,
+    0.5, 3, 0.3333 and (sqrt(s s'), 1); h = s / sqrt(r), w = s sqrt(r); centres (i + 0.5) / F."""
+    boxes = generate_anchors(load_config("ssdlite300_mobilenetv2_coco_tfod"))
+    # lowest map, cell (0, 0): centre 0.5 / 19 = 0.0263158
+    c = 0.5 / 19
+    np.testing.assert_allclose(boxes[0], [c - 0.05, c - 0.05, c + 0.05, c + 0.05], atol=1e-6)
+    np.testing.assert_allclose(boxes[0], [-0.0236842, -0.0236842, 0.0763158, 0.0763158], atol=1e-6)
+    np.testing.assert_allclose(boxes[1], [-0.0443949, -0.1151056, 0.0970265, 0.1677371], atol=1e-6)
+    np.testing.assert_allclose(boxes[2], [-0.1151056, -0.0443949, 0.1677371, 0.0970265], atol=1e-6)
+    # lowest map, cell (y=4, x=11): the 0.1 square first again
+    index = _flat_index(SSDLITE300_MAPS, SSDLITE300_K, 0, 4, 11, 0)
+    np.testing.assert_allclose(boxes[index], _box(4.5 / 19, 11.5 / 19, 0.1, 0.1), atol=1e-6)
+    # 10x10 map, cell (y=2, x=5): s = 0.35, centre (0.25, 0.55)
+    index = _flat_index(SSDLITE300_MAPS, SSDLITE300_K, 1, 2, 5, 0)
+    np.testing.assert_allclose(boxes[index], [0.075, 0.375, 0.425, 0.725], atol=1e-6)  # (0.35, 1)
+    # (0.35, 0.3333): h = 0.35 / sqrt(0.3333) = 0.606248, w = 0.212188 (1/3 would give 0.606218)
+    np.testing.assert_allclose(boxes[index + 4], [-0.0531240, 0.4489688, 0.5531240, 0.6510312],
+                               atol=1e-6)
+    # the extra square sqrt(0.35 * 0.5) = 0.41833 comes last on every map but the lowest
+    np.testing.assert_allclose(boxes[index + 5], [0.0408350, 0.3408350, 0.4591650, 0.7591650],
+                               atol=1e-6)
+
+
+def test_lowest_square_first_is_a_tfod_option_and_leaves_ssdlite320_unchanged():
+    default = load_config("ssdlite320_mobilenetv2_coco")
+    assert default.anchors.lowest_square_first is False
+    reordered = load_config("ssdlite320_mobilenetv2_coco", {"anchors.lowest_square_first": True})
+    before, after = generate_anchors(default), generate_anchors(reordered)
+    lowest = 20 * 20 * 3
+    np.testing.assert_array_equal(after[:lowest].reshape(-1, 3, 4),
+                                  before[:lowest].reshape(-1, 3, 4)[:, [2, 0, 1]])
+    np.testing.assert_array_equal(after[lowest:], before[lowest:])
+    with pytest.raises(ConfigError, match="anchors.lowest_square_first: orders the 'tfod'"):
+        _config(**{"anchors.lowest_square_first": True})

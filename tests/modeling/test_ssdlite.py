@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import h5py
@@ -473,8 +474,20 @@ def test_pretrained_dispatch_goes_to_the_backbone_loader(tiny_ssdlite, monkeypat
     assert calls == ["x.h5"]
 
 
+def _tfod_config():
+    """The TF Object Detection API's recipe (RMSProp, exponential decay, its crop) at toy size."""
+    from ssd.config.loading import load_config
+
+    shapes = _ssdlite_config()
+    return load_config("ssdlite300_mobilenetv2_coco_tfod", {
+        "model.width_multiplier": 0.25, "model.num_classes": shapes.model.num_classes,
+        "data.class_names": shapes.data.class_names, "data.seed": 1, "data.shuffle_buffer": 8,
+        "train.batch_size": 2, "eval.batch_size": 2})
+
+
 @pytest.mark.slow
-def test_a_few_training_steps_of_the_shapes_recipe_through_the_estimator(tmp_path):
+@pytest.mark.parametrize("make_config", [_ssdlite_config, _tfod_config])
+def test_a_few_training_steps_of_the_shapes_recipe_through_the_estimator(tmp_path, make_config):
     import io
 
     from PIL import Image
@@ -485,7 +498,7 @@ def test_a_few_training_steps_of_the_shapes_recipe_through_the_estimator(tmp_pat
     from ssd.modes import ModeKeys
     from ssd.data.records import make_example
 
-    config = _ssdlite_config()
+    config = make_config()
     data = tmp_path / "shapes-00000-of-00001"
     rng = np.random.default_rng(5)
     with tf.io.TFRecordWriter(str(data)) as writer:
@@ -525,3 +538,38 @@ def test_batch_norm_momentum_from_the_config_reaches_every_batch_norm():
         load_config("ssdlite320_shapes_cpu", {"model.batch_norm_momentum": 1.0})
     with pytest.raises(ConfigError, match="model.batch_norm_momentum: is a mobilenet_v2 option"):
         load_config("ssd300_voc0712", {"model.batch_norm_momentum": 0.9})
+
+
+def test_the_tfod_recipe_sets_the_apis_batch_norm_decay_everywhere():
+    from ssd.config.loading import load_config
+    from ssd.modeling.build import build_model
+
+    config = load_config("ssdlite300_mobilenetv2_coco_tfod", {"model.width_multiplier": 0.35})
+    model = build_model(config)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert {layer.momentum for layer in norms} == {0.9997}
+    assert {layer.epsilon for layer in norms} == {1e-3}
+    assert [int(s.shape[1]) for s in model.outputs] == [1917, 1917]
+
+
+def test_backbone_depthwise_kernels_decay_on_or_off():
+    from ssd.modeling import losses
+
+    config = _ssdlite_config()
+    from ssd.modeling.build import build_model
+
+    model = build_model(config)
+    depthwise = [layer for layer in model.layers if isinstance(layer, keras.layers.DepthwiseConv2D)]
+    backbone = [layer for layer in depthwise if not layer.name.endswith("_dw")]
+    assert len(backbone) == 17  # one per MobileNetV2 bottleneck
+    assert all(layer.name.endswith("_depthwise") for layer in backbone)
+    half_square = sum(0.5 * np.sum(layer.kernel.numpy().astype(np.float64) ** 2)
+                      for layer in backbone)
+    on = dataclasses.replace(config.loss, weight_decay=1.0, decay_biases=False)
+    off = dataclasses.replace(on, decay_backbone_depthwise_kernels=False)
+    difference = float(losses.weight_decay_loss(model, on)) - float(losses.weight_decay_loss(model, off))
+    # the extra layers' and heads' depthwise kernels stay decayed (the API's conv_hyperparams)
+    assert difference == pytest.approx(half_square, rel=1e-4)
+    heads = sum(0.5 * np.sum(layer.kernel.numpy().astype(np.float64) ** 2)
+                for layer in depthwise if layer.name.endswith("_dw"))
+    assert float(losses.weight_decay_loss(model, off)) > heads > 0

@@ -14,6 +14,11 @@
     side under 0.025 dropped after the crop, up to 3 expansion + crop draws and a fall-back to
     the untouched image when none keeps a box, bilinear resize. It shares the paper's sampler
     logic otherwise (it picks one min-IoU level first and tests all kept boxes against it).
+  "tfod": the TF Object Detection API's `ssdlite_mobilenet_v2_coco` options and nothing else:
+    random_horizontal_flip (probability `flip_probability`, the API's 0.5) and `ssd_random_crop`
+    with its default operations (ssd.data.augment.tfod_crop), bilinear resize; no photometric
+    distortion, no zoom out (the fields of those are not read). The API flips before it crops;
+    the crop's distribution is mirror-symmetric, so cropping first gives the same distribution.
   "none": resize only.
 
 How the pixels are computed (same result, a fraction of the work): expansion and crop are
@@ -41,9 +46,10 @@ from ssd.data.image_files import decode_region, image_size
 from ssd.data.augment.photometric import distort_colors_bgr, distort_colors_fast_bgr
 from ssd.data.preprocessing import from_bgr_minus_mean, subtract_mean, to_bgr
 from ssd.data.augment.stateless_random import split_seed, uniform
+from ssd.data.augment.tfod_crop import ssd_random_crop
 from ssd.data.augment.window_resize import BILINEAR, INTERPOLATIONS, render_window
 
-RECIPES = ("paper", "tf1", "none")
+RECIPES = ("paper", "tf1", "tfod", "none")
 
 # the TF1 reference implementation's expansion and crop attempts
 TF1_MIN_EXPANSION = 1.1
@@ -93,6 +99,15 @@ def _tf1_geometry(boxes, size, seed, config: DataConfig):
     return offsets[chosen], windows[chosen], croppeds[chosen], keeps[chosen]
 
 
+def _tfod_geometry(boxes, size, seed, config: DataConfig):
+    """The API's ssd_random_crop: a window of the image itself (no canvas)."""
+    window, cropped, keep, _ = ssd_random_crop(boxes, size, seed)
+    return tf.zeros([2], tf.int32), window, cropped, keep
+
+
+_GEOMETRIES = {"paper": _paper_geometry, "tf1": _tf1_geometry, "tfod": _tfod_geometry}
+
+
 def _resized_whole(encoded: tf.Tensor, size: tf.Tensor, out, config: DataConfig) -> tf.Tensor:
     """The "none" recipe: the whole image resized to the input size, preprocessed."""
     image = tf.image.resize(tf.cast(decode_region(encoded, tf.concat([[0, 0], size], 0)), tf.float32), out)
@@ -103,7 +118,7 @@ def _distorted_minus_mean(pixels: tf.Tensor, mode: str, color_seed: tf.Tensor,
                           config: DataConfig) -> tuple[tf.Tensor, tf.Tensor]:
     """(pixels after the recipe's photometric distortion minus the mean, whether their channels
     are reversed): the distortion may hand back BGR for free, and the mean follows the channels."""
-    if not config.photometric:
+    if not config.photometric or mode == "tfod":
         reversed_ = tf.constant(False)
     elif mode == "paper":
         pixels, reversed_ = distort_colors_bgr(pixels, color_seed)
@@ -117,7 +132,7 @@ def augment_for_training(encoded: tf.Tensor, boxes: tf.Tensor, labels: tf.Tensor
                          difficult: tf.Tensor, seed: tf.Tensor, config: DataConfig,
                          output_size: int) -> dict[str, tf.Tensor]:
     """Augments one encoded JPEG/PNG with its ground truths (config.augmentation selects the
-    recipe: "paper", "tf1" or "none" = resize only).
+    recipe: "paper", "tf1", "tfod" or "none" = resize only).
 
     Args:
       boxes: [N, 4] normalized; labels [N]; difficult [N] (they travel with the boxes).
@@ -138,8 +153,7 @@ def augment_for_training(encoded: tf.Tensor, boxes: tf.Tensor, labels: tf.Tensor
         return dict(image=_resized_whole(encoded, size, out, config), boxes=boxes,
                     labels=labels, difficult=difficult, image_size=size)
 
-    geometry = _paper_geometry if mode == "paper" else _tf1_geometry
-    offset, window, cropped, keep = geometry(boxes, size, geometry_seed, config)
+    offset, window, cropped, keep = _GEOMETRIES[mode](boxes, size, geometry_seed, config)
     flip_draw = uniform(flip_seed, [2])
     flip = flip_draw[0] < config.flip_probability
     if mode == "paper" and config.random_interpolation:
