@@ -67,7 +67,7 @@ flags.DEFINE_string("calibration_data", None, "TFLite int8: training TFRecords w
 flags.DEFINE_integer("calibration_images", 300, "TFLite int8: how many images calibrate.")
 
 
-def export_tflite_model(model, config) -> str:
+def export_tflite_model(model, config, source) -> str:
     from ssd.inference import tflite as tflite_export
 
     quantize = None if FLAGS.quantize == "none" else FLAGS.quantize
@@ -76,7 +76,7 @@ def export_tflite_model(model, config) -> str:
         calibration = tflite_export.representative_images(FLAGS.calibration_data, config,
                                                           FLAGS.calibration_images)
     return tflite_export.export_tflite(model, config, FLAGS.export_dir, quantize, calibration,
-                                       overwrite=FLAGS.overwrite)
+                                       overwrite=FLAGS.overwrite, source=source)
 
 
 def main(argv) -> None:
@@ -103,11 +103,12 @@ def main(argv) -> None:
     try:
         config, model, checkpoint, step = load_trained_model(FLAGS.model_dir, FLAGS.checkpoint_path,
                                                              FLAGS.precision)
+        source = {"checkpoint": checkpoint, "step": step}
         if FLAGS.format == "tflite":
-            path = export_tflite_model(model, config)
+            path = export_tflite_model(model, config, source)
         else:
             path = export_saved_model(model, config, FLAGS.export_dir, overwrite=FLAGS.overwrite,
-                                      score_threshold=FLAGS.score_threshold)
+                                      score_threshold=FLAGS.score_threshold, source=source)
     except (config_lib.ConfigError, checkpoints.CheckpointError, FileExistsError,
             FileNotFoundError, DataError) as e:
         sys.exit(f"export.py: error: {e}")

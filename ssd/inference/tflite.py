@@ -41,7 +41,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -52,7 +52,7 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 from ssd.data import records
 from ssd.modeling.anchors import generate_anchors
 from ssd.config.loading import Config
-from ssd.inference.saved_model import directory_written_aside, write_descriptions
+from ssd.inference.saved_model import directory_written_aside, write_descriptions, write_export_info
 from ssd.modeling.postprocess import postprocess
 from ssd.data.preprocessing import decode_image, preprocess_image
 from ssd.data.record_files import resolve_files
@@ -202,15 +202,17 @@ def _quantize_network_only(converter: tf.lite.TFLiteConverter) -> bytes:
 def export_tflite(model: keras.Model, config: Config, export_dir: str | os.PathLike,
                   quantize: str | None = None,
                   representative_images: Iterable[np.ndarray] | None = None,
-                  overwrite: bool = False) -> str:
+                  overwrite: bool = False, source: Mapping[str, Any] | None = None) -> str:
     """Writes `export_dir/model.tflite` (`convert_to_tflite(...)`) with the class names and the
-    config beside it, as the SavedModel export does: complete or not at all. Returns the
-    .tflite file's path."""
+    config beside it, as the SavedModel export does: complete or not at all; with `source`
+    ({"checkpoint", "step"} of the weights) also export.json. Returns the .tflite file's path."""
     content = convert_to_tflite(model, config, quantize, representative_images)
     with directory_written_aside(export_dir, overwrite) as directory:
         with open(os.path.join(directory, TFLITE_FILENAME), "wb") as f:
             f.write(content)
         write_descriptions(config, directory)
+        if source is not None:
+            write_export_info(directory, source, "tflite", quantize)
     return os.path.join(os.fspath(export_dir), TFLITE_FILENAME)
 
 
