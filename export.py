@@ -14,7 +14,9 @@ detection_scores and num_detections out, post-processing inside, TFLite built-in
 the first --calibration_images images of --calibration_data (training TFRecords).
 
 The config is model_dir/config.json; the weights come from model_dir's latest checkpoint unless
---checkpoint_path is given. Serving example (outputs named as the TF Object Detection API names
+--checkpoint_path is given. export.json (the SavedModel's assets.extra/, beside model.tflite)
+records that checkpoint, its step, the format and quantization; `eval.py --exported_model=...`
+scores the export on TFRecords and reports them. Serving example (outputs named as the TF Object Detection API names
 them; ssd/inference/saved_model.py documents them, the score_threshold default and EXIF orientation):
 
   import io, tensorflow as tf

@@ -10,8 +10,11 @@ signature, "serving_default":
           num_detections     int32   [1]
 
 K = eval.max_detections; rows past num_detections are padding (score 0, class 0, zero box). Output
-names are the SavedModel's; boxes are normalized, so pixel boxes are the caller's
-`boxes * (H, W, H, W)` of its original image.
+names are the SavedModel's (its classes and counts are float32, here int32); boxes are
+normalized, so pixel boxes are the caller's `boxes * (H, W, H, W)` of its original image. The
+tensors carry the signature's names too (`get_input_details()` / `get_output_details()` say
+"images", "detection_boxes", ..., not the converter's "serving_default_images:0",
+"PartitionedCall:0"), for tools that list tensors rather than signatures.
 
 Why the caller resizes: a TFLite model has fixed tensor shapes, and an input of any size would
 make every tensor after it dynamic (resized at each call, slower on the phone, and unsupported by
@@ -47,6 +50,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow.lite.python.convert import mlir_quantize
+from tensorflow.lite.tools import flatbuffer_utils
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from ssd.data import records
@@ -163,7 +167,22 @@ def convert_to_tflite(model: keras.Model, config: Config, quantize: str | None =
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     check_builtin_only(content)
-    return content
+    return name_signature_tensors(content)
+
+
+def name_signature_tensors(content: bytes) -> bytes:
+    """The model with each signature input and output tensor renamed to its signature name.
+
+    The converter names them after the graph it converted ("serving_default_images:0",
+    "PartitionedCall:0".."PartitionedCall:3"); only the signature maps the meaningful names
+    to them. Renaming changes no computation: signatures refer to tensors by index.
+    """
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    for signature in model.signatureDefs:
+        tensors = model.subgraphs[signature.subgraphIndex].tensors
+        for entry in list(signature.inputs) + list(signature.outputs):
+            tensors[entry.tensorIndex].name = entry.name
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def configure_converter(converter: tf.lite.TFLiteConverter, quantize: str | None,
