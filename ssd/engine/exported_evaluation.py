@@ -39,7 +39,11 @@ def default_output_dir(model_path: str | os.PathLike) -> str:
 
 def check_model_classes(model_path: str, class_names: Sequence[str], files: Sequence[str]) -> None:
     """ExportedModelError, one line, when the records name a label otherwise than the model."""
-    record_names, _ = record_class_names(files)
+    record_names, unnamed = record_class_names(files)
+    if unnamed:
+        logging.warning("%d of %d record files (%s, ...) hold objects without class names: their "
+                        "labels cannot be checked against the model's classes", len(unnamed),
+                        len(files), unnamed[0])
     lines = disagreements(record_names, class_names)
     if lines:
         records = ", ".join(f"{label}:{'/'.join(sorted(record_names[label]))}" for label in sorted(record_names))

@@ -53,6 +53,14 @@ class ExportedFiles(NamedTuple):
     info: str  # export.json (may be absent: exports made before it existed)
 
 
+def _read(path: str, size: int = -1) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except OSError as e:
+        raise ExportedModelError(f"{path}: cannot be read ({e.strerror})") from None
+
+
 def find_exported(path: str | os.PathLike) -> ExportedFiles:
     """The files of the exported model at `path` (module docstring); ExportedModelError if none."""
     path = os.fspath(path)
@@ -66,8 +74,7 @@ def find_exported(path: str | os.PathLike) -> ExportedFiles:
             raise ExportedModelError(f"{path}: not a SavedModel (no {SAVED_MODEL_PROTO}) nor an export "
                                      f"directory holding {tl.TFLITE_FILENAME}")
         path = os.path.join(path, tl.TFLITE_FILENAME)
-    with open(path, "rb") as f:
-        header = f.read(8)
+    header = _read(path, 8)
     if header[4:8] != TFLITE_IDENTIFIER:
         raise ExportedModelError(f"{path}: not a TFLite model (no {TFLITE_IDENTIFIER.decode()} "
                                  f"identifier) nor a SavedModel directory")
@@ -131,8 +138,7 @@ class TFLiteDetector:
     def __init__(self, path: str, config: Config, num_threads: int | None = None):
         self.config = config
         size = config.model.input_size
-        with open(path, "rb") as f:
-            content = f.read()
+        content = _read(path)
         try:
             runner = tl.interpreter(content, num_threads)
             signatures = runner.get_signature_list()

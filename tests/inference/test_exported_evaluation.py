@@ -139,6 +139,18 @@ def test_default_output_dir_is_beside_the_model():
     assert default_output_dir("exported/lite/model.tflite") == os.path.join("exported", "lite", "model_eval")
 
 
+def test_export_info_absent_or_damaged_reads_as_unknown(tmp_path):
+    """Exports made before export.json, or with a damaged one, still evaluate (step and checkpoint None)."""
+    files = ex.ExportedFiles(ex.TFLITE, str(tmp_path / "model.tflite"), str(tmp_path / "config.json"),
+                             str(tmp_path / "export.json"))
+    assert ex.read_info(files) == {}
+    (tmp_path / "export.json").write_text("{not json")
+    assert ex.read_info(files) == {}
+    (tmp_path / "export.json").write_text('{"checkpoint": "runs/a/ckpt-5", "step": 5, "format": "tflite", '
+                                          '"quantize": "int8"}')
+    assert ex.read_info(files)["step"] == 5
+
+
 # --- the .tflite's names -------------------------------------------------------------------
 
 @exports_models
