@@ -102,9 +102,10 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.exported_model:
         return evaluate_exported_model()
-    for name in ("model_dir", "data_dir"):
-        if not FLAGS[name].value:
-            raise app.UsageError(f"--{name} is required")
+    if not FLAGS.model_dir:
+        raise app.UsageError("--model_dir (or --exported_model) is required")
+    if not FLAGS.data_dir:
+        raise app.UsageError("--data_dir is required")
 
     from ssd.data import record_classes
     from ssd.data.record_files import DataError
