@@ -4,6 +4,8 @@ r"""Evaluates a trained SSD on a test set with the PASCAL VOC or the COCO metric
       [--checkpoint_path=runs/ssd300/ckpt-120000] [--metric=voc07|voc12|coco] [--output_dir=DIR]
   python eval.py --model_dir=runs/ssd300 --data_dir=tfrecords/voc07_test-* --watch \
       [--watch_timeout_secs=3600] [--watch_interval_secs=30]
+  python eval.py --exported_model=exported/ssd300 --data_dir=tfrecords/voc07_test-* \
+      [--metric=...] [--output_dir=DIR]
 
 The config is the one training saved in model_dir/config.json; the checkpoint is model_dir's
 latest unless --checkpoint_path is given. Prints the per-class AP table and the mAP, and writes
@@ -25,6 +27,14 @@ classes). TensorBoard gets the 12 numbers ("coco/AP", ...) and per-class APs ("c
 --watch evaluates every new checkpoint as training writes it (the newest when several are
 waiting), each into <output_dir or model_dir>/eval_<step>, and stops after evaluating the
 checkpoint at train.max_steps or when no new checkpoint appears for --watch_timeout_secs.
+
+--exported_model scores what export.py wrote instead of a checkpoint: a SavedModel directory, a
+.tflite file or the directory holding model.tflite (ssd.engine.exported_evaluation). The config
+and class names are the ones exported beside the model; the SavedModel gets the encoded images,
+the TFLite model each image resized to uint8 S x S as an app does. Same tables and report files;
+summary.json adds exported_model, format and quantize (step and checkpoint from the export's
+export.json). Reports go to --output_dir, default beside the model (<model>_eval: exported/ssd300_eval,
+exported/lite/model_eval for exported/lite/model.tflite); nothing to TensorBoard.
 """
 
 from __future__ import annotations
@@ -46,13 +56,16 @@ from ssd.config import loading as config_lib
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("model_dir", None, "Training directory: config.json and checkpoints.")
+flags.DEFINE_string("exported_model", None, "Score an exported model instead of a checkpoint: a "
+                    "SavedModel directory, a .tflite file or export.py's directory holding model.tflite.")
 flags.DEFINE_string("checkpoint_path", None, "A checkpoint prefix (e.g. model_dir/ckpt-1000) or a "
                     "directory (its latest); default: the latest in --model_dir.")
 flags.DEFINE_string("data_dir", None, "Test TFRecords: a glob, comma-separated globs, or a directory "
                     "holding one data set's *-of-* shards.")
 flags.DEFINE_enum("metric", None, ["voc07", "voc12", "coco"], "voc07: 11-point AP; voc12: all-point "
                   "AP; coco: COCO AP@[.5:.95] and its 12 numbers. Default: eval.metric of the config.")
-flags.DEFINE_string("output_dir", None, "Where reports go; default model_dir/eval_<step>.")
+flags.DEFINE_string("output_dir", None, "Where reports go; default model_dir/eval_<step> (with "
+                    "--exported_model: <model>_eval beside it).")
 flags.DEFINE_integer("batch_size", None, "Images per inference call; default eval.batch_size.")
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Inference precision.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the network (post-processing is not).")
@@ -62,13 +75,37 @@ flags.DEFINE_float("watch_timeout_secs", 3600.0, "With --watch: stop when no new
 flags.DEFINE_float("watch_interval_secs", 30.0, "With --watch: seconds between looks for a new checkpoint.")
 
 
+CHECKPOINT_ONLY_FLAGS = ("model_dir", "checkpoint_path", "precision", "jit_compile", "watch",
+                         "watch_timeout_secs", "watch_interval_secs")
+
+
+def evaluate_exported_model() -> None:
+    if not FLAGS.data_dir:
+        raise app.UsageError("--data_dir is required")
+    given = [f"--{name}" for name in CHECKPOINT_ONLY_FLAGS if FLAGS[name].present]
+    if given:
+        raise app.UsageError(f"{', '.join(given)}: for checkpoints only, not with --exported_model")
+
+    from ssd.data.record_files import DataError
+    from ssd.engine.exported_evaluation import evaluate_exported
+    try:
+        summary = evaluate_exported(FLAGS.exported_model, FLAGS.data_dir, metric=FLAGS.metric,
+                                    output_dir=FLAGS.output_dir, batch_size=FLAGS.batch_size)
+    except (config_lib.ConfigError, DataError, ValueError) as e:
+        sys.exit(f"eval.py: error: {e}")
+    print(f"{FLAGS.exported_model}: reports in {summary['output_dir']}")
+
+
 def main(argv) -> None:
     cli.kernels_for_precision(FLAGS.precision)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    for name in ("model_dir", "data_dir"):
-        if not FLAGS[name].value:
-            raise app.UsageError(f"--{name} is required")
+    if FLAGS.exported_model:
+        return evaluate_exported_model()
+    if not FLAGS.model_dir:
+        raise app.UsageError("--model_dir (or --exported_model) is required")
+    if not FLAGS.data_dir:
+        raise app.UsageError("--data_dir is required")
 
     from ssd.data import record_classes
     from ssd.data.record_files import DataError

@@ -14,7 +14,9 @@ detection_scores and num_detections out, post-processing inside, TFLite built-in
 the first --calibration_images images of --calibration_data (training TFRecords).
 
 The config is model_dir/config.json; the weights come from model_dir's latest checkpoint unless
---checkpoint_path is given. Serving example (outputs named as the TF Object Detection API names
+--checkpoint_path is given. export.json (the SavedModel's assets.extra/, beside model.tflite)
+records that checkpoint, its step, the format and quantization; `eval.py --exported_model=...`
+scores the export on TFRecords and reports them. Serving example (outputs named as the TF Object Detection API names
 them; ssd/inference/saved_model.py documents them, the score_threshold default and EXIF orientation):
 
   import io, tensorflow as tf
@@ -67,7 +69,7 @@ flags.DEFINE_string("calibration_data", None, "TFLite int8: training TFRecords w
 flags.DEFINE_integer("calibration_images", 300, "TFLite int8: how many images calibrate.")
 
 
-def export_tflite_model(model, config) -> str:
+def export_tflite_model(model, config, source) -> str:
     from ssd.inference import tflite as tflite_export
 
     quantize = None if FLAGS.quantize == "none" else FLAGS.quantize
@@ -76,7 +78,7 @@ def export_tflite_model(model, config) -> str:
         calibration = tflite_export.representative_images(FLAGS.calibration_data, config,
                                                           FLAGS.calibration_images)
     return tflite_export.export_tflite(model, config, FLAGS.export_dir, quantize, calibration,
-                                       overwrite=FLAGS.overwrite)
+                                       overwrite=FLAGS.overwrite, source=source)
 
 
 def main(argv) -> None:
@@ -103,11 +105,12 @@ def main(argv) -> None:
     try:
         config, model, checkpoint, step = load_trained_model(FLAGS.model_dir, FLAGS.checkpoint_path,
                                                              FLAGS.precision)
+        source = {"checkpoint": checkpoint, "step": step}
         if FLAGS.format == "tflite":
-            path = export_tflite_model(model, config)
+            path = export_tflite_model(model, config, source)
         else:
             path = export_saved_model(model, config, FLAGS.export_dir, overwrite=FLAGS.overwrite,
-                                      score_threshold=FLAGS.score_threshold)
+                                      score_threshold=FLAGS.score_threshold, source=source)
     except (config_lib.ConfigError, checkpoints.CheckpointError, FileExistsError,
             FileNotFoundError, DataError) as e:
         sys.exit(f"export.py: error: {e}")

@@ -9,7 +9,9 @@ TRAIN yields (features, labels) batches of augmented images with their SSD targe
 EVAL yields the same features (resized only) and the ground truths padded per batch:
   labels   {"boxes" [B, M, 4], "labels" [B, M] int32 (0 = padding), "difficult" [B, M] bool,
             "num_boxes" [B] int32}.
-PREDICT yields the features only.
+PREDICT yields the features only. With `encoded_images` (EVAL and PREDICT), "image" is the
+record's encoded image, a string [B], for models that decode and resize themselves (exported
+models, ssd.inference.exported).
 
 Reading (ssd.data.record_files): the files are checked up front (readable, first record an image
 example); all shards are then read at the same time, one record from each in turn (for
@@ -124,7 +126,7 @@ def _train_dataset(files: list[RecordFile], config: Config, anchors: np.ndarray,
 
 
 def _eval_dataset(files: list[RecordFile], config: Config, input_context,
-                  with_labels: bool) -> tf.data.Dataset:
+                  with_labels: bool, encoded_images: bool = False) -> tf.data.Dataset:
     batch_size = config.eval.batch_size
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(batch_size)
@@ -132,7 +134,8 @@ def _eval_dataset(files: list[RecordFile], config: Config, input_context,
     def prepare(serialized):
         example = parse_example(serialized)
         image = decode_image(example["encoded"])
-        features = {"image": preprocess_image(image, config), "image_id": _image_id(example),
+        model_input = example["encoded"] if encoded_images else preprocess_image(image, config)
+        features = {"image": model_input, "image_id": _image_id(example),
                     "original_shape": tf.shape(image)[:2]}
         if not with_labels:
             return features
@@ -151,7 +154,7 @@ def _eval_dataset(files: list[RecordFile], config: Config, input_context,
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(True))
 
 
-def make_input_fn(file_pattern, config: Config, mode: str):
+def make_input_fn(file_pattern, config: Config, mode: str, encoded_images: bool = False):
     """Returns `input_fn(input_context=None) -> tf.data.Dataset` for `mode` (ssd.modes.ModeKeys).
 
     file_pattern: a glob, comma-separated globs, a directory (its shards) or a list.
@@ -160,9 +163,12 @@ def make_input_fn(file_pattern, config: Config, mode: str):
     Raises FileNotFoundError when nothing matches, DataError (a ValueError) naming a file that
     is not a readable TFRecord file of image examples; a record damaged further into a file
     fails the reading with an error naming the file. The function's `files` attribute lists the
-    files it reads (evaluation looks beside them for a COCO category map).
+    files it reads (evaluation looks beside them for a COCO category map). `encoded_images`
+    (EVAL, PREDICT): features["image"] is the encoded image instead of the model input.
     """
     mode = check_mode(mode)
+    if encoded_images and mode == ModeKeys.TRAIN:
+        raise ValueError("encoded_images: training needs the augmented model inputs")
     files = check_record_files(resolve_files(file_pattern))
     anchors = generate_anchors(config) if mode == ModeKeys.TRAIN else None
 
@@ -170,7 +176,7 @@ def make_input_fn(file_pattern, config: Config, mode: str):
         if mode == ModeKeys.TRAIN:
             return _train_dataset(files, config, anchors, input_context)
         return _eval_dataset(files, config, input_context,
-                             with_labels=mode == ModeKeys.EVAL)
+                             with_labels=mode == ModeKeys.EVAL, encoded_images=encoded_images)
 
     input_fn.files = [f.path for f in files]
     return input_fn

@@ -15,9 +15,7 @@ from ssd.config.loading import Config
 from ssd.data.input_fn import make_input_fn
 from ssd.data.record_files import DataError, count_records, resolve_record_files
 from ssd.engine import evaluation_reports as reports
-from ssd.engine.evaluation import evaluate
-from ssd.engine.evaluation_pictures import EVAL_IMAGES, evaluation_pictures
-from ssd.engine.evaluation_reports import summary_of, write_report, write_tensorboard
+from ssd.engine.evaluation import evaluate_and_report
 from ssd.engine.evaluators import check_metric, make_evaluator
 from ssd.inference.detector import Detector, build_inference_model
 from ssd.modeling.checkpoints import (CheckpointRemovedError, DamagedCheckpointError, find_checkpoint,
@@ -44,21 +42,8 @@ def evaluate_checkpoint(detector: Detector, checkpoint_path: str, input_fn: Call
     evaluator = make_evaluator(metric, config, data_files)  # a bad category map fails before restoring
     step = restore_checkpoint(detector.model, checkpoint_path, config)
     logging.info("evaluating %s (step %d) with the %s metric", checkpoint_path, step, metric)
-    samples = EVAL_IMAGES if summary_dir is not None else 0
-    stats = evaluate(detector, input_fn(None), evaluator, num_images, data_name, progress_stream,
-                     num_samples=samples)
-    result = evaluator.result()
-    if print_table is not None:
-        print_table(evaluator.format(result))
-    summary = summary_of(evaluator, result, step, checkpoint_path)
-    if output_dir is not None:
-        directory = str(output_dir).replace("{step}", str(step))
-        summary = write_report(evaluator, result, directory, step, checkpoint_path,
-                               extra={"images_per_second": stats["images_per_second"]})
-        summary["output_dir"] = directory
-    if summary_dir is not None:
-        write_tensorboard(evaluator, result, summary_dir, step, evaluation_pictures(stats["samples"], config))
-    return summary
+    return evaluate_and_report(detector, input_fn(None), evaluator, step, checkpoint_path, output_dir,
+                               summary_dir, num_images, data_name, progress_stream, print_table)
 
 
 def run_evaluation(config: Config, model_dir: str, data: str, *, checkpoint_path: str | None = None,

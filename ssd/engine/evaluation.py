@@ -1,19 +1,24 @@
 """The evaluation loop: a `Detector` over an EVAL dataset into an evaluator of one metric.
 
 What eval.py and the Estimator's evaluation during training share, so that both report the same
-numbers: `evaluate` feeds the batches and keeps the first images for pictures; the reports are
-`ssd.engine.evaluation_reports`, the pictures `ssd.engine.evaluation_pictures`, the checkpoints
-`ssd.engine.checkpoint_evaluation`.
+numbers: `evaluate` feeds the batches and keeps the first images for pictures;
+`evaluate_and_report` then prints, writes and summarizes the result, whatever the detections come
+from (a checkpoint, `ssd.engine.checkpoint_evaluation`; an exported model,
+`ssd.engine.exported_evaluation`). The reports are `ssd.engine.evaluation_reports`, the
+pictures `ssd.engine.evaluation_pictures`.
 """
 
 from __future__ import annotations
 
-from typing import Any, TextIO
+import os
+from typing import Any, Callable, Mapping, TextIO
 
 import numpy as np
 import tensorflow as tf
 
 from ssd.data.record_files import DataError
+from ssd.engine.evaluation_pictures import EVAL_IMAGES, evaluation_pictures
+from ssd.engine.evaluation_reports import summary_of, write_report, write_tensorboard
 from ssd.evaluator import Evaluator
 from ssd.inference.detector import Detector
 from ssd.progress import Progress
@@ -67,3 +72,34 @@ def keep_samples(features, detections, labels, count: int) -> list[dict[str, np.
              "gt_boxes": labels["boxes"], "gt_labels": labels["labels"], "num_gt": labels["num_boxes"]}
     arrays = {name: np.asarray(value)[:count] for name, value in parts.items()}
     return [{name: array[i] for name, array in arrays.items()} for i in range(len(arrays["image"]))]
+
+
+def evaluate_and_report(detector, dataset: tf.data.Dataset, evaluator: Evaluator, step: int | None,
+                        source: str | None, output_dir: str | os.PathLike | None,
+                        summary_dir: str | os.PathLike | None, num_images: int | None = None,
+                        data_name: str = "the data", progress_stream: TextIO | None = None,
+                        print_table: Callable[[str], None] | None = print,
+                        extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`evaluate`, then the metric's table printed, its report written into `output_dir` (which
+    may contain "{step}"; None: no files) and TensorBoard's summaries into `summary_dir` (None:
+    none, and no pictures kept; they need `detector.config`).
+
+    `step` and `source` (the checkpoint) label the summary; `extra` joins the written summary,
+    with images_per_second. Returns the JSON summary (plus "output_dir" when reports were written).
+    """
+    samples = EVAL_IMAGES if summary_dir is not None else 0
+    stats = evaluate(detector, dataset, evaluator, num_images, data_name, progress_stream,
+                     num_samples=samples)
+    result = evaluator.result()
+    if print_table is not None:
+        print_table(evaluator.format(result))
+    summary = summary_of(evaluator, result, step, source)
+    if output_dir is not None:
+        directory = str(output_dir).replace("{step}", str(step))
+        summary = write_report(evaluator, result, directory, step, source,
+                               extra={"images_per_second": stats["images_per_second"], **(extra or {})})
+        summary["output_dir"] = directory
+    if summary_dir is not None:
+        write_tensorboard(evaluator, result, summary_dir, step,
+                          evaluation_pictures(stats["samples"], detector.config))
+    return summary

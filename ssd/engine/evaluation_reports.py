@@ -29,15 +29,17 @@ def summary_dir(model_dir: str | os.PathLike) -> str:
     return os.path.join(os.fspath(model_dir), SUMMARY_SUBDIR)
 
 
-def summary_of(evaluator: Evaluator, result: Mapping[str, Any], step: int, checkpoint_path: str,
-               extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def summary_of(evaluator: Evaluator, result: Mapping[str, Any], step: int | None,
+               checkpoint_path: str | None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The JSON summary: the metric's summary of the result (metric, classes: AP per class, None
-    when undefined, status per class, num_images, ...), step, checkpoint, plus `extra`."""
-    return {**evaluator.summary(result), "step": int(step), "checkpoint": checkpoint_path, **(extra or {})}
+    when undefined, status per class, num_images, ...), step, checkpoint (None when unknown: an
+    exported model without its export.json), plus `extra`."""
+    return {**evaluator.summary(result), "step": None if step is None else int(step),
+            "checkpoint": checkpoint_path, **(extra or {})}
 
 
 def write_report(evaluator: Evaluator, result: Mapping[str, Any], output_dir: str | os.PathLike,
-                 step: int, checkpoint_path: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 step: int | None, checkpoint_path: str | None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Writes the metric's report files into output_dir; returns the JSON summary written."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

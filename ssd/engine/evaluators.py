@@ -166,10 +166,19 @@ class VOCMetric(Evaluator):
         self.scorer.write_results(output_dir / RESULTS_SUBDIR)
         write_json(output_dir / SUMMARY_FILENAME, dict(summary), indent=2)
         m_ap = result["mAP"]
-        title = (f"{METRICS[self.metric]} precision/recall at step {summary.get('step')}, "
+        title = (f"{METRICS[self.metric]} precision/recall {_what(summary)}, "
                  f"mAP {'n/a' if m_ap is None else f'{100 * m_ap:.1f}'}")
         draw_precision_recall(result["precision_recall"], result["classes"], title=title).save(
             output_dir / CURVES_FILENAME)
+
+
+def _what(summary: Mapping[str, Any]) -> str:
+    """What was scored, for a title: "at step N", or the exported model's format and step."""
+    step = "an unknown step" if summary.get("step") is None else f"step {summary['step']}"
+    if not summary.get("exported_model"):
+        return f"at {step}"
+    quantize = f" {summary['quantize']}" if summary.get("quantize") else ""
+    return f"of the {summary.get('format')}{quantize} export of {step}"
 
 
 class COCOMetric(Evaluator):

@@ -42,7 +42,9 @@ Otherwise the model sees a sideways picture, and boxes drawn on the upright pict
 wrong place.
 
 The class names also travel as the asset `assets/class_names.txt` (one per line, label order)
-and the resolved config as `assets/config.json`.
+and the resolved config as `assets/config.json`. Given `source` (export.py gives the checkpoint
+and its step), `assets.extra/export.json` records where the weights came from: evaluating the
+exported model (ssd.engine.exported_evaluation) reports them.
 
 The exported network has its batch norms folded into the convolutions before them
 (ssd.inference.batch_norm_folding): the same detections to float rounding, faster for the backbones that
@@ -52,10 +54,11 @@ have batch norm (MobileNetV2).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import keras
 import tensorflow as tf
@@ -70,6 +73,8 @@ SIGNATURE_IMAGES = "serving_images"
 SIGNATURE_CLASS_NAMES = "class_names"
 CLASS_NAMES_ASSET = "class_names.txt"
 CONFIG_ASSET = "config.json"
+EXPORT_INFO = "export.json"  # {"checkpoint", "step", "format", "quantize"}: the export's provenance
+EXTRA_DIR = "assets.extra"  # the SavedModel's place for files the graph does not read
 DEFAULT_SCORE_THRESHOLD = 0.5
 # Detector output -> serving output name (see the module docstring), with the serving dtype.
 SERVING_OUTPUTS = {
@@ -151,12 +156,24 @@ def write_descriptions(config: Config, directory: str) -> None:
         f.write(to_json(config) + "\n")
 
 
+def write_export_info(directory: str, source: Mapping[str, Any], export_format: str,
+                      quantize: str | None = None) -> None:
+    """`directory`/export.json: `source` ({"checkpoint", "step"}) with the format and quantization."""
+    os.makedirs(directory, exist_ok=True)
+    info = {"checkpoint": source.get("checkpoint"), "step": source.get("step"),
+            "format": export_format, "quantize": quantize}
+    with open(os.path.join(directory, EXPORT_INFO), "w") as f:
+        f.write(json.dumps(info, indent=2) + "\n")
+
+
 def export_saved_model(model: keras.Model, config: Config, export_dir: str | os.PathLike,
                        overwrite: bool = False,
-                       score_threshold: float = DEFAULT_SCORE_THRESHOLD) -> str:
+                       score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+                       source: Mapping[str, Any] | None = None) -> str:
     """Writes the serving SavedModel of `model` (its current weights) to `export_dir`.
 
-    `score_threshold` is the default of the signatures' score_threshold input. The directory
+    `score_threshold` is the default of the signatures' score_threshold input; `source`
+    ({"checkpoint", "step"} of the weights) goes into assets.extra/export.json. The directory
     appears complete or not at all; an existing non-empty export_dir is an error unless
     `overwrite`.
     """
@@ -174,6 +191,8 @@ def export_saved_model(model: keras.Model, config: Config, export_dir: str | os.
                 SIGNATURE_CLASS_NAMES: module.class_names,
             }
             tf.saved_model.save(module, tmp_dir, signatures=signatures)
+            if source is not None:
+                write_export_info(os.path.join(tmp_dir, EXTRA_DIR), source, "saved_model")
     finally:
         shutil.rmtree(assets_dir, ignore_errors=True)
     logging.info("exported SavedModel to %s", export_dir)

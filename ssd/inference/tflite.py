@@ -10,8 +10,11 @@ signature, "serving_default":
           num_detections     int32   [1]
 
 K = eval.max_detections; rows past num_detections are padding (score 0, class 0, zero box). Output
-names are the SavedModel's; boxes are normalized, so pixel boxes are the caller's
-`boxes * (H, W, H, W)` of its original image.
+names are the SavedModel's (its classes and counts are float32, here int32); boxes are
+normalized, so pixel boxes are the caller's `boxes * (H, W, H, W)` of its original image. The
+tensors carry the signature's names too (`get_input_details()` / `get_output_details()` say
+"images", "detection_boxes", ..., not the converter's "serving_default_images:0",
+"PartitionedCall:0"), for tools that list tensors rather than signatures.
 
 Why the caller resizes: a TFLite model has fixed tensor shapes, and an input of any size would
 make every tensor after it dynamic (resized at each call, slower on the phone, and unsupported by
@@ -41,18 +44,19 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow.lite.python.convert import mlir_quantize
+from tensorflow.lite.tools import flatbuffer_utils
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from ssd.data import records
 from ssd.modeling.anchors import generate_anchors
 from ssd.config.loading import Config
-from ssd.inference.saved_model import directory_written_aside, write_descriptions
+from ssd.inference.saved_model import directory_written_aside, write_descriptions, write_export_info
 from ssd.modeling.postprocess import postprocess
 from ssd.data.preprocessing import decode_image, preprocess_image
 from ssd.data.record_files import resolve_files
@@ -163,7 +167,22 @@ def convert_to_tflite(model: keras.Model, config: Config, quantize: str | None =
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     check_builtin_only(content)
-    return content
+    return name_signature_tensors(content)
+
+
+def name_signature_tensors(content: bytes) -> bytes:
+    """The model with each signature input and output tensor renamed to its signature name.
+
+    The converter names them after the graph it converted ("serving_default_images:0",
+    "PartitionedCall:0".."PartitionedCall:3"); only the signature maps the meaningful names
+    to them. Renaming changes no computation: signatures refer to tensors by index.
+    """
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    for signature in model.signatureDefs:
+        tensors = model.subgraphs[signature.subgraphIndex].tensors
+        for entry in list(signature.inputs) + list(signature.outputs):
+            tensors[entry.tensorIndex].name = entry.name
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def configure_converter(converter: tf.lite.TFLiteConverter, quantize: str | None,
@@ -202,15 +221,17 @@ def _quantize_network_only(converter: tf.lite.TFLiteConverter) -> bytes:
 def export_tflite(model: keras.Model, config: Config, export_dir: str | os.PathLike,
                   quantize: str | None = None,
                   representative_images: Iterable[np.ndarray] | None = None,
-                  overwrite: bool = False) -> str:
+                  overwrite: bool = False, source: Mapping[str, Any] | None = None) -> str:
     """Writes `export_dir/model.tflite` (`convert_to_tflite(...)`) with the class names and the
-    config beside it, as the SavedModel export does: complete or not at all. Returns the
-    .tflite file's path."""
+    config beside it, as the SavedModel export does: complete or not at all; with `source`
+    ({"checkpoint", "step"} of the weights) also export.json. Returns the .tflite file's path."""
     content = convert_to_tflite(model, config, quantize, representative_images)
     with directory_written_aside(export_dir, overwrite) as directory:
         with open(os.path.join(directory, TFLITE_FILENAME), "wb") as f:
             f.write(content)
         write_descriptions(config, directory)
+        if source is not None:
+            write_export_info(directory, source, "tflite", quantize)
     return os.path.join(os.fspath(export_dir), TFLITE_FILENAME)
 
 

@@ -57,6 +57,10 @@ def test_help_exits_0_with_the_flags_and_no_startup_lines(app):
 @pytest.mark.parametrize("arguments, message", [
     (["train.py", "--model_dir=x"], "train.py: error: --data_dir is required (see --help)"),
     (["eval.py", "--model_dir=x"], "eval.py: error: --data_dir is required (see --help)"),
+    (["eval.py", "--data_dir=x"], "eval.py: error: --model_dir (or --exported_model) is required (see --help)"),
+    (["eval.py", "--exported_model=x"], "eval.py: error: --data_dir is required (see --help)"),
+    (["eval.py", "--exported_model=x", "--data_dir=y", "--checkpoint_path=z"],
+     "eval.py: error: --checkpoint_path: for checkpoints only, not with --exported_model (see --help)"),
     (["export.py", "--model_dir=x"], "export.py: error: --export_dir is required (see --help)"),
     (["visualize.py", "--images=x"], "visualize.py: error: --output_dir is required (see --help)"),
     (["dataset/convert_voc.py", "--voc_root=x"],

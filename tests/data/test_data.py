@@ -139,6 +139,25 @@ def test_predict_yields_features_only(shards):
     assert sum(b["image"].shape[0] for b in batches) == len(truth)
 
 
+def test_encoded_images_are_the_records_own_bytes(shards):
+    """For exported models, which decode and resize themselves: the record's encoded image, with
+    the same ids, shapes and labels as the preprocessed batches."""
+    directory, truth = shards
+    config = tiny_config(**{"eval.batch_size": 5})
+    encoded = list(make_input_fn(directory, config, ModeKeys.EVAL, encoded_images=True)())
+    preprocessed = list(make_input_fn(directory, config, ModeKeys.EVAL)())
+    assert len(encoded) == len(preprocessed) == 3
+    for (features, labels), (reference, reference_labels) in zip(encoded, preprocessed):
+        assert features["image"].dtype == tf.string and features["image"].shape.rank == 1
+        np.testing.assert_array_equal(features["image_id"], reference["image_id"])
+        np.testing.assert_array_equal(features["original_shape"], reference["original_shape"])
+        np.testing.assert_array_equal(labels["boxes"], reference_labels["boxes"])
+        for image_id, data in zip(features["image_id"].numpy(), features["image"].numpy()):
+            assert data == jpeg(truth[image_id.decode()]["pixels"])
+    with pytest.raises(ValueError, match="encoded_images: training needs"):
+        make_input_fn(directory, config, ModeKeys.TRAIN, encoded_images=True)
+
+
 def decode_numpy(encodings, anchors, variances):
     a_cy, a_cx = (anchors[:, 0] + anchors[:, 2]) / 2, (anchors[:, 1] + anchors[:, 3]) / 2
     a_h, a_w = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]

@@ -9,6 +9,7 @@ spread out.
 """
 
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -361,6 +362,8 @@ def test_export_app_writes_tflite_models_that_detect_like_the_library(shapes, te
                "--format=tflite"]
     _run(command)
     exported = (export_dir / te.TFLITE_FILENAME).read_bytes()
+    info = json.loads((export_dir / "export.json").read_text())  # what eval.py --exported_model reports
+    assert info == {"checkpoint": str(model_dir / "ckpt-600"), "step": 600, "format": "tflite", "quantize": None}
     images = [image for _, image, *_ in test_images[:3]]
     for ours, library in zip(_tflite_detections(exported, images), _tflite_detections(float_model, images)):
         for name in te.OUTPUT_NAMES.values():
@@ -369,6 +372,7 @@ def test_export_app_writes_tflite_models_that_detect_like_the_library(shapes, te
     _run(command[:-2] + [f"--export_dir={int8_dir}", "--format=tflite", "--quantize=int8",
                          f"--calibration_data={train_files}", "--calibration_images=20"])
     details = te.interpreter((int8_dir / te.TFLITE_FILENAME).read_bytes()).get_tensor_details()
+    assert json.loads((int8_dir / "export.json").read_text())["quantize"] == "int8"
     assert any(d["dtype"] == np.int8 for d in details)
     refused = subprocess.run(command[:-1] + ["--quantize=int8"], cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode == 2 and "--quantize goes with --format=tflite" in refused.stderr
