@@ -16,7 +16,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ssd import cpu  # noqa: E402  (no TensorFlow: it reads /proc/cpuinfo)
 
 
 def measure(model, images, iterations: int, repeats: int) -> list[float]:
@@ -47,6 +54,7 @@ def main() -> None:
         raise SystemExit("peer_torchvision.py: error: needs torch and torchvision "
                          "(pip install torch torchvision)") from None
     torch.set_num_threads(args.threads)
+    print(f"{cpu.describe_cpu()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     torch.manual_seed(0)
     peers = {
         "torchvision ssd300_vgg16 (21 classes)":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ssd import cpu
 from ssd.config.loading import VOC_CLASSES
 from ssd.voc.eval import evaluate_files
 from ssd.voc.metric import VOCEvaluator
@@ -94,6 +95,7 @@ def main() -> None:
     result = evaluator.result()
     done = time.perf_counter()
     print(format_table(result))
+    print(cpu.describe_cpu())
     print(f"images: {args.images}, detections: {args.images * args.detections}")
     print(f"add_image: {added - start:.2f} s, result: {done - added:.2f} s, total: {done - start:.2f} s")
     if args.files:

@@ -109,13 +109,16 @@ def onednn_state(environ=None, flags: set[str] | None = None) -> str:
     return f"{'on' if on else 'off'} (TensorFlow's default for this CPU)"
 
 
+def describe_cpu() -> str:
+    """One line: CPU model and cores, vector extensions (for figures measured without TensorFlow)."""
+    vectors = [flag for flag in VECTOR_FLAGS if flag in cpu_flags()]
+    return f"CPU: {cpu_model()}, {os.cpu_count()} cores, {'/'.join(vectors) or 'no AVX2'}"
+
+
 def describe() -> str:
-    """One line: CPU model and cores, vector extensions, oneDNN, TensorFlow's thread settings
-    (0 = TensorFlow's default: one per core)."""
-    flags = cpu_flags()
-    vectors = [flag for flag in VECTOR_FLAGS if flag in flags]
-    line = (f"CPU: {cpu_model()}, {os.cpu_count()} cores, {'/'.join(vectors) or 'no AVX2'}; "
-            f"oneDNN {onednn_state(flags=flags)}")
+    """One line: `describe_cpu`, oneDNN, TensorFlow's thread settings (0 = TensorFlow's default:
+    one per core)."""
+    line = f"{describe_cpu()}; oneDNN {onednn_state()}"
     import tensorflow as tf  # after prefer_onednn, where the caller wants it
 
     intra = tf.config.threading.get_intra_op_parallelism_threads()
