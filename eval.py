@@ -70,26 +70,27 @@ def main(argv) -> None:
         if not FLAGS[name].value:
             raise app.UsageError(f"--{name} is required")
 
+    if FLAGS.watch and FLAGS.checkpoint_path:
+        raise app.UsageError("--watch follows the checkpoints of --model_dir; do not give "
+                             "--checkpoint_path")
+
     from ssd.data import record_classes
-    from ssd.data.record_files import DataError
     from ssd.engine.checkpoint_evaluation import run_evaluation
-    from ssd.modeling import checkpoints
-    try:
-        config = config_lib.load_saved_config(FLAGS.model_dir)
-        if FLAGS.batch_size:
-            config = config_lib.config_from(
-                config_lib.to_dict(config),
-                config_lib.Overrides({"eval.batch_size": FLAGS.batch_size}, {"eval.batch_size": "--batch_size"}),
-                FLAGS.model_dir)
-        record_classes.check_record_classes(FLAGS.data_dir, config.data.class_names)
-        timeout = FLAGS.watch_timeout_secs if FLAGS.watch_timeout_secs > 0 else None
-        summaries = run_evaluation(
-            config, FLAGS.model_dir, FLAGS.data_dir, checkpoint_path=FLAGS.checkpoint_path,
-            metric=FLAGS.metric, output_dir=FLAGS.output_dir, watch=FLAGS.watch,
-            watch_timeout_secs=timeout, watch_interval_secs=FLAGS.watch_interval_secs,
-            precision=FLAGS.precision, jit_compile=FLAGS.jit_compile)
-    except (config_lib.ConfigError, checkpoints.CheckpointError, DataError, ValueError) as e:
-        sys.exit(f"eval.py: error: {e}")
+
+    # a bad config, checkpoint or data set raises a UserError: one line (cli.run)
+    config = config_lib.load_saved_config(FLAGS.model_dir)
+    if FLAGS.batch_size:
+        config = config_lib.config_from(
+            config_lib.to_dict(config),
+            config_lib.Overrides({"eval.batch_size": FLAGS.batch_size}, {"eval.batch_size": "--batch_size"}),
+            FLAGS.model_dir)
+    record_classes.check_record_classes(FLAGS.data_dir, config.data.class_names)
+    timeout = FLAGS.watch_timeout_secs if FLAGS.watch_timeout_secs > 0 else None
+    summaries = run_evaluation(
+        config, FLAGS.model_dir, FLAGS.data_dir, checkpoint_path=FLAGS.checkpoint_path,
+        metric=FLAGS.metric, output_dir=FLAGS.output_dir, watch=FLAGS.watch,
+        watch_timeout_secs=timeout, watch_interval_secs=FLAGS.watch_interval_secs,
+        precision=FLAGS.precision, jit_compile=FLAGS.jit_compile)
     for summary in summaries:
         if "output_dir" in summary:
             print(f"step {summary['step']}: reports in {summary['output_dir']}")

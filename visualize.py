@@ -38,7 +38,7 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image, UnidentifiedImageError
 
-from ssd.config import loading as config_lib
+from ssd.errors import UserError
 
 FLAGS = flags.FLAGS
 
@@ -65,8 +65,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 MAX_LISTED_SKIPS = 10
 
 
-class UsageError(Exception):
-    """A problem with the command line; main() prints it without a traceback."""
+class UsageError(UserError):
+    """A problem with the command line: printed as one line without a traceback (ssd.cli.run)."""
 
 
 def collect_images(entries: list[str]) -> list[Path]:
@@ -314,9 +314,7 @@ def main(argv) -> None:
     if FLAGS.checkpoint_path and not FLAGS.model_dir:
         raise app.UsageError("--checkpoint_path goes with --model_dir")
 
-    from ssd.modeling import checkpoints
-
-    try:
+    try:  # UserErrors (bad config, checkpoint, ...) are printed as one line by cli.run
         paths = collect_images(FLAGS.images)
         annotations_dir = Path(FLAGS.annotations_dir) if FLAGS.annotations_dir else None
         if annotations_dir is not None and not annotations_dir.is_dir():
@@ -328,8 +326,8 @@ def main(argv) -> None:
                                           FLAGS.precision)
         counts = run(paths, detector, Path(FLAGS.output_dir), FLAGS.score_threshold, annotations_dir,
                      FLAGS.exif)
-    except (UsageError, config_lib.ConfigError, checkpoints.CheckpointError, OSError) as e:
-        sys.exit(f"visualize.py: error: {e}")
+    except OSError as e:  # an --output_dir that cannot be written, ...
+        cli.user_error(str(e))
     print(summary_line(counts, FLAGS.score_threshold, FLAGS.output_dir, annotations_dir is not None))
 
 
