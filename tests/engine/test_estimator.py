@@ -520,3 +520,60 @@ def test_a_stop_signal_during_a_step_saves_that_step_and_ends_the_session(tmp_pa
     assert (stopped.value.step, stopped.value.checkpoint) == (2, str(tmp_path / "ckpt-2"))
     assert stopped.value.exit_code == 143 and saved == [str(tmp_path / "ckpt-2")]
     assert float(tf.train.load_checkpoint(str(tmp_path / "ckpt-2")).get_tensor("w/.ATTRIBUTES/VARIABLE_VALUE")) == 2.0
+
+
+def _counting_session(tmp_path, cadence_steps: int, start_step: int = 0):
+    """A session whose step returns loss = 1 / (step number), its summaries in tmp_path/events."""
+    from ssd.modeling.checkpoints import Checkpointer
+    from ssd.engine.training import Cadence, StepResult, TrainingSession
+    weight = tf.Variable(float(start_step))
+
+    def step_fn(iterator):
+        weight.assign_add(1.0)
+        return StepResult({"loss": tf.constant(1.0 / float(weight.numpy()))}, tf.constant(True),
+                          tf.constant(2, tf.int64), {})
+
+    writer = tf.summary.create_file_writer(str(tmp_path / "events"))
+    cadence = Cadence(save_checkpoints_steps=None, save_summary_steps=cadence_steps,
+                      log_step_count_steps=cadence_steps)
+    return TrainingSession(step_fn, Checkpointer({"w": weight}, str(tmp_path), max_to_keep=5), writer,
+                           cadence, start_step=start_step), writer
+
+
+def _step_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+
+
+def test_a_run_shorter_than_the_cadence_logs_and_summarizes_its_first_and_last_steps(tmp_path, caplog):
+    import logging as python_logging
+    caplog.set_level(python_logging.INFO)
+    session, writer = _counting_session(tmp_path, cadence_steps=100)
+    session.run(iterator=None, max_steps=5)
+    writer.close()
+    lines = _step_lines(caplog)
+    assert lines[0].startswith("step 1: tracing the training step's graph")  # said before it runs
+    logged = [line for line in lines if "/5:" in line]
+    assert [line.split(":")[0] for line in logged] == ["step 1/5", "step 5/5"]
+    assert "loss 1 | first step " in logged[0] and "steps/s" not in logged[0]
+    assert "loss 0.2 |" in logged[1] and "steps/s" in logged[1] and "ETA 0:00:00" in logged[1]
+    tags = _summary_tags(tmp_path / "events")
+    assert tags["loss"] == {1, 5}
+    assert tags["global_step/sec"] == {5}  # the first step's time is the graph's building
+
+    # a resumed session: its own first step, and the run's last
+    caplog.clear()
+    resumed, writer = _counting_session(tmp_path / "resumed", cadence_steps=100, start_step=5)
+    resumed.run(iterator=None, max_steps=8)
+    writer.close()
+    assert [line.split(":")[0] for line in _step_lines(caplog) if "/8:" in line] == ["step 6/8", "step 8/8"]
+    assert _summary_tags(tmp_path / "resumed" / "events")["loss"] == {6, 8}
+
+
+def test_a_cadence_of_0_still_logs_and_summarizes_nothing(tmp_path, caplog):
+    import logging as python_logging
+    caplog.set_level(python_logging.INFO)
+    session, writer = _counting_session(tmp_path, cadence_steps=0)
+    session.run(iterator=None, max_steps=3)
+    writer.close()
+    assert not [line for line in _step_lines(caplog) if "/3:" in line]
+    assert "loss" not in _summary_tags(tmp_path / "events")
