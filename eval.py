@@ -7,7 +7,9 @@ r"""Evaluates a trained SSD on a test set with the PASCAL VOC or the COCO metric
 
 The config is the one training saved in model_dir/config.json; the checkpoint is model_dir's
 latest unless --checkpoint_path is given. Prints the per-class AP table and the mAP, and writes
-into --output_dir (default model_dir/eval_<step>): the VOC result files (results/
+into <output_dir>/<metric> (--output_dir defaults to model_dir/eval_<step>; each metric has its
+own directory, so evaluating a checkpoint with another metric keeps the first one's files): the
+VOC result files (results/
 comp4_det_test_<class>.txt), summary.json (metric, per-class APs, mAP, step, checkpoint, number
 of images) and precision_recall.png. The mAP and per-class APs also go to TensorBoard
 (model_dir/eval) at the checkpoint's step.
@@ -23,7 +25,7 @@ category ids (the map `<name>_categories.json` beside the shards; its names must
 classes). TensorBoard gets the 12 numbers ("coco/AP", ...) and per-class APs ("coco_classes/<name>").
 
 --watch evaluates every new checkpoint as training writes it (the newest when several are
-waiting), each into <output_dir or model_dir>/eval_<step>, and stops after evaluating the
+waiting), each into <output_dir or model_dir>/eval_<step>/<metric>, and stops after evaluating the
 checkpoint at train.max_steps or when no new checkpoint appears for --watch_timeout_secs.
 """
 
@@ -52,7 +54,8 @@ flags.DEFINE_string("data_dir", None, "Test TFRecords: a glob, comma-separated g
                     "holding one data set's *-of-* shards.")
 flags.DEFINE_enum("metric", None, ["voc07", "voc12", "coco"], "voc07: 11-point AP; voc12: all-point "
                   "AP; coco: COCO AP@[.5:.95] and its 12 numbers. Default: eval.metric of the config.")
-flags.DEFINE_string("output_dir", None, "Where reports go; default model_dir/eval_<step>.")
+flags.DEFINE_string("output_dir", None, "Reports go into its subdirectory named after the metric; "
+                    "default model_dir/eval_<step>.")
 flags.DEFINE_integer("batch_size", None, "Images per inference call; default eval.batch_size.")
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Inference precision.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the network (post-processing is not).")
