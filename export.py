@@ -85,6 +85,8 @@ def export_tflite_model(model, config) -> tuple[str, str | None]:
                                                           FLAGS.calibration_images)
         note = calibration_note(len(calibration), FLAGS.calibration_images, FLAGS.calibration_data)
         logging.info("%s", note)
+    logging.info("converting to TensorFlow Lite (%s): tracing the network, then converting%s",
+                 quantize or "float32", " and calibrating" if quantize == "int8" else "")
     path = tflite_export.export_tflite(model, config, FLAGS.export_dir, quantize, calibration,
                                        overwrite=FLAGS.overwrite)
     return path, note
@@ -116,6 +118,8 @@ def main(argv) -> None:
         if FLAGS.format == "tflite":
             path, note = export_tflite_model(model, config)
         else:
+            logging.info("exporting %s (step %d): tracing the signatures and writing the SavedModel",
+                         checkpoint, step)
             path = export_saved_model(model, config, FLAGS.export_dir, overwrite=FLAGS.overwrite,
                                       score_threshold=FLAGS.score_threshold)
     except (FileExistsError, FileNotFoundError) as e:  # --export_dir exists, a file is missing

@@ -82,6 +82,8 @@ def run_evaluation(config: Config, model_dir: str, data: str, *, checkpoint_path
     else:
         checkpoints = watch_checkpoints(model_dir, watch_timeout_secs, watch_interval_secs)
     files = resolve_record_files(data)
+    if count_images:  # reads every file through: seconds for large data sets
+        logging.info("counting the images of %s (%d files)", data, len(files))
     num_images = count_records(files) if count_images else None
     if num_images == 0:
         raise DataError(f"{data} holds no records ({len(files)} files: {', '.join(files[:3])}"
