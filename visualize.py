@@ -6,8 +6,9 @@ r"""Draws a trained SSD's detections on images, at their original resolution.
   python visualize.py --images=photos/ --saved_model=exported/ssd300 --output_dir=drawn
 
 --images takes files, folders (their .jpg/.jpeg/.png/.bmp/.webp files; other files in them are
-counted and named in the log) and globs, comma-separated; any size, grayscale and RGBA too. The detector is model_dir's config and latest checkpoint (or
---checkpoint_path), or an exported SavedModel (--saved_model, its uint8 signature with
+counted and named in the log) and globs, comma-separated; any size, grayscale and RGBA too. The
+detector is model_dir's config and latest checkpoint (or --checkpoint_path), or an exported
+SavedModel (--saved_model, its uint8 signature with
 --score_threshold as its score_threshold input). Each image is written to --output_dir under its
 own name with the boxes scoring at least --score_threshold drawn with class names and scores.
 With --annotations_dir, the VOC XML of the same stem is drawn beside the detections (detections
@@ -60,8 +61,8 @@ flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Inference pr
                   "--model_dir).")
 flags.DEFINE_enum("exif", "auto", ["auto", "apply", "ignore"],
                   "With --annotations_dir or --annotations_file, photos with an EXIF orientation "
-                  "tag whose annotated size cannot "
-                  "tell which pixel grid the boxes refer to: auto keeps the stored grid and warns, "
+                  "tag whose annotated size cannot tell which pixel grid the boxes refer to: auto "
+                  "keeps the stored grid and warns, "
                   "apply turns them upright, ignore keeps the stored grid (the converters' rule). "
                   "Images drawn without an annotation are always shown upright.")
 flags.DEFINE_integer("batch_size", None, "Images per inference call (with --model_dir); default "
@@ -77,6 +78,7 @@ class UsageError(UserError):
 
 
 def listed(names: list[str]) -> str:
+    """The first MAX_LISTED_SKIPS names, comma-separated, with "..." when there are more."""
     return ", ".join(names[:MAX_LISTED_SKIPS]) + (", ..." if len(names) > MAX_LISTED_SKIPS else "")
 
 
