@@ -206,7 +206,7 @@ def run(model_dir: str) -> None:
 
     from ssd.data.record_files import data_error_from
     from ssd.engine.distribute import is_chief
-    from ssd.engine.estimator import Estimator, NonFiniteLossError
+    from ssd.engine.estimator import Estimator
     from ssd.engine.interrupts import StopSignals
     from ssd.engine.model_dir_lock import ModelDirLock, ModelDirLockedError
     from ssd.engine.model_fn import SSDModelFn
@@ -229,7 +229,7 @@ def run(model_dir: str) -> None:
             train(estimator, config, train_input_fn, eval_input_fn, signals)
     except (ModelDirLockedError, DamagedCheckpointError) as e:
         raise TrainingError(str(e)) from e
-    except NonFiniteLossError as e:
+    except FloatingPointError as e:  # NonFiniteLossError, or weights gone non-finite at a save
         raise TrainingError(f"{e}. {NAN_REMEDY}") from e
     except tf.errors.OpError as e:
         damaged = data_error_from(e)  # a record damaged past the checked start of its file
