@@ -3,9 +3,10 @@
 The files are the metric's own (`ssd.engine.evaluators`); here they get the step and checkpoint
 they belong to, and a directory of their metric's name (`report_dir_template`: e.g.
 model_dir/eval_<step>/voc07/), so that evaluating a checkpoint with another metric keeps both.
-In TensorBoard (model_dir/eval, see `summary_dir`) each evaluation writes its metric's scalars, the precision/recall curves when the metric has them (PR_CURVES_PREFIX + class
-name, none for a class without detections or ground truth) and the pictures of
-`ssd.engine.evaluation_pictures` (tag IMAGES_TAG).
+In TensorBoard (model_dir/eval, see `summary_dir`) each evaluation writes its metric's scalars,
+the precision/recall curves when the metric has them (PR_CURVES_PREFIX + class name, none for a
+class without detections or ground truth) and the pictures of `ssd.engine.evaluation_pictures`
+(tag IMAGES_TAG).
 """
 
 from __future__ import annotations
