@@ -51,6 +51,7 @@ from ssd.progress import format_duration
 
 REPO_ROOT = Path(__file__).resolve().parent
 RECIPE = "ssd300_shapes_cpu"
+EVAL_METRIC = "voc07"  # eval.py writes its reports into eval/<metric>/
 DEFAULT_OUTPUT_DIR = REPO_ROOT / "demo_output"
 OWNED_ENTRIES = ("shapes", "tfrecords", "model", "eval", "pictures", "logs", "demo_summary.json")
 TRAIN_NAME = "shapes_trainval"
@@ -107,6 +108,10 @@ class DemoPaths:
     @property
     def eval_dir(self) -> Path:
         return self.output_dir / "eval"
+
+    @property
+    def eval_report_dir(self) -> Path:
+        return self.eval_dir / EVAL_METRIC
 
     @property
     def pictures_dir(self) -> Path:
@@ -243,7 +248,8 @@ def plan_stages(paths: DemoPaths, settings: DemoSettings, seed: int, python: str
                         f"the losses, speed and ETA"))
     stages.append(Stage("evaluate", (
         python, "eval.py", f"--model_dir={p(paths.model_dir)}",
-        f"--data_dir={p(paths.records(TEST_NAME))}", f"--output_dir={p(paths.eval_dir)}"),
+        f"--data_dir={p(paths.records(TEST_NAME))}", f"--output_dir={p(paths.eval_dir)}",
+        f"--metric={EVAL_METRIC}"),
         "VOC07 mAP of the last checkpoint on the held-out test split"))
     pictures = _picture_files(paths, settings)
     stages.append(Stage("visualize", (
@@ -323,7 +329,7 @@ def clear_outputs(paths: DemoPaths) -> None:
 
 
 def read_eval_summary(paths: DemoPaths) -> dict:
-    summary_file = paths.eval_dir / "summary.json"
+    summary_file = paths.eval_report_dir / "summary.json"
     if not summary_file.is_file():
         raise FileNotFoundError(f"eval.py wrote no {summary_file}")
     return json.loads(summary_file.read_text())
@@ -364,7 +370,7 @@ def run_demo(output_dir: str | os.PathLike = DEFAULT_OUTPUT_DIR, *, seed: int = 
         "voc_root": str(paths.voc_root),
         "records": {"trainval": str(paths.records(TRAIN_NAME)), "test": str(paths.records(TEST_NAME))},
         "model_dir": str(paths.model_dir),
-        "eval_dir": str(paths.eval_dir),
+        "eval_dir": str(paths.eval_report_dir),
         "pictures_dir": str(paths.pictures_dir),
         "pictures": sorted(str(p) for p in paths.pictures_dir.iterdir() if p.is_file()),
         "logs_dir": str(paths.logs_dir),

@@ -9,7 +9,9 @@ r"""Evaluates a trained SSD on a test set with the PASCAL VOC or the COCO metric
 
 The config is the one training saved in model_dir/config.json; the checkpoint is model_dir's
 latest unless --checkpoint_path is given. Prints the per-class AP table and the mAP, and writes
-into --output_dir (default model_dir/eval_<step>): the VOC result files (results/
+into <output_dir>/<metric> (--output_dir defaults to model_dir/eval_<step>; each metric has its
+own directory, so evaluating a checkpoint with another metric keeps the first one's files): the
+VOC result files (results/
 comp4_det_test_<class>.txt), summary.json (metric, per-class APs, mAP, step, checkpoint, number
 of images) and precision_recall.png. The mAP and per-class APs also go to TensorBoard
 (model_dir/eval) at the checkpoint's step.
@@ -25,7 +27,7 @@ category ids (the map `<name>_categories.json` beside the shards; its names must
 classes). TensorBoard gets the 12 numbers ("coco/AP", ...) and per-class APs ("coco_classes/<name>").
 
 --watch evaluates every new checkpoint as training writes it (the newest when several are
-waiting), each into <output_dir or model_dir>/eval_<step>, and stops after evaluating the
+waiting), each into <output_dir or model_dir>/eval_<step>/<metric>, and stops after evaluating the
 checkpoint at train.max_steps or when no new checkpoint appears for --watch_timeout_secs.
 
 --exported_model scores what export.py wrote instead of a checkpoint: a SavedModel directory, a
@@ -33,8 +35,9 @@ checkpoint at train.max_steps or when no new checkpoint appears for --watch_time
 and class names are the ones exported beside the model; the SavedModel gets the encoded images,
 the TFLite model each image resized to uint8 S x S as an app does. Same tables and report files;
 summary.json adds exported_model, format and quantize (step and checkpoint from the export's
-export.json). Reports go to --output_dir, default beside the model (<model>_eval: exported/ssd300_eval,
-exported/lite/model_eval for exported/lite/model.tflite); nothing to TensorBoard.
+export.json). Reports go to <--output_dir>/<metric>, output_dir default beside the model (<model>_eval:
+exported/ssd300_eval, exported/lite/model_eval for exported/lite/model.tflite); nothing to
+TensorBoard.
 """
 
 from __future__ import annotations
@@ -64,8 +67,8 @@ flags.DEFINE_string("data_dir", None, "Test TFRecords: a glob, comma-separated g
                     "holding one data set's *-of-* shards.")
 flags.DEFINE_enum("metric", None, ["voc07", "voc12", "coco"], "voc07: 11-point AP; voc12: all-point "
                   "AP; coco: COCO AP@[.5:.95] and its 12 numbers. Default: eval.metric of the config.")
-flags.DEFINE_string("output_dir", None, "Where reports go; default model_dir/eval_<step> (with "
-                    "--exported_model: <model>_eval beside it).")
+flags.DEFINE_string("output_dir", None, "Reports go into its subdirectory named after the metric; "
+                    "default model_dir/eval_<step> (with --exported_model: <model>_eval beside it).")
 flags.DEFINE_integer("batch_size", None, "Images per inference call; default eval.batch_size.")
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Inference precision.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the network (post-processing is not).")
@@ -86,13 +89,11 @@ def evaluate_exported_model() -> None:
     if given:
         raise app.UsageError(f"{', '.join(given)}: for checkpoints only, not with --exported_model")
 
-    from ssd.data.record_files import DataError
     from ssd.engine.exported_evaluation import evaluate_exported
-    try:
-        summary = evaluate_exported(FLAGS.exported_model, FLAGS.data_dir, metric=FLAGS.metric,
-                                    output_dir=FLAGS.output_dir, batch_size=FLAGS.batch_size)
-    except (config_lib.ConfigError, DataError, ValueError) as e:
-        sys.exit(f"eval.py: error: {e}")
+
+    # a bad model, config or data set raises a UserError: one line (cli.run)
+    summary = evaluate_exported(FLAGS.exported_model, FLAGS.data_dir, metric=FLAGS.metric,
+                                output_dir=FLAGS.output_dir, batch_size=FLAGS.batch_size)
     print(f"{FLAGS.exported_model}: reports in {summary['output_dir']}")
 
 
@@ -107,27 +108,28 @@ def main(argv) -> None:
     if not FLAGS.data_dir:
         raise app.UsageError("--data_dir is required")
 
+    if FLAGS.watch and FLAGS.checkpoint_path:
+        raise app.UsageError("--watch follows the checkpoints of --model_dir; do not give "
+                             "--checkpoint_path")
+
     from ssd.data import record_classes
-    from ssd.data.record_files import DataError
     from ssd.engine.checkpoint_evaluation import run_evaluation
-    from ssd.modeling import checkpoints
-    try:
-        config = config_lib.load_saved_config(FLAGS.model_dir)
-        if FLAGS.batch_size:
-            config = config_lib.config_from(
-                config_lib.to_dict(config),
-                config_lib.Overrides({"eval.batch_size": FLAGS.batch_size}, {"eval.batch_size": "--batch_size"}),
-                FLAGS.model_dir)
-        record_classes.check_record_classes(FLAGS.data_dir, config.data.class_names,
-                                           remedy=record_classes.evaluation_remedy)
-        timeout = FLAGS.watch_timeout_secs if FLAGS.watch_timeout_secs > 0 else None
-        summaries = run_evaluation(
-            config, FLAGS.model_dir, FLAGS.data_dir, checkpoint_path=FLAGS.checkpoint_path,
-            metric=FLAGS.metric, output_dir=FLAGS.output_dir, watch=FLAGS.watch,
-            watch_timeout_secs=timeout, watch_interval_secs=FLAGS.watch_interval_secs,
-            precision=FLAGS.precision, jit_compile=FLAGS.jit_compile)
-    except (config_lib.ConfigError, checkpoints.CheckpointError, DataError, ValueError) as e:
-        sys.exit(f"eval.py: error: {e}")
+
+    # a bad config, checkpoint or data set raises a UserError: one line (cli.run)
+    config = config_lib.load_saved_config(FLAGS.model_dir)
+    if FLAGS.batch_size:
+        config = config_lib.config_from(
+            config_lib.to_dict(config),
+            config_lib.Overrides({"eval.batch_size": FLAGS.batch_size}, {"eval.batch_size": "--batch_size"}),
+            FLAGS.model_dir)
+    record_classes.check_record_classes(FLAGS.data_dir, config.data.class_names,
+                                       remedy=record_classes.evaluation_remedy)
+    timeout = FLAGS.watch_timeout_secs if FLAGS.watch_timeout_secs > 0 else None
+    summaries = run_evaluation(
+        config, FLAGS.model_dir, FLAGS.data_dir, checkpoint_path=FLAGS.checkpoint_path,
+        metric=FLAGS.metric, output_dir=FLAGS.output_dir, watch=FLAGS.watch,
+        watch_timeout_secs=timeout, watch_interval_secs=FLAGS.watch_interval_secs,
+        precision=FLAGS.precision, jit_compile=FLAGS.jit_compile)
     for summary in summaries:
         if "output_dir" in summary:
             print(f"step {summary['step']}: reports in {summary['output_dir']}")

@@ -45,9 +45,8 @@ from ssd import cli  # first: keeps TensorFlow's start-up lines quiet, whoever i
 
 cli.quiet_tensorflow_startup()
 
-from absl import app, flags
+from absl import app, flags, logging
 
-from ssd.config import loading as config_lib
 
 FLAGS = flags.FLAGS
 
@@ -69,16 +68,30 @@ flags.DEFINE_string("calibration_data", None, "TFLite int8: training TFRecords w
 flags.DEFINE_integer("calibration_images", 300, "TFLite int8: how many images calibrate.")
 
 
-def export_tflite_model(model, config, source) -> str:
+def calibration_note(used: int, asked: int, data: str) -> str:
+    """How many images calibrated the int8 model, and why fewer than asked."""
+    note = f"int8, calibrated on {used} images of {data}"
+    if used < asked:
+        note += f" (it holds only {used}; --calibration_images={asked} asked for more)"
+    return note
+
+
+def export_tflite_model(model, config, source) -> tuple[str, str | None]:
+    """(path of the .tflite file, the calibration note or None)."""
     from ssd.inference import tflite as tflite_export
 
     quantize = None if FLAGS.quantize == "none" else FLAGS.quantize
-    calibration = None
+    calibration, note = None, None
     if quantize == "int8":
         calibration = tflite_export.representative_images(FLAGS.calibration_data, config,
                                                           FLAGS.calibration_images)
-    return tflite_export.export_tflite(model, config, FLAGS.export_dir, quantize, calibration,
+        note = calibration_note(len(calibration), FLAGS.calibration_images, FLAGS.calibration_data)
+        logging.info("%s", note)
+    logging.info("converting to TensorFlow Lite (%s): tracing the network, then converting%s",
+                 quantize or "float32", " and calibrating" if quantize == "int8" else "")
+    path = tflite_export.export_tflite(model, config, FLAGS.export_dir, quantize, calibration,
                                        overwrite=FLAGS.overwrite, source=source)
+    return path, note
 
 
 def main(argv) -> None:
@@ -97,24 +110,24 @@ def main(argv) -> None:
     if FLAGS.format == "tflite" and FLAGS.precision != "float32":
         raise app.UsageError("--format=tflite exports float32 (use --quantize for smaller models)")
 
-    from ssd.modeling import checkpoints
     from ssd.inference.detector import load_trained_model
     from ssd.inference.saved_model import export_saved_model
-    from ssd.data.record_files import DataError
 
-    try:
+    try:  # UserErrors (bad config, checkpoint, calibration data) are printed as one line by cli.run
         config, model, checkpoint, step = load_trained_model(FLAGS.model_dir, FLAGS.checkpoint_path,
                                                              FLAGS.precision)
         source = {"checkpoint": checkpoint, "step": step}
+        note = None
         if FLAGS.format == "tflite":
-            path = export_tflite_model(model, config, source)
+            path, note = export_tflite_model(model, config, source)
         else:
+            logging.info("exporting %s (step %d): tracing the signatures and writing the SavedModel",
+                         checkpoint, step)
             path = export_saved_model(model, config, FLAGS.export_dir, overwrite=FLAGS.overwrite,
                                       score_threshold=FLAGS.score_threshold, source=source)
-    except (config_lib.ConfigError, checkpoints.CheckpointError, FileExistsError,
-            FileNotFoundError, DataError) as e:
-        sys.exit(f"export.py: error: {e}")
-    print(f"exported {checkpoint} (step {step}) to {path}")
+    except (FileExistsError, FileNotFoundError) as e:  # --export_dir exists, a file is missing
+        cli.user_error(str(e))
+    print(f"exported {checkpoint} (step {step}) to {path}" + (f"; {note}" if note else ""))
 
 
 if __name__ == "__main__":

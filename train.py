@@ -55,6 +55,7 @@ from absl import app, flags, logging
 from ssd.config import loading as config_lib
 from ssd.config import resume
 from ssd.engine.interrupts import TrainingInterrupted
+from ssd.errors import UserError
 
 FLAGS = flags.FLAGS
 
@@ -101,8 +102,8 @@ NAN_REMEDY = ("Remedies: a longer warm-up, e.g. --set train.lr_boundaries=[2000,
               "checkpoint.")
 
 
-class TrainingError(Exception):
-    """A problem the user can fix; main() prints the message without a traceback."""
+class TrainingError(UserError):
+    """A problem the user can fix: printed as one line without a traceback (ssd.cli.run)."""
 
 
 def explicit_overrides() -> config_lib.Overrides:
@@ -223,7 +224,7 @@ def run(model_dir: str) -> None:
 
     from ssd.data.record_files import data_error_from
     from ssd.engine.distribute import is_chief
-    from ssd.engine.estimator import Estimator, NonFiniteLossError
+    from ssd.engine.estimator import Estimator
     from ssd.engine.interrupts import StopSignals
     from ssd.engine.model_dir_lock import ModelDirLock, ModelDirLockedError
     from ssd.engine.model_fn import SSDModelFn
@@ -246,7 +247,7 @@ def run(model_dir: str) -> None:
             train(estimator, config, train_input_fn, eval_input_fn, signals)
     except (ModelDirLockedError, DamagedCheckpointError) as e:
         raise TrainingError(str(e)) from e
-    except NonFiniteLossError as e:
+    except FloatingPointError as e:  # NonFiniteLossError, or weights gone non-finite at a save
         raise TrainingError(f"{e}. {NAN_REMEDY}") from e
     except tf.errors.OpError as e:
         damaged = data_error_from(e)  # a record damaged past the checked start of its file
@@ -305,12 +306,8 @@ def main(argv) -> None:
         raise app.UsageError("--model_dir is required")
     if not FLAGS.data_dir:
         raise app.UsageError("--data_dir is required")
-    from ssd.data.record_classes import RecordClassesError  # TensorFlow loads after flag parsing
-
     try:
-        run(FLAGS.model_dir)
-    except (TrainingError, config_lib.ConfigError, RecordClassesError) as e:
-        sys.exit(f"train.py: error: {e}")
+        run(FLAGS.model_dir)  # its user errors are printed as one line by cli.run
     except TrainingInterrupted as e:
         sys.exit(interrupted(e))
     except KeyboardInterrupt:

@@ -2,21 +2,25 @@ r"""Draws a trained SSD's detections on images, at their original resolution.
 
   python visualize.py --images=photos/,extra.jpg --model_dir=runs/ssd300 --output_dir=drawn \
       [--checkpoint_path=runs/ssd300/ckpt-120000] [--score_threshold=0.5] \
-      [--annotations_dir=VOC2007/Annotations]
+      [--annotations_dir=VOC2007/Annotations | --annotations_file=annotations/instances_val2017.json]
   python visualize.py --images=photos/ --saved_model=exported/ssd300 --output_dir=drawn
 
---images takes files, folders (their .jpg/.jpeg/.png files) and globs, comma-separated; any size,
-grayscale and RGBA too. The detector is model_dir's config and latest checkpoint (or
---checkpoint_path), or an exported SavedModel (--saved_model, its uint8 signature with
+--images takes files, folders (their .jpg/.jpeg/.png/.bmp/.webp files; other files in them are
+counted and named in the log) and globs, comma-separated; any size, grayscale and RGBA too. The
+detector is model_dir's config and latest checkpoint (or --checkpoint_path), or an exported
+SavedModel (--saved_model, its uint8 signature with
 --score_threshold as its score_threshold input). Each image is written to --output_dir under its
 own name with the boxes scoring at least --score_threshold drawn with class names and scores.
 With --annotations_dir, the VOC XML of the same stem is drawn beside the detections (detections
-left, ground truth right); objects of classes the model does not know are counted and reported
-(a warning per name, and in the final line). Unreadable images are skipped, counted and logged.
+left, ground truth right); with --annotations_file, a COCO annotations JSON's objects of the image
+of the same file name (ssd.coco.image_truth). Objects of classes the model does not know are
+counted and reported (a warning per name, and in the final line). Unreadable images are skipped,
+counted and named (in the log and the final line).
 
 Pictures are shown as a person sees them: a photo's EXIF orientation is applied, and the detector
 runs on those upright pixels. With an annotation, its <size> decides the pixel grid as the
-converters decide it (ssd.data.orientation.orient_for_annotation): the upright picture when <size> is
+converters decide it (ssd.data.orientation.orient_for_annotation; a COCO image's width and height
+play the part of <size>): the upright picture when <size> is
 the upright size, the stored one when it is the stored size, and --exif=auto|apply|ignore when
 it cannot tell (auto keeps the stored grid and warns, like the converters).
 """
@@ -38,7 +42,7 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image, UnidentifiedImageError
 
-from ssd.config import loading as config_lib
+from ssd.errors import UserError
 
 FLAGS = flags.FLAGS
 
@@ -51,31 +55,44 @@ flags.DEFINE_string("output_dir", None, "Where the drawn images go.")
 flags.DEFINE_float("score_threshold", 0.5, "Draw detections scoring at least this.")
 flags.DEFINE_string("annotations_dir", None, "VOC XML annotations (<image stem>.xml): draw the "
                     "ground truth beside the detections.")
+flags.DEFINE_string("annotations_file", None, "A COCO annotations JSON (images matched by file "
+                    "name): draw the ground truth beside the detections.")
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Inference precision (with "
                   "--model_dir).")
 flags.DEFINE_enum("exif", "auto", ["auto", "apply", "ignore"],
-                  "With --annotations_dir, photos with an EXIF orientation tag whose <size> cannot "
-                  "tell which pixel grid the boxes refer to: auto keeps the stored grid and warns, "
+                  "With --annotations_dir or --annotations_file, photos with an EXIF orientation "
+                  "tag whose annotated size cannot tell which pixel grid the boxes refer to: auto "
+                  "keeps the stored grid and warns, "
                   "apply turns them upright, ignore keeps the stored grid (the converters' rule). "
                   "Images drawn without an annotation are always shown upright.")
 flags.DEFINE_integer("batch_size", None, "Images per inference call (with --model_dir); default "
                      "eval.batch_size.")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+KEPT_FORMATS = (".jpg", ".jpeg", ".png")  # drawn images keep these formats; others become PNG
 MAX_LISTED_SKIPS = 10
 
 
-class UsageError(Exception):
-    """A problem with the command line; main() prints it without a traceback."""
+class UsageError(UserError):
+    """A problem with the command line: printed as one line without a traceback (ssd.cli.run)."""
 
 
-def collect_images(entries: list[str]) -> list[Path]:
-    """Image paths of files, folders (non-recursive, by extension) and globs, in the given order."""
+def listed(names: list[str]) -> str:
+    """The first MAX_LISTED_SKIPS names, comma-separated, with "..." when there are more."""
+    return ", ".join(names[:MAX_LISTED_SKIPS]) + (", ..." if len(names) > MAX_LISTED_SKIPS else "")
+
+
+def collect_images(entries: list[str], left_out: list[str] | None = None) -> list[Path]:
+    """Image paths of files, folders (non-recursive, by extension) and globs, in the given order.
+    The other files of the folders are appended to `left_out`."""
     found: list[Path] = []
     for entry in entries:
         path = Path(entry)
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            files = sorted(p for p in path.iterdir() if p.is_file())
+            found += [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+            if left_out is not None:
+                left_out += [str(p) for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
         elif path.is_file():
             found.append(path)
         elif glob.has_magic(entry):
@@ -87,13 +104,13 @@ def collect_images(entries: list[str]) -> list[Path]:
             raise UsageError(f"--images: {entry} does not exist")
     unique = list(dict.fromkeys(p.resolve() for p in found))
     if not unique:
-        raise UsageError(f"--images: no .jpg/.jpeg/.png files in {', '.join(entries)}")
+        raise UsageError(f"--images: no {'/'.join(IMAGE_EXTENSIONS)} files in {', '.join(entries)}")
     return unique
 
 
 def output_name(path: Path, used: set[str]) -> str:
     """The image's own file name (PNG for formats other than JPEG/PNG), made unique."""
-    suffix = path.suffix if path.suffix.lower() in IMAGE_EXTENSIONS else ".png"
+    suffix = path.suffix if path.suffix.lower() in KEPT_FORMATS else ".png"
     name, k = path.stem + suffix, 1
     while name in used:
         name, k = f"{path.stem}_{k}{suffix}", k + 1
@@ -154,13 +171,40 @@ def read_image(path: Path) -> Image.Image:
         return image
 
 
-def read_ground_truth(annotation: Path, class_names: list[str]):
-    """(VOC annotation, boxes [N, 4] VOC pixels, labels [N], names of objects of unknown classes)."""
-    from ssd.voc.annotations import labeled_boxes, parse_voc_xml
+class VocImageTruth:
+    """One VOC XML's objects, as `ssd.coco.image_truth.ImageTruth` offers them."""
 
-    parsed = parse_voc_xml(annotation)
-    boxes, labels, _, unknown = labeled_boxes(parsed, class_names)
-    return parsed, boxes, labels, unknown
+    def __init__(self, annotation: Path):
+        from ssd.voc.annotations import parse_voc_xml
+
+        self._parsed = parse_voc_xml(annotation)
+        self.size = None if self._parsed.width is None else (self._parsed.width, self._parsed.height)
+
+    def labeled(self, class_names: list[str], height: int, width: int):
+        """(normalized boxes [N, 4], 1-based labels [N], names of objects of unknown classes)."""
+        from ssd.voc.annotations import labeled_boxes
+        from ssd.voc.coords import voc_to_normalized
+
+        boxes, labels, _, unknown = labeled_boxes(self._parsed, class_names)
+        return voc_to_normalized(boxes, height, width), labels, unknown
+
+
+class VocAnnotations:
+    """An --annotations_dir: the VOC XML of an image's stem."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def find(self, path: Path) -> tuple[VocImageTruth | None, str | None]:
+        from ssd.voc.annotations import VocXmlError
+
+        annotation = self.directory / f"{path.stem}.xml"
+        if not annotation.is_file():
+            return None, f"no annotation {annotation}"
+        try:
+            return VocImageTruth(annotation), None
+        except VocXmlError as e:
+            return None, str(e)
 
 
 def picture(stored: Image.Image, annotated: bool, annotated_size: tuple[int, int] | None, policy: str
@@ -185,12 +229,11 @@ def picture(stored: Image.Image, annotated: bool, annotated_size: tuple[int, int
 
 def ground_truth_image(image: Image.Image, boxes: np.ndarray, labels: np.ndarray,
                        class_names: list[str]) -> Image.Image:
+    """`image` with the normalized ground-truth `boxes` drawn."""
     from ssd.draw import draw_boxes
-    from ssd.voc.coords import voc_to_normalized
 
     height, width = image.height, image.width
-    edges = voc_to_normalized(boxes, height, width) * np.array([height, width, height, width])
-    return draw_boxes(image, edges, labels, class_names)
+    return draw_boxes(image, boxes * np.array([height, width, height, width]), labels, class_names)
 
 
 def draw(image: Image.Image, detection: dict, class_names: list[str], threshold: float) -> tuple[Image.Image, int]:
@@ -203,36 +246,29 @@ def draw(image: Image.Image, detection: dict, class_names: list[str], threshold:
     return drawn, int(np.count_nonzero(scores >= threshold))
 
 
-def _load(path: Path, annotations_dir: Path | None, class_names: list[str], policy: str) -> dict:
-    """One image's pixels to draw on and, when its annotation reads, the ground truth."""
-    from ssd.voc.annotations import VocXmlError
-
+def _load(path: Path, annotations, class_names: list[str], policy: str) -> dict:
+    """One image's pixels to draw on and, when its annotation is found, the ground truth
+    (normalized boxes, labels, names of unknown classes)."""
     item = {"path": path, "truth": None, "problem": None}
     stored = read_image(path)
-    annotated, annotated_size = False, None
-    if annotations_dir is not None:
-        annotation = annotations_dir / f"{path.stem}.xml"
-        if not annotation.is_file():
-            item["problem"] = f"no annotation {annotation}"
-        else:
-            try:
-                parsed, boxes, labels, unknown = read_ground_truth(annotation, class_names)
-            except VocXmlError as e:
-                item["problem"] = str(e)
-            else:
-                item["truth"] = (boxes, labels, unknown)
-                annotated = True
-                annotated_size = None if parsed.width is None else (parsed.width, parsed.height)
-    item["image"], warning = picture(stored, annotated, annotated_size, policy)
+    found = None
+    if annotations is not None:
+        found, item["problem"] = annotations.find(path)
+    item["image"], warning = picture(stored, found is not None, None if found is None else found.size,
+                                     policy)
     if warning:
         logging.warning("%s: %s", path, warning)
+    if found is not None:
+        item["truth"] = found.labeled(class_names, item["image"].height, item["image"].width)
     return item
 
 
 def run(paths: list[Path], detector, output_dir: Path, threshold: float,
-        annotations_dir: Path | None, exif_policy: str = "auto") -> dict:
-    """Draws every image; returns the counts (written, skipped, boxes, no_annotation) and
-    "unknown_classes": {name: objects} of annotated classes the model does not know."""
+        annotations=None, exif_policy: str = "auto") -> dict:
+    """Draws every image; returns the counts (written, skipped, boxes, no_annotation),
+    "skipped_files" (the unreadable images) and "unknown_classes": {name: objects} of annotated
+    classes the model does not know. `annotations`: VocAnnotations, a COCO file's
+    `ssd.coco.image_truth.CocoImageTruths` or None."""
     from collections import Counter
 
     from ssd.draw import side_by_side
@@ -251,7 +287,7 @@ def run(paths: list[Path], detector, output_dir: Path, threshold: float,
         batch = []
         for path in paths[start:start + detector.batch_size]:
             try:
-                batch.append(_load(path, annotations_dir, detector.class_names, exif_policy))
+                batch.append(_load(path, annotations, detector.class_names, exif_policy))
             except (UnidentifiedImageError, OSError, ValueError) as e:
                 counts["skipped"] += 1
                 skipped.append(str(path))
@@ -264,7 +300,7 @@ def run(paths: list[Path], detector, output_dir: Path, threshold: float,
             path, image = item["path"], item["image"]
             drawn, shown = draw(image, detection, detector.class_names, threshold)
             counts["boxes"] += shown
-            if annotations_dir is not None:
+            if annotations is not None:
                 if item["truth"] is None:
                     counts["no_annotation"] += 1
                     logging.warning("%s: no ground truth drawn (%s)", path, item["problem"])
@@ -280,18 +316,36 @@ def run(paths: list[Path], detector, output_dir: Path, threshold: float,
             progress.update()
     progress.close()
     if skipped:
-        listed = ", ".join(skipped[:MAX_LISTED_SKIPS]) + (", ..." if len(skipped) > MAX_LISTED_SKIPS else "")
-        logging.warning("%d unreadable images skipped: %s", len(skipped), listed)
+        logging.warning("%d unreadable images skipped: %s", len(skipped), listed(skipped))
     for name, number in sorted(unknown_classes.items()):
         logging.warning("annotations: %d objects of class %r, which the model does not know (its "
                         "classes: %s); not drawn", number, name, ", ".join(detector.class_names))
     counts["unknown_classes"] = dict(sorted(unknown_classes.items()))
+    counts["skipped_files"] = skipped
     return counts
+
+
+def read_annotations(annotations_dir: str | None, annotations_file: str | None):
+    """VocAnnotations of --annotations_dir, the CocoImageTruths of --annotations_file, or None."""
+    if annotations_dir:
+        if not Path(annotations_dir).is_dir():
+            raise UsageError(f"--annotations_dir {annotations_dir} is not a directory")
+        return VocAnnotations(Path(annotations_dir))
+    if annotations_file:
+        from ssd.coco.image_truth import read_image_truths
+
+        return read_image_truths(annotations_file)
+    return None
 
 
 def summary_line(counts: dict, threshold: float, output_dir: str, annotated: bool) -> str:
     line = (f"wrote {counts['written']} images ({counts['boxes']} boxes >= {threshold}) to "
             f"{output_dir}; skipped {counts['skipped']} unreadable")
+    if counts.get("skipped_files"):
+        line += f" ({listed(counts['skipped_files'])})"
+    if counts.get("left_out"):
+        line += (f"; left out {len(counts['left_out'])} files of the folders that are not "
+                 f"{'/'.join(IMAGE_EXTENSIONS)} images ({listed(counts['left_out'])})")
     if annotated:
         line += f"; {counts['no_annotation']} without annotation"
         unknown = counts["unknown_classes"]
@@ -313,24 +367,27 @@ def main(argv) -> None:
         raise app.UsageError("give exactly one of --model_dir and --saved_model")
     if FLAGS.checkpoint_path and not FLAGS.model_dir:
         raise app.UsageError("--checkpoint_path goes with --model_dir")
+    if FLAGS.annotations_dir and FLAGS.annotations_file:
+        raise app.UsageError("give at most one of --annotations_dir (VOC XML) and --annotations_file (COCO JSON)")
 
-    from ssd.modeling import checkpoints
-
-    try:
-        paths = collect_images(FLAGS.images)
-        annotations_dir = Path(FLAGS.annotations_dir) if FLAGS.annotations_dir else None
-        if annotations_dir is not None and not annotations_dir.is_dir():
-            raise UsageError(f"--annotations_dir {annotations_dir} is not a directory")
+    try:  # UserErrors (bad config, checkpoint, ...) are printed as one line by cli.run
+        left_out: list[str] = []
+        paths = collect_images(FLAGS.images, left_out)
+        if left_out:
+            logging.warning("left out %d files of the --images folders that are not %s images: %s",
+                            len(left_out), "/".join(IMAGE_EXTENSIONS), listed(left_out))
+        annotations = read_annotations(FLAGS.annotations_dir, FLAGS.annotations_file)
         if FLAGS.saved_model:
             detector = SavedModelDetector(FLAGS.saved_model, FLAGS.score_threshold)
         else:
             detector = CheckpointDetector(FLAGS.model_dir, FLAGS.checkpoint_path, FLAGS.batch_size,
                                           FLAGS.precision)
-        counts = run(paths, detector, Path(FLAGS.output_dir), FLAGS.score_threshold, annotations_dir,
+        counts = run(paths, detector, Path(FLAGS.output_dir), FLAGS.score_threshold, annotations,
                      FLAGS.exif)
-    except (UsageError, config_lib.ConfigError, checkpoints.CheckpointError, OSError) as e:
-        sys.exit(f"visualize.py: error: {e}")
-    print(summary_line(counts, FLAGS.score_threshold, FLAGS.output_dir, annotations_dir is not None))
+        counts["left_out"] = left_out
+    except OSError as e:  # an --output_dir that cannot be written, ...
+        cli.user_error(str(e))
+    print(summary_line(counts, FLAGS.score_threshold, FLAGS.output_dir, annotations is not None))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ absl's `app.run(main)`:
     exits 1), without loading TensorFlow when the app itself does not import it at start-up.
   * A usage error (`app.UsageError` raised by main, a bad or unknown flag) prints one line,
     `<app>: error: <message> (see --help)`, and exits 2, instead of the whole flag list.
+  * A user error (`ssd.errors.UserError` raised by main: a bad file, config field, data set or
+    model directory) prints one line, `<app>: error: <message>`, and exits 1, instead of a
+    traceback. Every app reports its users' mistakes this way.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ import tempfile
 from typing import Callable, Iterator, NoReturn, Sequence
 
 from ssd import cpu
+from ssd.errors import UserError
 
 LOG_LEVEL_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
 QUIET_LEVEL = "1"  # TensorFlow's C++ levels: 0 all, 1 no INFO, 2 no WARNING, 3 no ERROR
 USAGE_EXIT_CODE = 2  # as argparse and most Unix tools
+ERROR_EXIT_CODE = 1
 HELP_ARGUMENTS = {"--help": True, "-h": True, "--helpshort": True, "-?": True, "--helpfull": False}
 
 # A C++ log line: absl ("I0000 00:00:1796.. 123 file.cc:1] ...") or TensorFlow's older format
@@ -156,6 +161,12 @@ def usage_error(message: str) -> NoReturn:
     sys.exit(USAGE_EXIT_CODE)
 
 
+def user_error(message: str) -> NoReturn:
+    """Prints `<app>: error: <message>` and exits with status 1."""
+    sys.stderr.write(f"{program_name()}: error: {message}\n")
+    sys.exit(ERROR_EXIT_CODE)
+
+
 def _help_requested(argv: Sequence[str]) -> bool | None:
     """True for the short help, False for --helpfull, None when no help is asked for."""
     for argument in argv[1:]:
@@ -176,7 +187,8 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
 
 
 def run(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> None:
-    """absl's `app.run(main)` with the --help and usage-error behaviour of the module docstring."""
+    """absl's `app.run(main)` with the --help, usage-error and user-error behaviour of the module
+    docstring."""
     from absl import app
 
     argv = list(sys.argv if argv is None else argv)
@@ -190,5 +202,7 @@ def run(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) 
             return main(arguments)
         except app.UsageError as error:
             usage_error(str(error))
+        except UserError as error:
+            user_error(str(error))
 
     app.run(guarded_main, argv=argv, flags_parser=_parse_flags)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 from ssd.data.records import CATEGORIES_SUFFIX
+from ssd.errors import UserError
 
 
 class Category(NamedTuple):
@@ -25,7 +26,7 @@ class Category(NamedTuple):
     name: str
 
 
-class CategoryError(ValueError):
+class CategoryError(UserError, ValueError):
     """The categories cannot be mapped; the message names the bad entry or file."""
 
 

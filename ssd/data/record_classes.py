@@ -26,13 +26,14 @@ from absl import logging
 
 from ssd.data.record_files import DataError, resolve_files
 from ssd.data.records import LABEL, TEXT
+from ssd.errors import UserError
 
 SAMPLE_RECORDS_PER_FILE = 300
 _SHARD = re.compile(r"^(?P<name>.+)-\d{5}-of-\d{5}$")  # dataset/tfrecord_writer.py's shard names
 _MAX_SHOWN = 8
 
 
-class RecordClassesError(ValueError):
+class RecordClassesError(UserError, ValueError):
     """The records name their classes differently from the config; the message shows both."""
 
 

@@ -28,6 +28,7 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 
 from ssd.data import records
+from ssd.errors import UserError
 
 RECORD_FRAMING_BYTES = 16  # length (8) and its checksum (4) before the data, data checksum after
 MAX_OPEN_FILES = 256  # files read at the same time (every shard of VOC, COCO, ...)
@@ -41,7 +42,7 @@ _DAMAGED = re.compile(r"assertion failed: \[(.*?: a record is damaged .*?rewrite
                       re.DOTALL)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Input files that cannot be used as this project's TFRecords; the message names the file."""
 
 
@@ -67,7 +68,7 @@ def _directory_shards(directory: str) -> list[str]:
               if records.parse_shard_name(f) is not None and not tf.io.gfile.isdir(f)]
     names = sorted({records.parse_shard_name(f)[0] for f in shards})
     if len(names) > 1:
-        raise ValueError(f"directory {directory} holds several data sets ({', '.join(names)}); "
+        raise DataError(f"directory {directory} holds several data sets ({', '.join(names)}); "
                          f"pass a file pattern such as {os.path.join(directory, names[0])}-*")
     return shards
 
@@ -76,7 +77,7 @@ def resolve_files(file_pattern: str | os.PathLike | Sequence[str | os.PathLike])
     """Files named by a glob, comma-separated globs, a directory (the `<name>-N-of-M` shards of
     its one data set) or a list of any of these; sorted, without duplicates. A glob leaves out
     the converters' side files (`<name>_summary.json`, `<name>_categories.json`), which `<name>*`
-    matches too. Raises FileNotFoundError naming the pattern when nothing matches, ValueError for
+    matches too. Raises FileNotFoundError naming the pattern when nothing matches, DataError for
     a directory of several data sets."""
     if isinstance(file_pattern, (str, os.PathLike)):
         patterns = [p.strip() for p in os.fspath(file_pattern).split(",") if p.strip()]
@@ -115,7 +116,7 @@ def count_records(files: Sequence[str]) -> int:
         try:
             total += int(tf.data.TFRecordDataset(path).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
         except tf.errors.OpError as e:
-            raise DataError(f"{path}: not a readable TFRecord file ({_first_line(e)})") from None
+            raise DataError(f"{path}: not a readable TFRecord file ({first_line(e)})") from None
     return total
 
 
@@ -132,25 +133,30 @@ def where_images_are(path: str) -> str:
             f"converter again to rewrite it")
 
 
-def _first_line(error: tf.errors.OpError) -> str:
-    # drop TensorFlow's op and function decorations
+def first_line(error: tf.errors.OpError) -> str:
+    """The first line of a TensorFlow error, without its op and function decorations."""
     message = error.message.splitlines()[0] if error.message else type(error).__name__
     return message.split("}}")[-1].split(" [Op:")[0].strip()
 
 
 def _check_first_record(path: str) -> RecordFile:
     """Raises DataError unless the file's first record reads as an image example."""
+    owner = records.side_file_data_set(path)
+    if owner is not None:
+        shards = os.path.join(os.path.dirname(path), f"{owner}-*")
+        raise DataError(f"{path}: the converter's description of the data set {owner}, not a "
+                        f"TFRecord file; pass its shards instead, e.g. {shards}")
     try:
         size = tf.io.gfile.stat(path).length
     except tf.errors.OpError as e:
-        raise DataError(f"{path}: cannot be read ({_first_line(e)})") from None
+        raise DataError(f"{path}: cannot be read ({first_line(e)})") from None
     if size == 0:
         return RecordFile(path, 0, 0)
     try:
         first = [r.numpy() for r in tf.data.TFRecordDataset(path).take(1)]
     except tf.errors.OpError as e:
         raise DataError(f"{path}: not a TFRecord file, or damaged at its start "
-                        f"({_first_line(e)}); {where_images_are(path)}") from None
+                        f"({first_line(e)}); {where_images_are(path)}") from None
     if not first:  # the reader sees a few bytes shorter than a record header as the end
         raise DataError(f"{path}: not a TFRecord file, or damaged at its start ({size} bytes, "
                         f"no complete record); {where_images_are(path)}")

@@ -68,6 +68,15 @@ def is_side_file(path: str | os.PathLike) -> bool:
     return os.path.basename(os.fspath(path)).endswith(_SIDE_FILE_SUFFIXES)
 
 
+def side_file_data_set(path: str | os.PathLike) -> str | None:
+    """The data set `<name>` a side file (`<name>_summary.json`, ...) describes; None for other files."""
+    base = os.path.basename(os.fspath(path))
+    for suffix in _SIDE_FILE_SUFFIXES:
+        if base.endswith(suffix):
+            return base[:-len(suffix)]
+    return None
+
+
 def summary_name(name: str) -> str:
     """File name of the converter's summary of the data set `name` (beside its shards)."""
     return f"{name}{_SUMMARY_SUFFIX}"

@@ -55,7 +55,8 @@ def run_evaluation(config: Config, model_dir: str, data: str, *, checkpoint_path
     """What `eval.py` does: evaluates one checkpoint, or with `watch` each new one until the
     checkpoint at train.max_steps has been evaluated or `watch_timeout_secs` pass without one.
 
-    Reports go to output_dir (default model_dir/eval_<step>; with watch, <output_dir>/eval_<step>),
+    Reports go to <output_dir>/<metric> (output_dir defaulting to model_dir/eval_<step>; with
+    watch, <output_dir>/eval_<step>/<metric>: `evaluation_reports.report_dir_template`),
     TensorBoard summaries to model_dir/eval. Returns the JSON summaries.
     """
     metric = check_metric(metric or config.eval.metric)
@@ -66,6 +67,8 @@ def run_evaluation(config: Config, model_dir: str, data: str, *, checkpoint_path
     else:
         checkpoints = watch_checkpoints(model_dir, watch_timeout_secs, watch_interval_secs)
     files = resolve_record_files(data)
+    if count_images:  # reads every file through: seconds for large data sets
+        logging.info("counting the images of %s (%d files)", data, len(files))
     num_images = count_records(files) if count_images else None
     if num_images == 0:
         raise DataError(f"{data} holds no records ({len(files)} files: {', '.join(files[:3])}"
@@ -73,10 +76,7 @@ def run_evaluation(config: Config, model_dir: str, data: str, *, checkpoint_path
     make_evaluator(metric, config, files)  # a category map that does not fit fails here, once
     input_fn = make_input_fn(files, config, ModeKeys.EVAL)
     detector = Detector(build_inference_model(config, precision), config, jit_compile)
-    if output_dir is None:
-        template = os.path.join(model_dir, "eval_{step}")
-    else:
-        template = os.path.join(output_dir, "eval_{step}") if watch else output_dir
+    template = reports.report_dir_template(model_dir, output_dir, metric, per_step=watch)
     summaries = []
     for path in checkpoints:
         try:

@@ -19,13 +19,15 @@ from typing import Mapping
 
 import tensorflow as tf
 
+from ssd.errors import UserError
+
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 
 _TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                       '"task": {"type": "worker", "index": 0}}\'')
 
 
-class DistributionError(ValueError):
+class DistributionError(UserError, ValueError):
     """A strategy that cannot be created, or a batch that cannot be split over replicas."""
 
 

@@ -56,6 +56,7 @@ import datetime
 import os
 import shutil
 import tempfile
+import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import keras
@@ -148,6 +149,24 @@ class _TrainingState:
     restored: str | None = None  # the checkpoint the in-memory state equals, if any
 
 
+class _InputPipeline:
+    """The training input's distributed iterator, its opening and closing said in the log: opening
+    traces the input function's graph, and closing waits for its workers' elements in flight
+    (seconds each on large images)."""
+
+    def __init__(self, strategy: tf.distribute.Strategy, input_fn: Callable):
+        logging.info("opening the training data: building the input pipeline")
+        started = time.time()
+        self.iterator = iter(strategy.distribute_datasets_from_function(input_fn))
+        logging.info("input pipeline ready (%.1f s)", time.time() - started)
+
+    def close(self) -> None:
+        logging.info("stopping the input pipeline")
+        started = time.time()
+        self.iterator = None  # the last reference: its workers stop here, not at some later time
+        logging.info("input pipeline stopped (%.1f s)", time.time() - started)
+
+
 class Estimator:
     """Trains a model function; evaluates, predicts with and exports its checkpoints."""
 
@@ -226,7 +245,9 @@ class Estimator:
                          self.global_step, max_steps)
             return self
         with self._session(hooks, stop_signals) as session:
-            session.run(self._iterator(input_fn), max_steps)
+            pipeline = _InputPipeline(self.strategy, input_fn)
+            session.run(pipeline.iterator, max_steps)
+            pipeline.close()
         return self
 
     def train_and_evaluate(self, train_input_fn: Callable, eval_input_fn: Callable,
@@ -244,20 +265,18 @@ class Estimator:
         self._resume()
         metrics: dict = {}
         with self._session(stop_signals=stop_signals) as session:
-            iterator = self._iterator(train_input_fn)
+            pipeline = _InputPipeline(self.strategy, train_input_fn)
             while session.step < max_steps:
                 target = min((session.step // eval_every_steps + 1) * eval_every_steps, max_steps)
-                running = session.run(iterator, target, final_step=max_steps)
+                running = session.run(pipeline.iterator, target, final_step=max_steps)
                 if self.is_chief:
                     metrics = self._evaluate(eval_input_fn, session.latest_checkpoint)
                 if not running:
                     break
+            pipeline.close()
         if self.is_chief and not metrics:
             metrics = self.evaluate(eval_input_fn)
         return metrics
-
-    def _iterator(self, input_fn: Callable):
-        return iter(self.strategy.distribute_datasets_from_function(input_fn))
 
     @contextlib.contextmanager
     def _session(self, hooks: Sequence[Hook] = (),

@@ -1,10 +1,12 @@
 """An evaluation's result written down: the report files, the JSON summary and TensorBoard.
 
 The files are the metric's own (`ssd.engine.evaluators`); here they get the step and checkpoint
-they belong to. In TensorBoard (model_dir/eval, see `summary_dir`) each evaluation writes its
-metric's scalars, the precision/recall curves when the metric has them (PR_CURVES_PREFIX + class
-name, none for a class without detections or ground truth) and the pictures of
-`ssd.engine.evaluation_pictures` (tag IMAGES_TAG).
+they belong to, and a directory of their metric's name (`report_dir_template`: e.g.
+model_dir/eval_<step>/voc07/), so that evaluating a checkpoint with another metric keeps both.
+In TensorBoard (model_dir/eval, see `summary_dir`) each evaluation writes its metric's scalars,
+the precision/recall curves when the metric has them (PR_CURVES_PREFIX + class name, none for a
+class without detections or ground truth) and the pictures of `ssd.engine.evaluation_pictures`
+(tag IMAGES_TAG).
 """
 
 from __future__ import annotations
@@ -20,8 +22,21 @@ from ssd.engine.summaries import write_image_list, write_pr_curves, write_scalar
 from ssd.evaluator import Evaluator
 
 SUMMARY_SUBDIR = "eval"  # TensorBoard directory inside model_dir, beside training's
+REPORT_DIR_PATTERN = "eval_{step}"  # a checkpoint's reports inside model_dir, one subdirectory per metric
 PR_CURVES_PREFIX = "precision_recall/"
 IMAGES_TAG = "detections_and_ground_truth"
+
+
+def report_dir_template(model_dir: str | os.PathLike, output_dir: str | os.PathLike | None,
+                        metric: str, per_step: bool) -> str:
+    """Where an evaluation's report files go, "{step}" standing for the checkpoint's step:
+    <output_dir>/<metric>, output_dir defaulting to model_dir/eval_{step}; with `per_step`
+    (several checkpoints into one given output_dir) <output_dir>/eval_{step}/<metric>."""
+    if output_dir is None:
+        base = os.path.join(os.fspath(model_dir), REPORT_DIR_PATTERN)
+    else:
+        base = os.path.join(os.fspath(output_dir), REPORT_DIR_PATTERN) if per_step else os.fspath(output_dir)
+    return os.path.join(base, metric)
 
 
 def summary_dir(model_dir: str | os.PathLike) -> str:

@@ -5,9 +5,9 @@ metric, tables and report files.
 
 The config and class names are the ones the export wrote beside the model
 (`ssd.inference.exported`); the summary's step and checkpoint come from its export.json, plus
-"exported_model", "format" and "quantize". Reports go to `output_dir`, by default beside the
-model (`default_output_dir`), never into a training directory's eval_<step>; nothing goes to
-TensorBoard.
+"exported_model", "format" and "quantize". Reports go to `output_dir`/<metric>, output_dir by
+default beside the model (`default_output_dir`), never into a training directory's eval_<step>;
+nothing goes to TensorBoard.
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ def evaluate_exported(model_path: str | os.PathLike, data: str, *, metric: str |
                       print_table: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Scores the exported model at `model_path` on the records of `data` with `metric` (default:
     the exported config's eval.metric); prints the table, writes the reports into `output_dir`
-    (default `default_output_dir`). Returns the JSON summary with "output_dir".
+    (default `default_output_dir`), in its subdirectory named after the metric. Returns the JSON
+    summary with "output_dir".
 
     Raises ExportedModelError (one line) for what is not an exported model or one whose classes
     disagree with the records, DataError for the data, ConfigError for a bad batch size.
@@ -88,7 +89,8 @@ def evaluate_exported(model_path: str | os.PathLike, data: str, *, metric: str |
                  exported.files.kind, info.get("checkpoint", "an unknown checkpoint"), metric)
     extra = {"exported_model": exported.files.model, "format": exported.files.kind,
              "quantize": info.get("quantize")}
-    directory = os.fspath(output_dir) if output_dir is not None else default_output_dir(exported.files.model)
+    base = output_dir if output_dir is not None else default_output_dir(exported.files.model)
+    directory = os.path.join(os.fspath(base), metric)  # one directory per metric, as for checkpoints
     return evaluate_and_report(exported.detector, dataset, evaluator, info.get("step"),
                                info.get("checkpoint"), directory, None, num_images, data,
                                progress_stream, print_table, extra=extra)

@@ -49,6 +49,7 @@ import tensorflow as tf
 
 from ssd.config import loading as config_lib
 from ssd.config.architectures import MOBILENET_V2, get_architecture
+from ssd.errors import UserError
 from ssd.modeling import checkpoints
 
 DETECTION = "detection"
@@ -85,7 +86,7 @@ _ANCHOR_FIELDS = ("preset", "steps", "offset", "aspect_ratios", "scales", "extra
                   "min_sizes", "max_sizes", "clip")
 
 
-class FineTuneError(ValueError):
+class FineTuneError(UserError, ValueError):
     """A fine-tune checkpoint that cannot initialize the model; one line naming both sides."""
 
 

@@ -42,6 +42,8 @@ from pathlib import Path
 
 from absl import logging
 
+from ssd.errors import UserError
+
 LOCK_FILENAME = "train.lock"
 _BREAKER_SUFFIX = ".takeover"
 _BREAKER_EXPIRY_SECONDS = 60.0  # a stale takeover marker; taking over lasts milliseconds
@@ -49,7 +51,7 @@ _UNREADABLE_RETRIES = 20  # a lock created by O_EXCL is empty until its writer f
 _RETRY_SECONDS = 0.05
 
 
-class ModelDirLockedError(RuntimeError):
+class ModelDirLockedError(UserError, RuntimeError):
     """Another process holds the model directory's lock; the message names it and the remedy."""
 
 

@@ -11,7 +11,11 @@ non-finite loss is fatal. The step returns a `StepResult`.
 `TrainingSession(step_fn, checkpointer, writer, cadence, start_step, ...)` calls the step until
 a target step, and at the cadences of `Cadence` logs progress (rate, ETA), writes scalar and image
 summaries into `writer` and saves checkpoints with `checkpointer` (every N steps and/or seconds,
-and when a run ends). A non-finite loss raises `NonFiniteLossError` before its update is applied;
+and when a run ends). The first step of a session and the run's last step are always logged and
+their scalars written (when the cadence logs and writes at all), so that a run shorter than the
+cadence shows its losses too; before the first step, which traces the step's graph and fills the
+input pipeline (seconds to minutes), the log says so, and the first step's line says how long it
+took. A non-finite loss raises `NonFiniteLossError` before its update is applied;
 the checkpointer refuses non-finite weights, so no checkpoint ever holds them. A stop policy
 (ssd.engine.interrupts) may end the run after any step with a checkpoint of it. Collaborators come
 in explicitly: the session knows nothing of the Estimator, the model or the distribution.
@@ -175,6 +179,8 @@ class TrainingSession:
         self._summary_images = summary_images
         self._stop = stop
         self.step = start_step
+        self._start_step = start_step
+        self._first_step_started: float | None = None  # when this session's first step began
         now = time.time()
         self._saved = (start_step, now)  # step and time of the last save
         self._logged = (start_step, now, 0)  # step, time, examples since
@@ -192,6 +198,11 @@ class TrainingSession:
         exhausted = False
         with self._writer.as_default():
             while self.step < max_steps:
+                if self.step == self._start_step:
+                    logging.info("step %d: tracing the training step's graph and filling the input "
+                                 "pipeline; the first step takes longer than the others",
+                                 self.step + 1)
+                    self._first_step_started = time.time()
                 try:
                     result = self._step_fn(iterator)
                 except (tf.errors.OutOfRangeError, StopIteration):
@@ -210,10 +221,12 @@ class TrainingSession:
         self.step += 1
         self._count_examples(int(result.examples))
         step = self.step
-        if _due(step, self._cadence.log_step_count_steps):
+        first = step == self._start_step + 1
+        always = first or step == final_step  # shown whatever the cadence, when it shows anything
+        if _due(step, self._cadence.log_step_count_steps) or (always and self._cadence.log_step_count_steps):
             self._log_progress(result.scalars, final_step)
-        if _due(step, self._cadence.save_summary_steps):
-            self._write_scalars(result.scalars)
+        if _due(step, self._cadence.save_summary_steps) or (always and self._cadence.save_summary_steps):
+            self._write_scalars(result.scalars, first)
         if _due(step, self._cadence.save_image_summary_steps):
             self._write_images(result.summary_tensors)
         if _due(step, self._cadence.save_checkpoints_steps) or self._save_time_due():
@@ -234,20 +247,26 @@ class TrainingSession:
     def _log_progress(self, scalars: Mapping, final_step: int) -> None:
         last_step, since, examples = self._logged
         now = time.time()
-        elapsed = max(now - since, 1e-9)
-        steps_per_sec = (self.step - last_step) / elapsed
-        eta = datetime.timedelta(seconds=round((final_step - self.step) / max(steps_per_sec, 1e-9)))
-        logging.info("step %d/%d: %s | %.3f steps/s, %.2f examples/s, ETA %s", self.step, final_step,
-                     format_metrics({k: float(v) for k, v in scalars.items()}), steps_per_sec,
-                     examples / elapsed, eta)
+        metrics = format_metrics({k: float(v) for k, v in scalars.items()})
+        if self.step == last_step:  # the first step, whose time is the graph's building
+            seconds = now - (self._first_step_started or now)
+            logging.info("step %d/%d: %s | first step %.1f s (graph traced; rate and ETA from the "
+                         "next logged step)", self.step, final_step, metrics, seconds)
+        else:
+            elapsed = max(now - since, 1e-9)
+            steps_per_sec = (self.step - last_step) / elapsed
+            eta = datetime.timedelta(seconds=round((final_step - self.step) / max(steps_per_sec, 1e-9)))
+            logging.info("step %d/%d: %s | %.3f steps/s, %.2f examples/s, ETA %s", self.step,
+                         final_step, metrics, steps_per_sec, examples / elapsed, eta)
         self._logged = (self.step, now, 0)
 
-    def _write_scalars(self, scalars: Mapping) -> None:
+    def _write_scalars(self, scalars: Mapping, first: bool = False) -> None:
         last_step, since = self._summarized
         now = time.time()
         for name, value in scalars.items():
             write_scalar(name, float(value), self.step)
-        write_scalar("global_step/sec", (self.step - last_step) / max(now - since, 1e-9), self.step)
+        if not first:  # the first step's time is mostly the graph's building, no rate
+            write_scalar("global_step/sec", (self.step - last_step) / max(now - since, 1e-9), self.step)
         self._summarized = (self.step, now)
 
     def _write_images(self, summary_tensors: Mapping) -> None:

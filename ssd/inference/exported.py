@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from ssd.config.loading import Config, ConfigError, load_config
 from ssd.data.preprocessing import decode_image
+from ssd.errors import UserError
 from ssd.inference import saved_model as sm
 from ssd.inference import tflite as tl
 
@@ -42,7 +43,7 @@ SAVED_MODEL_PROTO = "saved_model.pb"
 TFLITE_IDENTIFIER = b"TFL3"  # the FlatBuffer file identifier, bytes 4..8 of every .tflite file
 
 
-class ExportedModelError(ValueError):
+class ExportedModelError(UserError, ValueError):
     """The path is not an exported model this project can evaluate; the message names it."""
 
 

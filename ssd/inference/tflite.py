@@ -59,7 +59,7 @@ from ssd.config.loading import Config
 from ssd.inference.saved_model import directory_written_aside, write_descriptions, write_export_info
 from ssd.modeling.postprocess import postprocess
 from ssd.data.preprocessing import decode_image, preprocess_image
-from ssd.data.record_files import resolve_files
+from ssd.data.record_files import DataError, check_record_files, first_line, resolve_files
 
 QUANTIZATIONS = (None, "float16", "int8")
 SIGNATURE_KEY = "serving_default"
@@ -267,11 +267,18 @@ def representative_images(files: str | os.PathLike | Sequence[str | os.PathLike]
                           count: int = DEFAULT_CALIBRATION_IMAGES) -> list[np.ndarray]:
     """The first `count` images of TFRecord `files` (a glob, directory or list, as the data
     pipeline takes them), decoded and resized like inference (`resize_for_tflite`): uint8
-    [S, S, 3] arrays for int8 calibration. Fewer when the files hold fewer images."""
+    [S, S, 3] arrays for int8 calibration. Fewer when the files hold fewer images. A file that is
+    no TFRecord file of image examples, or a record that cannot be read, raises DataError naming
+    the file(s)."""
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
     size = config.model.input_size
-    dataset = tf.data.TFRecordDataset(resolve_files(files)).take(count)
+    paths = [f.path for f in check_record_files(resolve_files(files))]
+    dataset = tf.data.TFRecordDataset(paths).take(count)
     dataset = dataset.map(lambda record: resize_for_tflite(
         decode_image(records.parse_example(record)["encoded"]), size))
-    return [image.numpy() for image in dataset]
+    try:
+        return [image.numpy() for image in dataset]
+    except tf.errors.OpError as e:
+        named = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+        raise DataError(f"{named}: calibration images cannot be read ({first_line(e)})") from None

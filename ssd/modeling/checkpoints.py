@@ -37,6 +37,7 @@ import tensorflow as tf
 from absl import logging
 
 from ssd.config.loading import Config, shape_fields
+from ssd.errors import UserError
 
 MODEL = "model"
 GLOBAL_STEP = "global_step"
@@ -45,7 +46,7 @@ LOSS_SCALE_OPTIMIZER = "loss_scale_optimizer"
 PREFIX = "ckpt"  # CheckpointManager's default: <directory>/ckpt-<number>
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """Any checkpoint that cannot be used as asked; the apps report every one as one line."""
 
 

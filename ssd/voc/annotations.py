@@ -36,10 +36,12 @@ from typing import Sequence
 
 import numpy as np
 
+from ssd.errors import UserError
+
 Note = tuple[str, str]
 
 
-class VocXmlError(ValueError):
+class VocXmlError(UserError, ValueError):
     """An annotation file that cannot be read; the message starts with the file's path."""
 
 

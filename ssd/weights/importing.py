@@ -36,6 +36,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ssd.errors import UserError
+
 SOURCES = {
     "tf1": "ssd.weights.tf1_original",
     "caffe": "ssd.weights.caffe_original",
@@ -44,7 +46,7 @@ SOURCES = {
 REPORT_FILENAME = "import_report.json"
 
 
-class WeightsImportError(ValueError):
+class WeightsImportError(UserError, ValueError):
     """The file cannot be imported into the configured model; the message says what is wrong."""
 
 

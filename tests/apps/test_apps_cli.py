@@ -161,3 +161,83 @@ def test_checkpoint_mismatch_prints_its_message_only(mismatched_model_dir, tmp_p
     assert "model.num_classes=5" in lines[0]
     assert len(lines) < 5, result.stderr[-3000:]
     assert "Value in checkpoint could not be found" not in result.stderr
+
+
+# --- the same user mistakes, one line from every app --------------------------------------------
+
+def _one_line_error(result, app: str) -> str:
+    """The error line of a run that failed with a user error: exit 1, no traceback."""
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith(f"{app}: error: ")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    return errors[0]
+
+
+def _image_records(path: Path, count: int) -> Path:
+    """`count` tiny PNG image examples in one TFRecord file."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from ssd.data.records import make_example
+
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for index in range(count):
+            buffer = io.BytesIO()
+            Image.fromarray(np.full((20, 30, 3), 40 * index, np.uint8)).save(buffer, format="PNG")
+            writer.write(make_example(
+                encoded=buffer.getvalue(), image_format="png", height=20, width=30,
+                filename=f"{index}.png", source_id=str(index), boxes=[[0.1, 0.1, 0.5, 0.5]],
+                labels=[1], texts=["circle"], difficult=[0], truncated=[0]).SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("app", ["train.py", "eval.py"])
+def test_a_folder_of_two_data_sets_is_one_line_from_every_app(mismatched_model_dir, tmp_path, app):
+    data = tmp_path / "records"
+    data.mkdir()
+    for name in ("voc07_test", "voc0712_trainval"):
+        _image_records(data / f"{name}-00000-of-00001", 1)
+    model_dir = tmp_path / "fresh" if app == "train.py" else mismatched_model_dir
+    arguments = [app, f"--data_dir={data}", f"--model_dir={model_dir}"]
+    if app == "train.py":
+        arguments += ["--config=ssd300_shapes_cpu", "--pretrained=none"]
+    line = _one_line_error(_run(arguments), app)
+    first, second = sorted(("voc07_test", "voc0712_trainval"))
+    assert f"holds several data sets ({first}, {second})" in line
+    assert f"pass a file pattern such as {data / first}-*" in line
+
+
+@pytest.mark.parametrize("bad", ["summary", "not_records"])
+def test_export_names_a_calibration_file_that_is_no_tfrecord_file(tmp_path, bad):
+    from tests.assets.shapes_model import MODEL_DIR
+
+    if bad == "summary":
+        calibration = tmp_path / "shapes_train_summary.json"
+        calibration.write_text('{"images": 3}')
+        expected = f"{calibration}: the converter's description of the data set shapes_train"
+    else:
+        calibration = tmp_path / "photos.tfrecord"
+        calibration.write_bytes(b"\xff\xd8 a JPEG, not records" * 4)
+        expected = f"{calibration}: not a TFRecord file"
+    result = _run(["export.py", f"--model_dir={MODEL_DIR}", f"--export_dir={tmp_path / 'out'}",
+                   "--format=tflite", "--quantize=int8", f"--calibration_data={calibration}"])
+    line = _one_line_error(result, "export.py")
+    assert expected in line
+    if bad == "summary":
+        assert f"{tmp_path / 'shapes_train'}-*" in line  # the fix: its shards
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_says_how_many_images_calibrated_when_fewer_than_asked(tmp_path):
+    from tests.assets.shapes_model import MODEL_DIR
+
+    records = _image_records(tmp_path / "few-00000-of-00001", 3)
+    result = _run(["export.py", f"--model_dir={MODEL_DIR}", f"--export_dir={tmp_path / 'out'}",
+                   "--format=tflite", "--quantize=int8", f"--calibration_data={records}",
+                   "--calibration_images=50"], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (f"int8, calibrated on 3 images of {records} (it holds only 3; "
+            f"--calibration_images=50 asked for more)") in result.stdout

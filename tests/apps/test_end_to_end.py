@@ -80,7 +80,7 @@ def test_checkpoint_written_at_max_steps(quick_run):
 
 def test_eval_report_has_an_ap_for_every_class(quick_run):
     output_dir, summary, _ = quick_run
-    report = json.loads((output_dir / "eval" / "summary.json").read_text())
+    report = json.loads((output_dir / "eval" / "voc07" / "summary.json").read_text())
     assert report["step"] == demo.QUICK.max_steps
     assert report["num_images"] == demo.QUICK.num_test
     assert list(report["classes"]) == CLASSES
@@ -89,7 +89,7 @@ def test_eval_report_has_an_ap_for_every_class(quick_run):
     defined = [ap for ap in report["classes"].values() if ap is not None]
     assert report["mAP"] == pytest.approx(sum(defined) / len(defined))
     assert summary["evaluation"]["classes"] == report["classes"]
-    assert len(list((output_dir / "eval" / "results").glob("comp4_det_test_*.txt"))) == len(CLASSES)
+    assert len(list((output_dir / "eval" / "voc07" / "results").glob("comp4_det_test_*.txt"))) == len(CLASSES)
 
 
 def test_pictures_are_drawn_from_the_test_images(quick_run):

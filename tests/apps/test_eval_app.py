@@ -447,7 +447,7 @@ def test_run_evaluation_reports_model_detections_in_voc_pixels(setup):
     table = []
     (summary,) = checkpoint_evaluation.run_evaluation(config, model_dir, setup["data"], print_table=table.append,
                                            progress_stream=io.StringIO())
-    output = Path(model_dir) / "eval_1"
+    output = Path(model_dir) / "eval_1" / "voc07"  # the config's eval.metric
     assert summary["step"] == 1 and summary["checkpoint"] == setup["checkpoint"]
     assert summary["output_dir"] == str(output)
     assert "circle" in table[0] and "mAP" in table[0]
@@ -493,10 +493,10 @@ def test_run_evaluation_reports_model_detections_in_voc_pixels(setup):
 
 
 def test_eval_app_runs_with_its_flags(setup, tmp_path):
-    output = tmp_path / "report"
+    output = tmp_path / "report" / "voc12"
     completed = subprocess.run(
         [sys.executable, str(REPO / "eval.py"), f"--model_dir={setup['model_dir']}",
-         f"--data_dir={setup['data']}/test-*", "--metric=voc12", f"--output_dir={output}"],
+         f"--data_dir={setup['data']}/test-*", "--metric=voc12", f"--output_dir={tmp_path / 'report'}"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "VOC2010+ all-point AP (%), 5 images" in completed.stdout
@@ -606,7 +606,7 @@ def test_watch_stops_after_the_checkpoint_at_max_steps(setup, tmp_path):
                                           watch_timeout_secs=60, watch_interval_secs=1,
                                           print_table=None, progress_stream=io.StringIO())
     assert [s["step"] for s in summaries] == [2]
-    assert (model_dir / "eval_2" / "summary.json").is_file()
+    assert (model_dir / "eval_2" / "voc07" / "summary.json").is_file()
 
 
 def test_watch_skips_a_damaged_checkpoint_and_waits_for_the_next(setup, tmp_path, monkeypatch):
@@ -637,3 +637,30 @@ def test_watch_skips_a_damaged_checkpoint_and_waits_for_the_next(setup, tmp_path
                                           print_table=None, progress_stream=io.StringIO())
     assert [p.rsplit("/", 1)[-1] for p in checkpoints_seen] == ["ckpt-1", "ckpt-2"]
     assert [s["step"] for s in summaries] == [2]
+
+
+# --- one directory per metric --------------------------------------------------------------------
+
+def test_report_directories_are_named_after_the_metric():
+    template = evaluation_reports.report_dir_template
+    assert template("runs/a", None, "coco", per_step=False) == os.path.join("runs/a", "eval_{step}", "coco")
+    assert template("runs/a", None, "voc07", per_step=True) == os.path.join("runs/a", "eval_{step}", "voc07")
+    assert template("runs/a", "out", "voc12", per_step=False) == os.path.join("out", "voc12")
+    assert template("runs/a", "out", "coco", per_step=True) == os.path.join("out", "eval_{step}", "coco")
+
+
+def test_two_metrics_on_one_checkpoint_keep_their_reports_apart(setup, tmp_path):
+    config, model_dir = setup["config"], setup["model_dir"]
+    outputs = {}
+    for metric in ("coco", "voc07"):
+        (summary,) = checkpoint_evaluation.run_evaluation(
+            config, model_dir, setup["data"], metric=metric, output_dir=str(tmp_path),
+            print_table=None, progress_stream=io.StringIO())
+        outputs[metric] = Path(summary["output_dir"])
+    assert outputs == {"coco": tmp_path / "coco", "voc07": tmp_path / "voc07"}
+    coco = json.loads((tmp_path / "coco" / "summary.json").read_text())
+    voc = json.loads((tmp_path / "voc07" / "summary.json").read_text())
+    assert coco["metric"] == "coco" and "AP" in coco and voc["metric"] == "voc07" and "mAP" in voc
+    assert sorted(os.listdir(tmp_path / "coco")) == ["detections.json", "ground_truth.json", "summary.json"]
+    assert sorted(os.listdir(tmp_path / "voc07")) == ["precision_recall.png", "results", "summary.json"]
+    assert sorted(os.listdir(tmp_path)) == ["coco", "voc07"]

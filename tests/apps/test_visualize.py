@@ -92,8 +92,12 @@ def drawn_by_checkpoint(setup):
 def test_checkpoint_detections_drawn_with_ground_truth_beside(setup, drawn_by_checkpoint):
     out, completed = drawn_by_checkpoint
     assert "wrote 4 images" in completed.stdout
-    assert "skipped 1 unreadable" in completed.stdout
+    assert f"skipped 1 unreadable ({setup['images'].resolve() / 'broken.jpg'})" in completed.stdout
     assert "broken.jpg" in completed.stderr
+    # a folder's other files are named, not passed over in silence
+    assert f"left out 1 files of the folders that are not .jpg/.jpeg/.png/.bmp/.webp images " \
+           f"({setup['images'] / 'notes.txt'})" in completed.stdout
+    assert "notes.txt" in completed.stderr
     assert "visualize 5/5 (100.0%)" in completed.stderr  # progress counts skipped images too
     assert completed.stdout.rstrip().endswith(
         "; 1 annotated objects of classes the model does not know, not drawn: horse (1)")
@@ -213,7 +217,11 @@ class RecordingDetector:
                  "classes": np.zeros(5, np.int32), "num_detections": 0} for _ in images]
 
 detector = RecordingDetector()
-annotations = Path(args["annotations"]) if args["annotations"] else None
+if args.get("coco"):
+    from ssd.coco.image_truth import read_image_truths
+    annotations = read_image_truths(args["coco"])
+else:
+    annotations = visualize.VocAnnotations(Path(args["annotations"])) if args["annotations"] else None
 counts = visualize.run([Path(p) for p in args["paths"]], detector, Path(args["out"]),
                        args["threshold"], annotations, args["policy"])
 np.savez(args["seen"], *detector.seen)
@@ -222,14 +230,15 @@ print(json.dumps({"counts": counts, "summary": visualize.summary_line(
 """
 
 
-def _run_recording(root, paths, out, annotations_dir=None, policy="auto", threshold=0.5):
+def _run_recording(root, paths, out, annotations_dir=None, policy="auto", threshold=0.5, coco=None):
     """(counts, summary line, the arrays the detector was given, stderr) of visualize.run."""
     import json
 
     seen = root / f"seen_{out.name}.npz"
     args = {"paths": [str(p) for p in paths], "out": str(out), "threshold": threshold,
             "annotations": None if annotations_dir is None else str(annotations_dir),
-            "policy": policy, "class_names": CLASS_NAMES, "seen": str(seen)}
+            "policy": policy, "class_names": CLASS_NAMES, "seen": str(seen),
+            "coco": None if coco is None else str(coco)}
     completed = subprocess.run([sys.executable, "-c", _RUNNER, str(REPO), json.dumps(args)],
                                capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -333,3 +342,67 @@ def test_unknown_annotated_classes_are_counted_and_reported(sideways):
                          "know, not drawn: cat (1), dog (2)")
     # the known object is still drawn
     _assert_outline_on_marker(*_panels(_rgb(sideways["root"] / "drawn" / "phone.jpg"), UPRIGHT_SIZE[0]))
+
+
+# --- COCO annotations, and the image formats read -----------------------------------------------
+
+def _coco_json(path, images, annotations, categories):
+    import json
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
+def test_coco_annotations_file_draws_the_ground_truth_of_the_image_of_that_file_name(sideways):
+    xmin, ymin, xmax, ymax = MARKER_EDGES  # continuous edges on the upright picture
+    Image.fromarray(_upright_picture()).save(sideways["images"] / "other.png")
+    coco = _coco_json(
+        sideways["root"] / "instances.json",
+        # file names with the folders of the data set; the upright size, so boxes refer to it
+        [{"id": 31, "file_name": "val/phone.jpg", "width": UPRIGHT_SIZE[0], "height": UPRIGHT_SIZE[1]},
+         {"id": 32, "file_name": "val/unrelated.jpg", "width": 10, "height": 10}],
+        [{"id": 1, "image_id": 31, "category_id": 7, "bbox": [xmin, ymin, xmax - xmin, ymax - ymin],
+          "area": 600.0, "iscrowd": 0},
+         {"id": 2, "image_id": 31, "category_id": 9, "bbox": [1, 1, 4, 4], "area": 16.0, "iscrowd": 0}],
+        [{"id": 7, "name": CLASS_NAMES[GT_LABEL - 1]}, {"id": 9, "name": "horse"}])
+    out = sideways["root"] / "drawn"
+    counts, line, (seen, _), stderr = _run_recording(
+        sideways["root"], [sideways["images"] / "phone.jpg", sideways["images"] / "other.png"], out,
+        coco=coco)
+    assert counts["written"] == 2 and counts["no_annotation"] == 1
+    assert counts["unknown_classes"] == {"horse": 1}
+    assert f"other.png: no ground truth drawn (no image named other.png in {coco})" in stderr
+    assert line.endswith("; 1 without annotation; 1 annotated objects of classes the model does not "
+                         "know, not drawn: horse (1)")
+    assert seen.shape == (UPRIGHT_SIZE[1], UPRIGHT_SIZE[0], 3)  # the JSON's size: upright pixels
+    drawn = _rgb(out / "phone.jpg")
+    assert drawn.shape[1] == 2 * UPRIGHT_SIZE[0] + 8
+    _assert_outline_on_marker(*_panels(drawn, UPRIGHT_SIZE[0]))
+    assert _rgb(out / "other.png").shape == (UPRIGHT_SIZE[1], UPRIGHT_SIZE[0], 3)  # detections only
+
+
+def test_a_bad_coco_annotations_file_is_one_line_naming_it(setup, tmp_path):
+    bad = tmp_path / "instances.json"
+    bad.write_text('{"images": [], "annotations": {}}')
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "visualize.py"), f"--images={setup['images'] / 'gray.png'}",
+         f"--model_dir={setup['model_dir']}", f"--output_dir={tmp_path / 'out'}",
+         f"--annotations_file={bad}"], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 1
+    assert completed.stderr.strip().splitlines()[-1] == (
+        f"visualize.py: error: {bad}: a COCO annotations file has a list 'annotations'")
+
+
+def test_bmp_and_webp_images_are_read_and_unreadable_ones_named(tmp_path):
+    picture = _upright_picture()
+    Image.fromarray(picture).save(tmp_path / "a.bmp")
+    Image.fromarray(picture).save(tmp_path / "b.webp", lossless=True)
+    (tmp_path / "c.webp").write_bytes(b"RIFF\x00\x00\x00\x00WEBP damaged")
+    paths = [tmp_path / name for name in ("a.bmp", "b.webp", "c.webp")]
+    counts, line, seen, stderr = _run_recording(tmp_path, paths, tmp_path / "drawn")
+    assert counts["written"] == 2 and counts["skipped"] == 1
+    assert counts["skipped_files"] == [str(tmp_path / "c.webp")]
+    assert f"skipped 1 unreadable ({tmp_path / 'c.webp'})" in line
+    assert f"skipping {tmp_path / 'c.webp'}: not a readable image" in stderr
+    for array in seen:
+        np.testing.assert_array_equal(array, picture)  # both lossless: the very pixels
+    assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == ["a.png", "b.png"]

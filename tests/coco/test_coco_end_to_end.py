@@ -59,7 +59,7 @@ def coco_run(tmp_path_factory):
     evaluated = _run(ROOT / "eval.py", f"--model_dir={model_dir}", f"--data_dir={data}", "--metric=coco",
                      f"--output_dir={report}")
     return {"root": root, "shapes": shapes, "annotations": annotations, "data": data,
-            "model_dir": model_dir, "report": report, "stdout": evaluated.stdout,
+            "model_dir": model_dir, "report": report / "coco", "stdout": evaluated.stdout,
             "train_log": trained.stderr}
 
 
@@ -179,6 +179,7 @@ def test_coco_metric_on_the_same_images_converted_from_voc(coco_run):
     report = root / "voc_report"
     _run(ROOT / "eval.py", f"--model_dir={coco_run['model_dir']}", f"--data_dir={records}", "--metric=coco",
          f"--output_dir={report}")
+    report = report / "coco"  # the metric's directory
     summary = json.loads((report / "summary.json").read_text())
     results = json.loads((report / "detections.json").read_text())
     assert [summary[key] for key in STAT_KEYS] == _pycocotools(report / "ground_truth.json", results)

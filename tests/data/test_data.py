@@ -278,3 +278,24 @@ def test_same_seed_gives_the_same_batches(shards):
     other = next(iter(make_input_fn(directory, tiny_config(**{"data.seed": 8}),
                                     ModeKeys.TRAIN)()))
     assert not np.array_equal(other[0]["image"].numpy(), runs[0][0][0]["image"])
+
+
+@pytest.mark.slow  # AutoGraph's conversion of the augmentation takes seconds
+@pytest.mark.parametrize("mode", [ModeKeys.TRAIN, ModeKeys.EVAL])
+def test_the_pipeline_without_autograph_gives_the_elements_autograph_gave(shards, monkeypatch, mode):
+    from ssd.data import input_fn as input_fn_module
+
+    directory, _ = shards
+    config = tiny_config(**{"data.seed": 7})  # the VOC recipe: photometric, zoom-out, crops
+
+    def batches():
+        dataset = make_input_fn(directory, config, mode)()
+        return [tf.nest.map_structure(lambda t: t.numpy(), batch) for batch in dataset.take(3)]
+
+    unconverted = batches()
+    monkeypatch.setattr(input_fn_module, "_unconverted", lambda fn: fn)  # AutoGraph converts again
+    converted = batches()
+    assert len(unconverted) == len(converted) == 3
+    for ours, autograph in zip(unconverted, converted):
+        for a, b in zip(tf.nest.flatten(ours), tf.nest.flatten(autograph)):
+            np.testing.assert_array_equal(a, b)

@@ -94,7 +94,7 @@ def test_eval_falls_back_export_names_the_file_resume_skips_it(records, tmp_path
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert f"checkpoint {model_dir / 'ckpt-2'} is damaged ({damaged}: " in evaluated.stderr
     assert f"using {model_dir / 'ckpt-1'}, the newest intact checkpoint" in evaluated.stderr
-    assert (model_dir / "eval_1" / "summary.json").exists()
+    assert (model_dir / "eval_1" / config.eval.metric / "summary.json").exists()
 
     exported = subprocess.run([sys.executable, str(ROOT / "export.py"), f"--model_dir={model_dir}",
                                f"--checkpoint_path={model_dir / 'ckpt-2'}", f"--export_dir={tmp_path / 'out'}"],

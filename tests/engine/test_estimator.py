@@ -4,6 +4,7 @@ evaluation, prediction and export of a tiny SSD through the one inference path."
 import glob
 import io
 import os
+import re
 
 import keras
 import numpy as np
@@ -281,7 +282,7 @@ def ssd_run(tmp_path_factory):
 
 def test_train_and_evaluate_logs_towards_max_steps_and_evaluates_each_saved_checkpoint(ssd_run):
     # progress and ETA count towards max_steps, not towards the next evaluation
-    progress = [line.split(":")[0] for line in ssd_run["logged"] if line.startswith("step ")]
+    progress = [line.split(":")[0] for line in ssd_run["logged"] if re.match(r"step \d+/", line)]
     assert progress == ["step 1/3", "step 2/3", "step 3/3"]
     model_dir = ssd_run["model_dir"]
     assert sorted(p.name for p in model_dir.glob("ckpt-*.index")) == ["ckpt-2.index", "ckpt-3.index"]
@@ -383,7 +384,7 @@ def test_coco_evaluation_during_training_equals_eval_py_on_the_same_checkpoints(
     for key, value in by_eval_py.items():
         np.testing.assert_array_equal(during_training[key], value, err_msg=str(key))
     assert during_training[("coco/AP", 3)] == pytest.approx(summaries[3]["AP"])
-    results = json.loads((tmp_path / "report_3" / DETECTIONS_FILENAME).read_text())
+    results = json.loads((tmp_path / "report_3" / "coco" / DETECTIONS_FILENAME).read_text())
     assert results and {r["category_id"] for r in results} <= set(coco_ids)
     assert {r["image_id"] for r in results} <= set(range(SSD_IMAGES))  # source ids "00".."05"
     # evaluation during training reads the category map too: one that does not fit is refused
@@ -520,3 +521,65 @@ def test_a_stop_signal_during_a_step_saves_that_step_and_ends_the_session(tmp_pa
     assert (stopped.value.step, stopped.value.checkpoint) == (2, str(tmp_path / "ckpt-2"))
     assert stopped.value.exit_code == 143 and saved == [str(tmp_path / "ckpt-2")]
     assert float(tf.train.load_checkpoint(str(tmp_path / "ckpt-2")).get_tensor("w/.ATTRIBUTES/VARIABLE_VALUE")) == 2.0
+
+
+def _counting_session(tmp_path, cadence_steps: int, start_step: int = 0):
+    """A session whose step returns loss = 1 / (step number), its summaries in tmp_path/events."""
+    from ssd.modeling.checkpoints import Checkpointer
+    from ssd.engine.training import Cadence, StepResult, TrainingSession
+    weight = tf.Variable(float(start_step))
+
+    def step_fn(iterator):
+        weight.assign_add(1.0)
+        return StepResult({"loss": tf.constant(1.0 / float(weight.numpy()))}, tf.constant(True),
+                          tf.constant(2, tf.int64), {})
+
+    writer = tf.summary.create_file_writer(str(tmp_path / "events"))
+    cadence = Cadence(save_checkpoints_steps=None, save_summary_steps=cadence_steps,
+                      log_step_count_steps=cadence_steps)
+    return TrainingSession(step_fn, Checkpointer({"w": weight}, str(tmp_path), max_to_keep=5), writer,
+                           cadence, start_step=start_step), writer
+
+
+@pytest.fixture
+def logged(monkeypatch):
+    """The training loop's INFO lines, as they are formatted."""
+    from ssd.engine import training
+    lines = []
+    monkeypatch.setattr(training.logging, "info", lambda fmt, *args: lines.append(fmt % args))
+    return lines
+
+
+def _step_lines(logged) -> list[str]:
+    return [line for line in logged if line.startswith("step ")]
+
+
+def test_a_run_shorter_than_the_cadence_logs_and_summarizes_its_first_and_last_steps(tmp_path, logged):
+    session, writer = _counting_session(tmp_path, cadence_steps=100)
+    session.run(iterator=None, max_steps=5)
+    writer.close()
+    lines = _step_lines(logged)
+    assert lines[0].startswith("step 1: tracing the training step's graph")  # said before it runs
+    progress = [line for line in lines if "/5:" in line]
+    assert [line.split(":")[0] for line in progress] == ["step 1/5", "step 5/5"]
+    assert "loss 1 | first step " in progress[0] and "steps/s" not in progress[0]
+    assert "loss 0.2 |" in progress[1] and "steps/s" in progress[1] and "ETA 0:00:00" in progress[1]
+    tags = _summary_tags(tmp_path / "events")
+    assert tags["loss"] == {1, 5}
+    assert tags["global_step/sec"] == {5}  # the first step's time is the graph's building
+
+    # a resumed session: its own first step, and the run's last
+    logged.clear()
+    resumed, writer = _counting_session(tmp_path / "resumed", cadence_steps=100, start_step=5)
+    resumed.run(iterator=None, max_steps=8)
+    writer.close()
+    assert [line.split(":")[0] for line in _step_lines(logged) if "/8:" in line] == ["step 6/8", "step 8/8"]
+    assert _summary_tags(tmp_path / "resumed" / "events")["loss"] == {6, 8}
+
+
+def test_a_cadence_of_0_still_logs_and_summarizes_nothing(tmp_path, logged):
+    session, writer = _counting_session(tmp_path, cadence_steps=0)
+    session.run(iterator=None, max_steps=3)
+    writer.close()
+    assert not [line for line in _step_lines(logged) if "/3:" in line]
+    assert "loss" not in _summary_tags(tmp_path / "events")

@@ -102,7 +102,7 @@ def test_saved_model_scores_as_its_checkpoint(shapes, checkpoint_voc07):
     assert summary["step"] == 600 and summary["checkpoint"] == shapes["checkpoint"]
     assert summary["format"] == "saved_model" and summary["quantize"] is None
     assert summary["exported_model"] == shapes["saved_model"]
-    output = Path(shapes["saved_model"] + "_eval")  # beside the model, not in it
+    output = Path(shapes["saved_model"] + "_eval") / "voc07"  # beside the model, not in it
     assert summary["output_dir"] == str(output)
     assert json.loads((output / "summary.json").read_text())["mAP"] == summary["mAP"]
     assert (output / "precision_recall.png").is_file()
@@ -118,7 +118,7 @@ def test_float_tflite_scores_as_its_checkpoint(shapes, checkpoint_voc07):
     _assert_scores_close(summary, checkpoint_voc07, TFLITE_AP_ATOL)
     assert summary["exported_model"] == shapes["tflite"] and summary["format"] == "tflite"
     assert summary["step"] == 600 and summary["checkpoint"] == shapes["checkpoint"]
-    assert summary["output_dir"] == os.path.join(shapes["tflite_dir"], "model_eval")
+    assert summary["output_dir"] == os.path.join(shapes["tflite_dir"], "model_eval", "voc07")
     assert sorted(os.listdir(summary["output_dir"])) == ["precision_recall.png", "results", "summary.json"]
 
 
@@ -131,7 +131,7 @@ def test_coco_metric_of_the_saved_model_is_the_checkpoints(shapes, tmp_path):
     _assert_scores_close(summary, reference, SAVED_MODEL_AP_ATOL, key="AP")  # classes: AP@[.5:.95]
     for key in ("AP50", "AP75", "AR100"):
         assert summary[key] == pytest.approx(reference[key], abs=SAVED_MODEL_AP_ATOL), key
-    assert sorted(os.listdir(tmp_path / "coco")) == ["detections.json", "ground_truth.json", "summary.json"]
+    assert sorted(os.listdir(tmp_path / "coco" / "coco")) == ["detections.json", "ground_truth.json", "summary.json"]
 
 
 def test_default_output_dir_is_beside_the_model():
@@ -265,8 +265,8 @@ def test_eval_app_scores_an_exported_model_and_refuses_in_one_line(shapes, tmp_p
                                      "--metric=voc12"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"VOC2010+ all-point AP (%), {NUM_IMAGES} images" in done.stdout
-    assert f"reports in {tmp_path / 'out'}" in done.stdout
-    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert f"reports in {tmp_path / 'out' / 'voc12'}" in done.stdout
+    saved = json.loads((tmp_path / "out" / "voc12" / "summary.json").read_text())
     assert saved["metric"] == "voc12" and saved["format"] == "tflite" and saved["step"] == 600
 
     refused = subprocess.run(command + [f"--exported_model={tmp_path / 'nothing'}"],

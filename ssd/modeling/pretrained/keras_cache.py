@@ -17,12 +17,14 @@ from typing import TypeVar
 import keras
 from absl import logging
 
+from ssd.errors import UserError
+
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 
 T = TypeVar("T")
 
 
-class PretrainedError(ValueError):
+class PretrainedError(UserError, ValueError):
     """Pretrained weights that cannot initialize the model; the message names file and layer."""
 
 
