@@ -39,6 +39,7 @@ and a damaged newest checkpoint is skipped for the newest intact one, with a war
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import sys
 from pathlib import Path
@@ -97,9 +98,17 @@ FLAG_FIELDS = {
     "jit_compile": "train.jit_compile",
 }
 
-NAN_REMEDY = ("Remedies: a longer warm-up, e.g. --set train.lr_boundaries=[2000,80000,100000], or a "
-              "lower --learning_rate. Running the same command again resumes from the latest good "
-              "checkpoint.")
+def nan_remedy(train: config_lib.TrainConfig) -> str:
+    """What to change after a non-finite loss: a longer warm-up where the schedule has one."""
+    lower = f"a lower --learning_rate (now {train.learning_rate:g})"
+    if train.lr_schedule == "piecewise" and train.lr_boundaries:
+        longer = [max(2000, 4 * train.lr_boundaries[0]), *train.lr_boundaries[1:]]
+        remedies = (f"a longer warm-up, e.g. --set train.lr_boundaries="
+                    f"{json.dumps(longer).replace(' ', '')}, or {lower}")
+    else:
+        remedies = lower
+    return (f"Remedies: {remedies}. Running the same command again resumes from the latest good "
+            "checkpoint.")
 
 
 class TrainingError(UserError):
@@ -248,7 +257,7 @@ def run(model_dir: str) -> None:
     except (ModelDirLockedError, DamagedCheckpointError) as e:
         raise TrainingError(str(e)) from e
     except FloatingPointError as e:  # NonFiniteLossError, or weights gone non-finite at a save
-        raise TrainingError(f"{e}. {NAN_REMEDY}") from e
+        raise TrainingError(f"{e}. {nan_remedy(config.train)}") from e
     except tf.errors.OpError as e:
         damaged = data_error_from(e)  # a record damaged past the checked start of its file
         if damaged is None:
