@@ -72,6 +72,13 @@ def test_overrides_apply_dotted_fields():
     ({"train.optimizer": "rmsprop"}, "train.optimizer"),
     ({"train.bias_lr_multiplier": -1.0}, "train.bias_lr_multiplier"),
     ({"data.class_names": "imagenet"}, "data.class_names"),
+    ({"loss.classification": "focal"}, "loss.classification"),
+    ({"loss.hard_example_mining": "ohem"}, "loss.hard_example_mining"),
+    ({"loss.miner_num_hard_examples": 0}, "loss.miner_num_hard_examples"),
+    ({"loss.miner_iou_threshold": 0.0}, "loss.miner_iou_threshold"),
+    ({"loss.miner_iou_threshold": 1.5}, "loss.miner_iou_threshold"),
+    ({"loss.min_negatives_per_image": -1}, "loss.min_negatives_per_image"),
+    ({"loss.negative_ratio": 0}, "loss.negative_ratio"),
     ({"anchors.preset": "caffe", "anchors.aspect_ratios": [], "anchors.scales": [], "anchors.extra_scales": [],
       "anchors.min_sizes": [0.5, 60, 111, 162, 213, 264]}, "anchors.min_sizes[0]"),
 ])
@@ -398,3 +405,15 @@ def test_resuming_a_vgg_model_as_ssdlite_is_refused(tmp_path):
     with pytest.raises(cfg.ConfigError, match="^model.architecture: .* trained with "
                                               "model.architecture='ssd300'"):
         resolve_config(tmp_path, "ssdlite320_mobilenetv2_voc", True, {})
+
+
+def test_loss_defaults_keep_ssd_and_name_the_tfod_miner_settings():
+    """Every recipe keeps SSD's softmax loss and miner; the "tfod" miner's defaults are the TF
+    Object Detection API's ssdlite_mobilenet_v2_coco settings."""
+    for name in cfg.recipe_names():
+        loss = cfg.load_config(name).loss
+        assert (loss.classification, loss.hard_example_mining) == ("softmax", "ssd"), name
+    loss = cfg.load_config("ssdlite320_shapes_cpu", {"loss.classification": "sigmoid",
+                                                      "loss.hard_example_mining": "tfod"}).loss
+    assert (loss.miner_num_hard_examples, loss.miner_iou_threshold, loss.negative_ratio,
+            loss.min_negatives_per_image) == (3000, 0.99, 3.0, 3)
