@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ssd.config.loading import LossConfig
+from ssd.config.loading import LossConfig, load_config
+from ssd.engine.estimator import ModelContext
+from ssd.engine.model_fn import SSDModelFn
 from ssd.modeling import losses, mining
+from tests.modeling.test_postprocess import np_decode
 
 # the API's ssdlite_mobilenet_v2_coco miner: 3000 examples, NMS at 0.99, 3 negatives per positive,
 # at least 3 negatives per image
@@ -17,9 +20,12 @@ TFOD = LossConfig(classification="sigmoid", hard_example_mining="tfod")
 # --- numpy reference --------------------------------------------------------------------------
 
 def np_iou(a, b):
-    inter = (max(min(a[2], b[2]) - max(a[0], b[0]), 0) * max(min(a[3], b[3]) - max(a[1], b[1]), 0))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+    """IoU of box a [4] with boxes b [..., 4] (positive-area boxes)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    inter = (np.maximum(np.minimum(a[2], b[..., 2]) - np.maximum(a[0], b[..., 0]), 0)
+             * np.maximum(np.minimum(a[3], b[..., 3]) - np.maximum(a[1], b[..., 1]), 0))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]) - inter
+    return inter / union
 
 
 def np_nms(boxes, scores, max_output, iou_threshold):
@@ -28,7 +34,7 @@ def np_nms(boxes, scores, max_output, iou_threshold):
     for i in np.argsort(-np.asarray(scores, np.float64), kind="stable"):
         if len(selected) == max_output:
             break
-        if all(np_iou(boxes[i], boxes[j]) <= iou_threshold for j in selected):
+        if not np.any(np_iou(boxes[i], boxes[selected]) > iou_threshold):
             selected.append(i)
     return selected
 
@@ -189,3 +195,41 @@ def test_mining_is_not_differentiated_through():
     one_hot = np.eye(logits.shape[-1])[np.maximum(targets, 0)]
     expected = (1 / (1 + np.exp(-logits.astype(np.float64))) - one_hot) / (targets > 0).sum()
     np.testing.assert_allclose(gradient[kept], expected[kept], atol=1e-6)
+
+
+def test_the_training_step_mines_over_the_boxes_decoded_from_its_default_boxes():
+    """SSDModelFn gives the miner the box encodings decoded against the recipe's default boxes
+    (the API's decoded predictions, unclipped)."""
+    config = load_config("ssdlite320_shapes_cpu", {"model.width_multiplier": 0.35,
+                                                   "loss.classification": "sigmoid",
+                                                   "loss.hard_example_mining": "tfod"})
+    holder = SSDModelFn(config, ModelContext(tf.Variable(0, dtype=tf.int64), num_replicas=1))
+    anchors = holder.anchors.numpy()
+    rng = np.random.default_rng(7)
+    batch, num_anchors = 2, len(anchors)
+    logits = rng.normal(0, 2, (batch, num_anchors, 5)).astype(np.float32)
+    encodings = rng.normal(0, 1, (batch, num_anchors, 4)).astype(np.float32)
+    targets = np.where(rng.uniform(size=(batch, num_anchors)) < 0.02,
+                       rng.integers(1, 5, (batch, num_anchors)), 0).astype(np.int32)
+    loc_targets = np.where((targets > 0)[..., None], rng.normal(0, 1, (batch, num_anchors, 4)),
+                           0).astype(np.float32)
+    # anchor j predicts exactly anchor i's predicted box: a duplicate only once decoded
+    for b in range(batch):
+        pairs = rng.choice(num_anchors, (300, 2), replace=False)
+        box = np_decode(encodings[b], anchors)[pairs[:, 0]]
+        a = anchors[pairs[:, 1]]
+        a_h, a_w = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
+        encodings[b, pairs[:, 1]] = np.stack([
+            ((box[:, 0] + box[:, 2]) - (a[:, 0] + a[:, 2])) / 2 / a_h / 0.1,
+            ((box[:, 1] + box[:, 3]) - (a[:, 1] + a[:, 3])) / 2 / a_w / 0.1,
+            np.log((box[:, 2] - box[:, 0]) / a_h) / 0.2, np.log((box[:, 3] - box[:, 1]) / a_w) / 0.2], -1)
+    features = {"image": tf.zeros([batch, 320, 320, 3])}
+    labels = {"cls_targets": tf.constant(targets), "loc_targets": tf.constant(loc_targets)}
+    spec = holder._train_spec(features, labels, tf.constant(logits), tf.constant(encodings))
+
+    anchor_loss = losses.anchor_classification_loss(logits, targets, "sigmoid").numpy()
+    kept = np_tfod_mined(anchor_loss, np_decode(encodings, anchors), targets, config.loss)
+    n = (targets > 0).sum()
+    without_nms = dataclasses.replace(config.loss, miner_iou_threshold=1.0)
+    assert (kept != np_tfod_mined(anchor_loss, np_decode(encodings, anchors), targets, without_nms)).any()
+    np.testing.assert_allclose(spec.scalars["cls_loss"].numpy(), anchor_loss[kept].sum() / n, rtol=1e-5)
