@@ -111,29 +111,15 @@ class MatchingConfig:
 
 @dataclasses.dataclass
 class LossConfig:
-    """The training loss. The TF Object Detection API's `ssdlite_mobilenet_v2_coco` is
-    classification "sigmoid" with hard_example_mining "tfod" (ssd.modeling.losses, ssd.modeling.mining).
+    """The training loss (ssd.modeling.losses, ssd.modeling.mining). The TF Object Detection
+    API's `ssdlite_mobilenet_v2_coco` is classification "sigmoid" with hard_example_mining "tfod"."""
 
-    classification: "softmax" (SSD): softmax cross-entropy over the C logits (background 0 included);
-      "sigmoid" (the API's `weighted_sigmoid` with `add_background_class`): an independent sigmoid
-      cross-entropy per logit against a one-hot target that includes the background column (a
-      background anchor's target is 1 in column 0), summed over the C columns. The head keeps its C
-      outputs either way; the detection scores follow: softmax, or sigmoid (the API's
-      `score_converter: SIGMOID`), background column dropped.
-    hard_example_mining: "ssd": per image the negatives with the highest classification loss,
-      floor(negative_ratio x positives); the box loss covers every positive.
-      "tfod": the API's `hard_example_miner` with `loss_type: CLASSIFICATION`: per image a greedy NMS
-      of the predicted (decoded) boxes ranked by classification loss, at IoU miner_iou_threshold
-      and at most miner_num_hard_examples kept; of those, every positive and the first (highest-loss)
-      max(min_negatives_per_image, int(negative_ratio x positives kept)) negatives. Both losses sum
-      over that set only: a positive the NMS drops loses its box loss too.
-    negative_ratio is the API's `max_negatives_per_positive`. Both losses are divided by the number
-    of positives in the batch (the API's `normalize_loss_by_num_matches`), mined or not.
-    """
-
+    # "softmax" (SSD) or "sigmoid" (the API's weighted_sigmoid with its background class); the
+    # detection scores follow it (ssd.modeling.postprocess.object_class_scores)
     classification: str = "softmax"
+    # "ssd" (SSD's hard negatives) or "tfod" (the API's hard_example_miner, loss_type CLASSIFICATION)
     hard_example_mining: str = "ssd"
-    negative_ratio: float = 3.0
+    negative_ratio: float = 3.0  # negatives per positive at most (the API's max_negatives_per_positive)
     miner_num_hard_examples: int = 3000  # "tfod": the API's num_hard_examples
     miner_iou_threshold: float = 0.99  # "tfod": the API's iou_threshold
     min_negatives_per_image: int = 3  # "tfod": the API's min_negatives_per_image
