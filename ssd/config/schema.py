@@ -42,6 +42,8 @@ AUGMENTATIONS = ("paper", TF1, TFOD, "none")
 EVAL_METRICS = ("voc07", "voc12", "coco")
 OPTIMIZERS = ("momentum", "sgd", "adam", "rmsprop")
 LR_SCHEDULES = ("piecewise", "exponential")
+CLASSIFICATION_LOSSES = ("softmax", "sigmoid")  # loss.classification
+HARD_EXAMPLE_MINERS = ("ssd", TFOD)  # loss.hard_example_mining
 
 
 class ConfigError(UserError, ValueError):
@@ -122,7 +124,18 @@ class MatchingConfig:
 
 @dataclasses.dataclass
 class LossConfig:
-    negative_ratio: float = 3.0
+    """The training loss (ssd.modeling.losses, ssd.modeling.mining). The TF Object Detection
+    API's `ssdlite_mobilenet_v2_coco` is classification "sigmoid" with hard_example_mining "tfod"."""
+
+    # "softmax" (SSD) or "sigmoid" (the API's weighted_sigmoid with its background class); the
+    # detection scores follow it (ssd.modeling.postprocess.object_class_scores)
+    classification: str = "softmax"
+    # "ssd" (SSD's hard negatives) or "tfod" (the API's hard_example_miner, loss_type CLASSIFICATION)
+    hard_example_mining: str = "ssd"
+    negative_ratio: float = 3.0  # negatives per positive at most (the API's max_negatives_per_positive)
+    miner_num_hard_examples: int = 3000  # "tfod": the API's num_hard_examples
+    miner_iou_threshold: float = 0.99  # "tfod": the API's iou_threshold
+    min_negatives_per_image: int = 3  # "tfod": the API's min_negatives_per_image
     smooth_l1_beta: float = 1.0
     weight_decay: float = 5e-4
     decay_biases: bool = True  # the TF1 reference decays kernels and biases; Caffe does not

@@ -6,8 +6,8 @@ import math
 
 from ssd.config.architectures import (ARCHITECTURES, BACKBONE_PREPROCESSING, BACKBONES, MOBILENET_V2,
                                PREPROCESSINGS, feature_map_sizes)
-from ssd.config.schema import (ANCHOR_PRESETS, AUGMENTATIONS, EVAL_METRICS, LR_SCHEDULES, OPTIMIZERS,
-                               TFOD,
+from ssd.config.schema import (ANCHOR_PRESETS, AUGMENTATIONS, CLASSIFICATION_LOSSES, EVAL_METRICS,
+                               HARD_EXAMPLE_MINERS, LR_SCHEDULES, OPTIMIZERS, TFOD,
                                AnchorConfig, Config, ConfigError, DataConfig, EvalConfig,
                                LossConfig, MatchingConfig, ModelConfig, TrainConfig)
 
@@ -118,7 +118,16 @@ def validate_loss_for_model(lo: LossConfig, m: ModelConfig) -> None:
 
 
 def validate_loss(lo: LossConfig) -> None:
-    _require(lo.negative_ratio > 0, "loss.negative_ratio", f"must be positive, got {lo.negative_ratio}")
+    _choice(lo.classification, CLASSIFICATION_LOSSES, "loss.classification")
+    _choice(lo.hard_example_mining, HARD_EXAMPLE_MINERS, "loss.hard_example_mining")
+    _require(lo.negative_ratio > 0 and math.isfinite(lo.negative_ratio), "loss.negative_ratio",
+             f"must be positive, got {lo.negative_ratio}")
+    _require(lo.miner_num_hard_examples >= 1, "loss.miner_num_hard_examples",
+             f"must be >= 1, got {lo.miner_num_hard_examples}")
+    _require(0 < lo.miner_iou_threshold <= 1, "loss.miner_iou_threshold",
+             f"must be in (0, 1], got {lo.miner_iou_threshold}")
+    _require(lo.min_negatives_per_image >= 0, "loss.min_negatives_per_image",
+             f"must be >= 0, got {lo.min_negatives_per_image}")
     _require(lo.smooth_l1_beta > 0, "loss.smooth_l1_beta", "must be positive")
     _require(lo.weight_decay >= 0, "loss.weight_decay", "must be >= 0")
     _require(lo.norm_scale_decay_multiplier >= 0, "loss.norm_scale_decay_multiplier", "must be >= 0")

@@ -109,7 +109,8 @@ class SSDModelFn(ModelFunction):
         global_positives = tf.stop_gradient(replica.all_reduce(
             tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.cast(positive, tf.float32))))
         losses = detection_losses(cls_logits, box_encodings, cls_targets, labels["loc_targets"],
-                                  self.config.loss, normalizer=global_positives)
+                                  self.config.loss, normalizer=global_positives,
+                                  predicted_boxes=self._predicted_boxes(box_encodings))
         seen = losses["seen"]
         local_seen = tf.reduce_sum(tf.cast(seen, tf.float32))
         global_seen = tf.stop_gradient(replica.all_reduce(tf.distribute.ReduceOp.SUM, local_seen))
@@ -123,6 +124,14 @@ class SSDModelFn(ModelFunction):
                    "cls_targets": cls_targets[:SUMMARY_IMAGES],
                    "loc_targets": labels["loc_targets"][:SUMMARY_IMAGES]}
         return EstimatorSpec(loss=loss, scalars=scalars, summary_tensors=summary)
+
+    def _predicted_boxes(self, box_encodings) -> tf.Tensor | None:
+        """The decoded boxes the "tfod" miner's NMS runs over (unclipped, as the API's); None
+        for the "ssd" miner, which does not need them."""
+        if self.config.loss.hard_example_mining != "tfod":
+            return None
+        return box_ops.decode(tf.cast(box_encodings, tf.float32), self.anchors[tf.newaxis],
+                              self.config.matching.variances)
 
     def summary_images(self, tensors) -> dict[str, tf.Tensor]:
         """Training images (un-preprocessed, RGB) with the ground truth of their positive boxes."""

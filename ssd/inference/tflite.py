@@ -33,10 +33,10 @@ Quantization:
   "int8"     full-integer network: int8 weights and int8 activations (preprocessing included),
              calibrated on `representative_images` (a few hundred training images, see
              `representative_images`). The post-processing stays float32: NMS has no int8 kernel,
-             and int8 softmax scores (steps of 1/256) or box coordinates would change which boxes
-             pass the 0.01 threshold and how close scores rank. TFLITE_BUILTINS listed after the
-             int8 set allows those float kernels; `_quantize_network_only` keeps the quantizer off
-             them. The uint8 input and the outputs keep their types.
+             and int8 softmax or sigmoid scores (steps of 1/256) or box coordinates would change
+             which boxes pass the 0.01 threshold and how close scores rank. TFLITE_BUILTINS listed
+             after the int8 set allows those float kernels; `_quantize_network_only` keeps the
+             quantizer off them. The uint8 input and the outputs keep their types.
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ POSTPROCESS_SCOPE = "postprocess"
 # op types of the post-processing that the networks (VGG16, MobileNetV2) do not use: kept float by
 # type as well, as the quantizer requantizes some outputs of the denylisted nodes (multi-output
 # ops, the softmax). A network that used them would run those layers in float: slower, not wrong.
-POSTPROCESSING_OPS = ["SOFTMAX", "TOPK_V2", "GATHER", "SELECT_V2", "STRIDED_SLICE", "UNPACK", "PACK",
-                      "EXP", "MINIMUM", "MAXIMUM", "TRANSPOSE", "ONE_HOT", "REDUCE_MAX"]
+POSTPROCESSING_OPS = ["SOFTMAX", "LOGISTIC", "TOPK_V2", "GATHER", "SELECT_V2", "STRIDED_SLICE", "UNPACK",
+                      "PACK", "EXP", "MINIMUM", "MAXIMUM", "TRANSPOSE", "ONE_HOT", "REDUCE_MAX"]
 
 
 

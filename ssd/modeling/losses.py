@@ -1,7 +1,9 @@
-"""SSD training losses: confidence loss with hard negative mining, smooth L1 box loss, weight decay.
+"""SSD training losses: confidence loss over the mined anchors, smooth L1 box loss, weight decay.
 
 Target convention (from `ssd.modeling.boxes.encode_targets`): cls_targets > 0 are positives (class labels),
 0 are background candidates for mining, -1 are ignored and take no part in any loss.
+The confidence loss is `loss.classification` ("softmax" or "sigmoid", `anchor_classification_loss`);
+which anchors it (and the box loss) covers is `loss.hard_example_mining` (ssd.modeling.mining).
 Everything is computed in float32, whatever the dtype of the model outputs.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from ssd.modeling.mining import ssd_hard_negatives, tfod_hard_examples
 from ssd.modeling.ssdlite import BACKBONE_DEPTHWISE_SUFFIX
 
 NORM_SCALE_LAYER = "conv4_3_norm"
@@ -19,30 +22,63 @@ _NORMALIZATION_WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")
 
 
 def background_loss(cls_logits: tf.Tensor) -> tf.Tensor:
-    """[..., C] logits -> [...] -log(softmax background probability), the mining score."""
+    """[..., C] logits -> [...] -log(softmax background probability), the softmax mining score."""
     return -tf.nn.log_softmax(tf.cast(cls_logits, tf.float32), axis=-1)[..., 0]
 
 
 def hard_negative_mask(cls_logits: tf.Tensor, cls_targets: tf.Tensor,
                        negative_ratio: float) -> tf.Tensor:
-    """[B, A] bool: the negatives kept for the confidence loss, chosen per image.
+    """[B, A] bool: SSD's mined negatives for a softmax loss, ranked by background loss
+    (`ssd.modeling.mining.ssd_hard_negatives`: per image, at most floor(negative_ratio x positives),
+    equal scores to the lower anchor index)."""
+    return ssd_hard_negatives(background_loss(cls_logits), cls_targets, negative_ratio)
 
-    In each image the background anchors (cls_targets == 0) are ranked by background loss, highest
-    first, and the top k are kept, k = min(floor(negative_ratio * positives in the image),
-    negatives in the image) (Caffe's integer cast). Equal scores rank the lower anchor index first.
-    The ranking is not differentiated through.
+
+def anchor_classification_loss(cls_logits: tf.Tensor, cls_targets: tf.Tensor,
+                               classification: str) -> tf.Tensor:
+    """[B, A, C] logits, [B, A] targets -> [B, A] loss per anchor, 0 for ignored anchors.
+
+    "softmax": cross-entropy of the softmax over the C logits at the target class (0: background).
+    "sigmoid": the TF Object Detection API's weighted sigmoid loss with its background class: the
+      target is one-hot over all C columns including background (column 0 is 1 for a background
+      anchor, 0 for a positive), each column an independent sigmoid cross-entropy, summed over C.
     """
+    cls_logits = tf.cast(cls_logits, tf.float32)
     cls_targets = tf.convert_to_tensor(cls_targets, tf.int32)
-    negative = tf.equal(cls_targets, 0)
-    num_positive = tf.reduce_sum(tf.cast(cls_targets > 0, tf.float32), axis=1)
-    num_negative = tf.reduce_sum(tf.cast(negative, tf.int32), axis=1)
-    num_mined = tf.minimum(tf.cast(tf.floor(negative_ratio * num_positive), tf.int32), num_negative)
+    labels = tf.maximum(cls_targets, 0)
+    if classification == "softmax":
+        loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=cls_logits)
+    elif classification == "sigmoid":
+        one_hot = tf.one_hot(labels, tf.shape(cls_logits)[-1], dtype=tf.float32)
+        loss = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=one_hot, logits=cls_logits),
+                             axis=-1)
+    else:
+        raise ValueError(f"loss.classification: must be 'softmax' or 'sigmoid', got {classification!r}")
+    return tf.where(cls_targets >= 0, loss, 0.0)
 
-    scores = tf.stop_gradient(background_loss(cls_logits))
-    scores = tf.where(negative, scores, -float("inf"))
-    order = tf.argsort(scores, axis=1, direction="DESCENDING", stable=True)
-    rank = tf.argsort(order, axis=1)  # inverse permutation: the rank of each anchor
-    return tf.logical_and(negative, rank < num_mined[:, None])
+
+def mined_anchors(cls_logits: tf.Tensor, anchor_cls_loss: tf.Tensor, cls_targets: tf.Tensor,
+                  loss_config, predicted_boxes: tf.Tensor | None) -> tf.Tensor:
+    """[B, A] bool: the anchors the confidence loss covers, by `loss.hard_example_mining`.
+
+    "ssd": the positives and SSD's hard negatives, ranked by background loss with softmax and by
+    the anchor's (sigmoid) classification loss with sigmoid. "tfod": the API's miner
+    (ssd.modeling.mining), which needs the decoded `predicted_boxes` [B, A, 4].
+    """
+    positive = cls_targets > 0
+    if loss_config.hard_example_mining == "ssd":
+        if loss_config.classification == "softmax":
+            negatives = hard_negative_mask(cls_logits, cls_targets, loss_config.negative_ratio)
+        else:
+            negatives = ssd_hard_negatives(anchor_cls_loss, cls_targets, loss_config.negative_ratio)
+        return tf.logical_or(positive, negatives)
+    if loss_config.hard_example_mining == "tfod":
+        if predicted_boxes is None:
+            raise ValueError("loss.hard_example_mining 'tfod' runs NMS over the predicted boxes: "
+                             "pass predicted_boxes (the decoded box encodings)")
+        return tfod_hard_examples(anchor_cls_loss, predicted_boxes, cls_targets, loss_config)
+    raise ValueError(f"loss.hard_example_mining: must be 'ssd' or 'tfod', "
+                     f"got {loss_config.hard_example_mining!r}")
 
 
 def smooth_l1(x: tf.Tensor, beta: float) -> tf.Tensor:
@@ -52,21 +88,24 @@ def smooth_l1(x: tf.Tensor, beta: float) -> tf.Tensor:
 
 
 def detection_losses(cls_logits: tf.Tensor, box_encodings: tf.Tensor, cls_targets: tf.Tensor,
-                     loc_targets: tf.Tensor, loss_config, normalizer: tf.Tensor | float | None = None
-                     ) -> dict[str, tf.Tensor]:
+                     loc_targets: tf.Tensor, loss_config, normalizer: tf.Tensor | float | None = None,
+                     predicted_boxes: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
     """The SSD multibox loss of a batch.
 
     Args:
       cls_logits: [B, A, C] class logits (class 0 = background); box_encodings: [B, A, 4].
       cls_targets: [B, A] int32; loc_targets: [B, A, 4] encoded ground truths.
-      loss_config: a `LossConfig` (negative_ratio, smooth_l1_beta).
+      loss_config: a `LossConfig` (classification, hard_example_mining, negative_ratio, the miner's
+        fields, smooth_l1_beta).
       normalizer: what the summed losses are divided by (after max(normalizer, 1)); defaults to
         the number of positives in this batch. A multi-replica trainer passes the global count.
+      predicted_boxes: [B, A, 4] the decoded box encodings; needed by the "tfod" miner only.
     Returns:
-      cls_loss: softmax cross-entropy summed over positives and mined negatives, normalized.
-      loc_loss: smooth L1 summed over the 4 offsets of the positives, normalized.
+      cls_loss: `anchor_classification_loss` summed over the mined anchors, normalized.
+      loc_loss: smooth L1 summed over the 4 offsets of the positives ("tfod": the mined
+        positives), normalized.
       num_positives: float32 number of positives in this batch.
-      seen: [B, A] bool, the anchors the confidence loss covers (positives and mined negatives).
+      seen: [B, A] bool, the anchors the confidence loss covers (`mined_anchors`).
     """
     cls_logits = tf.cast(cls_logits, tf.float32)
     box_encodings = tf.cast(box_encodings, tf.float32)
@@ -74,15 +113,14 @@ def detection_losses(cls_logits: tf.Tensor, box_encodings: tf.Tensor, cls_target
     cls_targets = tf.convert_to_tensor(cls_targets, tf.int32)
 
     positive = cls_targets > 0
-    kept = tf.logical_or(positive,
-                         hard_negative_mask(cls_logits, cls_targets, loss_config.negative_ratio))
-    cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.maximum(cls_targets, 0), logits=cls_logits)
-    cls_sum = tf.reduce_sum(tf.where(kept, cross_entropy, 0.0))
+    anchor_cls_loss = anchor_classification_loss(cls_logits, cls_targets, loss_config.classification)
+    kept = mined_anchors(cls_logits, anchor_cls_loss, cls_targets, loss_config, predicted_boxes)
+    cls_sum = tf.reduce_sum(tf.where(kept, anchor_cls_loss, 0.0))
 
     box_loss = tf.reduce_sum(smooth_l1(box_encodings - loc_targets, loss_config.smooth_l1_beta),
                              axis=-1)
-    loc_sum = tf.reduce_sum(tf.where(positive, box_loss, 0.0))
+    located = tf.logical_and(positive, kept)  # every positive is kept except by the "tfod" NMS
+    loc_sum = tf.reduce_sum(tf.where(located, box_loss, 0.0))
 
     num_positives = tf.reduce_sum(tf.cast(positive, tf.float32))
     if normalizer is None:

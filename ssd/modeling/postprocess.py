@@ -4,8 +4,10 @@ Batched TensorFlow ops with static output shapes, usable inside tf.function and 
 serving signature (the batch size may be unknown). Per image, following SSD's DetectionOutput:
   1. decode the box encodings against the default boxes and clip them to the image ([0, 1]);
      clipping comes first, so NMS and the size filter see the clipped boxes (as in the seed);
-  2. softmax over the classes; for every object class (background 0 skipped) keep the boxes with
-     score > eval.score_threshold and, when eval.min_box_size > 0, height and width > min_box_size;
+  2. class scores from the logits (`object_class_scores`: softmax over the classes, or a sigmoid per
+     class when loss.classification is "sigmoid"); for every object class (background 0 dropped)
+     keep the boxes with score > eval.score_threshold and, when eval.min_box_size > 0, height and
+     width > min_box_size;
   3. per class, the eval.pre_nms_top_k best of those, then greedy NMS: a box is dropped when its IoU
      with a higher-scoring kept box of the same class is > eval.nms_iou_threshold;
   4. the eval.max_detections best survivors of all classes.
@@ -127,14 +129,31 @@ def _check_shapes(cls_logits: tf.Tensor, anchors: tf.Tensor) -> tuple[int, int]:
     return num_anchors, num_classes
 
 
-def _candidate_scores(cls_logits: tf.Tensor, boxes: tf.Tensor, eval_config) -> tf.Tensor:
-    """Steps 1-2: object class scores [B, C-1, A], _NOT_A_CANDIDATE below the score threshold
-    or for boxes no larger than min_box_size."""
-    num_classes = cls_logits.shape[2]
-    scores = tf.nn.softmax(tf.cast(cls_logits, tf.float32), axis=-1)
+def object_class_scores(cls_logits: tf.Tensor, classification: str) -> tf.Tensor:
+    """[B, A, C] logits -> [B, A, C-1] float32 scores of the object classes 1..C-1.
+
+    The score of the loss the network was trained with (`loss.classification`): "softmax" over all
+    C logits, or "sigmoid" of each logit (the TF Object Detection API's `score_converter:
+    SIGMOID`); either way the background column is computed, then dropped, as the API does.
+    """
+    num_classes = _static_dim(cls_logits, 2, "classes")
+    logits = tf.cast(cls_logits, tf.float32)
+    if classification == "softmax":
+        scores = tf.nn.softmax(logits, axis=-1)
+    elif classification == "sigmoid":
+        scores = tf.sigmoid(logits)
+    else:
+        raise ValueError(f"loss.classification: must be 'softmax' or 'sigmoid', got {classification!r}")
     # the object classes by gather rather than a slice: TFLite's int8 quantizer requantizes a
     # slice of the softmax to int8 (steps of 1/256) even when told to keep post-processing float
-    scores = tf.transpose(tf.gather(scores, tf.range(1, num_classes), axis=2), [0, 2, 1])
+    return tf.gather(scores, tf.range(1, num_classes), axis=2)
+
+
+def _candidate_scores(cls_logits: tf.Tensor, boxes: tf.Tensor, config) -> tf.Tensor:
+    """Steps 1-2: object class scores [B, C-1, A], _NOT_A_CANDIDATE below the score threshold
+    or for boxes no larger than min_box_size."""
+    eval_config = config.eval
+    scores = tf.transpose(object_class_scores(cls_logits, config.loss.classification), [0, 2, 1])
     eligible = scores > eval_config.score_threshold
     if eval_config.min_box_size > 0:
         heights = boxes[..., 2] - boxes[..., 0]
@@ -197,7 +216,7 @@ def postprocess(cls_logits: tf.Tensor, box_encodings: tf.Tensor, anchors, config
 
     boxes = box_ops.decode(tf.cast(box_encodings, tf.float32), anchors[tf.newaxis], config.matching.variances)
     boxes = tf.clip_by_value(boxes, 0.0, 1.0)
-    scores = _candidate_scores(cls_logits, boxes, ev)  # [B, C-1, A]
+    scores = _candidate_scores(cls_logits, boxes, config)  # [B, C-1, A]
     top_scores, top_anchor = tf.math.top_k(scores, k=k, sorted=True)  # [B, C-1, k]
     top_boxes = tf.gather(boxes, top_anchor, batch_dims=1)  # [B, C-1, k, 4]
 

@@ -72,6 +72,13 @@ def test_overrides_apply_dotted_fields():
     ({"train.optimizer": "adagrad"}, "train.optimizer"),
     ({"train.bias_lr_multiplier": -1.0}, "train.bias_lr_multiplier"),
     ({"data.class_names": "imagenet"}, "data.class_names"),
+    ({"loss.classification": "focal"}, "loss.classification"),
+    ({"loss.hard_example_mining": "ohem"}, "loss.hard_example_mining"),
+    ({"loss.miner_num_hard_examples": 0}, "loss.miner_num_hard_examples"),
+    ({"loss.miner_iou_threshold": 0.0}, "loss.miner_iou_threshold"),
+    ({"loss.miner_iou_threshold": 1.5}, "loss.miner_iou_threshold"),
+    ({"loss.min_negatives_per_image": -1}, "loss.min_negatives_per_image"),
+    ({"loss.negative_ratio": 0}, "loss.negative_ratio"),
     ({"anchors.preset": "caffe", "anchors.aspect_ratios": [], "anchors.scales": [], "anchors.extra_scales": [],
       "anchors.min_sizes": [0.5, 60, 111, 162, 213, 264]}, "anchors.min_sizes[0]"),
 ])
@@ -446,6 +453,10 @@ def test_tfod_recipe_is_the_apis_ssdlite_mobilenet_v2_coco():
     assert (c.loss.weight_decay, c.loss.decay_biases, c.loss.decay_backbone_depthwise_kernels) == \
         (4e-5, False, False)
     assert c.loss.negative_ratio == 3.0
+    # weighted_sigmoid loss, score_converter SIGMOID; hard_example_miner 3000 / 0.99 / 3 per image
+    assert (c.loss.classification, c.loss.hard_example_mining) == ("sigmoid", "tfod")
+    assert (c.loss.miner_num_hard_examples, c.loss.miner_iou_threshold,
+            c.loss.min_negatives_per_image) == (3000, 0.99, 3)
     assert (c.data.augmentation, c.data.flip_probability, c.data.preprocessing) == ("tfod", 0.5, "tf_rgb_unit")
     t = c.train
     assert (t.batch_size, t.max_steps, t.optimizer) == (24, 200_000, "rmsprop")
@@ -479,3 +490,17 @@ def test_new_fields_keep_the_earlier_recipes_as_they_were():
 def test_new_fields_are_validated_by_name(values, message):
     with pytest.raises(cfg.ConfigError, match=message):
         cfg.load_config("ssd300_voc0712", values)
+
+
+def test_loss_defaults_keep_ssd_and_name_the_tfod_miner_settings():
+    """Every recipe but the API's own keeps SSD's softmax loss and miner; the "tfod" miner's
+    defaults are the TF Object Detection API's ssdlite_mobilenet_v2_coco settings."""
+    for name in cfg.recipe_names():
+        if name == "ssdlite300_mobilenetv2_coco_tfod":
+            continue
+        loss = cfg.load_config(name).loss
+        assert (loss.classification, loss.hard_example_mining) == ("softmax", "ssd"), name
+    loss = cfg.load_config("ssdlite320_shapes_cpu", {"loss.classification": "sigmoid",
+                                                      "loss.hard_example_mining": "tfod"}).loss
+    assert (loss.miner_num_hard_examples, loss.miner_iou_threshold, loss.negative_ratio,
+            loss.min_negatives_per_image) == (3000, 0.99, 3.0, 3)

@@ -1,6 +1,7 @@
 """SavedModel export: reloaded signatures give the in-process detections, in original pixels,
 under the Object Detection API's output names, with a score threshold input and its default."""
 
+import dataclasses
 import io
 
 import numpy as np
@@ -195,3 +196,32 @@ def test_the_graph_feeds_the_default_when_score_threshold_is_left_out(exported, 
     assert node.op == "PlaceholderWithDefault"
     (source,) = [n for n in meta_graph.graph_def.node if n.name == node.input[0]]
     assert float(tf.make_ndarray(source.attr["value"].tensor)) == np.float32(default)
+
+
+def test_sigmoid_scores_travel_through_the_saved_model(tmp_path):
+    """With loss.classification "sigmoid" the served scores are the logits' sigmoids (the best
+    one is the largest object-class sigmoid), not a softmax's."""
+    tf.keras.utils.set_random_seed(3)
+    config = load_config("ssd300_voc0712", {"model.width_multiplier": 0.125, "model.num_classes": 4,
+                                            "data.class_names": CLASS_NAMES,
+                                            "loss.classification": "sigmoid"})
+    model = build_inference_model(config)
+    inputs = preprocess_image(tf.constant(PROBE), config)[tf.newaxis]
+    # the class heads (zero biases) scaled to logits of std 2: spread-out, unsaturated scores
+    scale = 2.0 / float(tf.math.reduce_std(model(inputs, training=False)[0]))
+    for layer in model.layers:
+        if layer.name.startswith("cls_") and hasattr(layer, "kernel"):
+            layer.kernel.assign(layer.kernel * scale)
+    export_dir = export_saved_model(model, config, str(tmp_path / "saved_model"), score_threshold=0.0)
+    serve = tf.saved_model.load(export_dir).signatures["serving_images"]
+    out = serve(images=tf.constant(PROBE[np.newaxis]), score_threshold=tf.constant(0.0))
+    logits, _ = model(inputs, training=False)
+    assert 1.5 < float(tf.math.reduce_std(logits)) < 2.5
+    best_sigmoid = float(tf.reduce_max(tf.sigmoid(logits[..., 1:])))
+    np.testing.assert_allclose(float(out["detection_scores"][0, 0]), best_sigmoid, rtol=1e-5)
+    (reference,) = _reference(model, config, [PROBE])
+    assert int(out["num_detections"][0]) == reference["num_detections"] > 0
+    np.testing.assert_allclose(out["detection_scores"][0].numpy(), reference["scores"], atol=1e-5)
+    softmax = dataclasses.replace(config, loss=dataclasses.replace(config.loss, classification="softmax"))
+    (softmax_reference,) = _reference(model, softmax, [PROBE])
+    assert np.abs(out["detection_scores"][0].numpy() - softmax_reference["scores"]).max() > 0.05

@@ -292,6 +292,50 @@ def test_ssdlite_float32_matches_tensorflow():
         _check_equal(out, reference)
 
 
+def _sigmoid_ssdlite():
+    config = load_config("ssdlite320_shapes_cpu", {"eval.max_detections": 50,
+                                                   "loss.classification": "sigmoid"})
+    model = build_inference_model(config)
+    _spread_weights(model, seed=1)
+    return config, model
+
+
+def test_ssdlite_sigmoid_scores_float32_match_the_detector():
+    """loss.classification "sigmoid": the .tflite file scores each class by its logit's sigmoid
+    (LOGISTIC, no SOFTMAX) and detects what the TensorFlow Detector detects."""
+    config, model = _sigmoid_ssdlite()
+    content = te.convert_to_tflite(model, config)
+    names = te.op_names(content)
+    assert "LOGISTIC" in names and "SOFTMAX" not in names and _foreign_ops(content) == []
+    detector = Detector(model, config)
+    rng = np.random.default_rng(1)
+    size = config.model.input_size
+    images = rng.integers(0, 256, (3, size, size, 3), dtype=np.uint8)
+    for image, out in zip(images, _tflite_detections(content, images)):
+        reference = {k: v.numpy() for k, v in detector.detect_uint8(tf.constant(image[np.newaxis])).items()}
+        assert reference["num_detections"][0] == config.eval.max_detections
+        _check_equal(out, reference)
+        # sigmoid scores of logits of std ~2: the best near 1, far above a 5-way softmax's share
+        logits, _ = model(tf.constant(image[np.newaxis], tf.float32) / 127.5 - 1.0, training=False)
+        best = tf.reduce_max(tf.sigmoid(logits[..., 1:])).numpy()
+        np.testing.assert_allclose(out["detection_scores"][0, 0], best, rtol=1e-5)
+
+
+def test_int8_keeps_the_sigmoid_scores_float():
+    """Like the softmax, the post-processing's sigmoid stays float32 in an int8 model (int8
+    scores would come in steps of 1/256)."""
+    config, model = _sigmoid_ssdlite()
+    size = config.model.input_size
+    calibration = list(np.random.default_rng(2).integers(0, 256, (4, size, size, 3), dtype=np.uint8))
+    runner = te.interpreter(te.convert_to_tflite(model, config, "int8", calibration))
+    tensors = {t["index"]: t for t in runner.get_tensor_details()}
+    logistic = [op for op in runner._get_ops_details() if op["op_name"] == "LOGISTIC"]
+    assert len(logistic) == 1
+    assert [tensors[i]["dtype"] for i in (*logistic[0]["inputs"], *logistic[0]["outputs"])] == [np.float32] * 2
+    convs = [op for op in runner._get_ops_details() if op["op_name"] == "CONV_2D"]
+    assert convs and all(tensors[op["inputs"][0]]["dtype"] == np.int8 for op in convs)
+
+
 # --- files and arguments -------------------------------------------------------------------
 
 def _write_records(path, sizes):

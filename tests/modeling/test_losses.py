@@ -159,6 +159,66 @@ def test_float16_inputs_are_computed_in_float32():
     np.testing.assert_allclose(half["loc_loss"].numpy(), loc_ref, rtol=1e-5)
 
 
+# --- sigmoid classification (the TF Object Detection API's weighted sigmoid) ----------------------
+
+SIGMOID = LossConfig(classification="sigmoid")
+
+
+def np_sigmoid_anchor_loss(logits, targets):
+    """Sum over all C columns of -[z log p + (1 - z) log(1 - p)], p = 1 / (1 + e^-x), z one-hot of
+    the target with background as column 0; 0 for ignored anchors."""
+    x = np.asarray(logits, np.float64)
+    z = np.eye(x.shape[-1])[np.maximum(targets, 0)]
+    log_p = -np.logaddexp(0.0, -x)  # log sigmoid(x)
+    log_not_p = -np.logaddexp(0.0, x)  # log(1 - sigmoid(x))
+    loss = -(z * log_p + (1 - z) * log_not_p).sum(-1)
+    return np.where(targets >= 0, loss, 0.0)
+
+
+def test_sigmoid_anchor_loss_hand_computed():
+    # zero logits: every column costs log 2; a background anchor's target is column 0
+    logits = np.zeros((1, 3, 3), np.float32)
+    logits[0, 1] = [math.log(3.0), 0.0, -math.log(3.0)]
+    targets = np.array([[2, 0, -1]], np.int32)
+    got = losses.anchor_classification_loss(logits, targets, "sigmoid").numpy()
+    # anchor 1: column 0 target 1 at p = 3/4, column 1 target 0 at p = 1/2, column 2 target 0 at 1/4
+    expected = [3 * math.log(2.0), -math.log(0.75) + math.log(2.0) - math.log(0.75), 0.0]
+    np.testing.assert_allclose(got[0], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sigmoid_losses_match_numpy_reference(seed):
+    """"ssd" mining with sigmoid ranks negatives by their sigmoid loss; both sums / positives."""
+    logits, encodings, targets, loc_targets = random_problem(seed)
+    result = losses.detection_losses(logits, encodings, targets, loc_targets, SIGMOID)
+    anchor_loss = np_sigmoid_anchor_loss(logits, targets)
+    np.testing.assert_allclose(losses.anchor_classification_loss(logits, targets, "sigmoid").numpy(),
+                               anchor_loss, rtol=1e-5, atol=1e-6)
+    positive = targets > 0
+    mined = np.zeros(targets.shape, bool)
+    for b in range(targets.shape[0]):
+        negatives = np.flatnonzero(targets[b] == 0)
+        k = min(int(3 * positive[b].sum()), len(negatives))
+        mined[b, negatives[np.argsort(-anchor_loss[b, negatives], kind="stable")[:k]]] = True
+    kept = positive | mined
+    np.testing.assert_array_equal(result["seen"].numpy(), kept)
+    _, loc_ref, n = np_losses(logits, encodings, targets, loc_targets, 3.0, 1.0)
+    np.testing.assert_allclose(result["cls_loss"].numpy(), anchor_loss[kept].sum() / n, rtol=1e-5)
+    np.testing.assert_allclose(result["loc_loss"].numpy(), loc_ref, rtol=1e-5)
+
+
+def test_sigmoid_gradient_is_sigmoid_minus_onehot_on_every_column():
+    logits, encodings, targets, loc_targets = random_problem(5, batch=2, anchors=120)
+    variable = tf.Variable(logits)
+    with tf.GradientTape() as tape:
+        result = losses.detection_losses(variable, encodings, targets, loc_targets, SIGMOID)
+    grad = tape.gradient(result["cls_loss"], variable).numpy()
+    kept = result["seen"].numpy()
+    onehot = np.eye(logits.shape[-1])[np.maximum(targets, 0)]
+    expected = np.where(kept[..., None], 1 / (1 + np.exp(-logits.astype(np.float64))) - onehot, 0)
+    np.testing.assert_allclose(grad, expected / (targets > 0).sum(), atol=1e-6)
+
+
 def test_classification_accuracy():
     logits = np.array([[[2, 1, 0], [0, 3, 1], [0, 1, 3], [5, 0, 0]]], np.float32)
     targets = np.array([[0, 1, 1, -1]], np.int32)

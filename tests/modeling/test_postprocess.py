@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from ssd.config.loading import load_config
-from ssd.modeling.postprocess import NMS_IMPLEMENTATIONS, postprocess, to_pixels
+from ssd.modeling.postprocess import NMS_IMPLEMENTATIONS, object_class_scores, postprocess, to_pixels
 
 VARIANCES = (0.1, 0.1, 0.2, 0.2)
 
@@ -16,8 +16,8 @@ def nms(request):
     return request.param
 
 
-def make_config(num_classes=4, **eval_overrides):
-    overrides = {"model.num_classes": num_classes,
+def make_config(num_classes=4, classification="softmax", **eval_overrides):
+    overrides = {"model.num_classes": num_classes, "loss.classification": classification,
                  "data.class_names": [f"c{i}" for i in range(1, num_classes)]}
     overrides.update({f"eval.{k}": v for k, v in eval_overrides.items()})
     return load_config("ssd300_voc0712", overrides)
@@ -334,3 +334,44 @@ def test_pixel_conversions():
     boxes = np.array([[[0, 0, 1, 1], [0.5, 0.25, 0.75, 0.5]]], np.float32)
     pixels = to_pixels(tf.constant(boxes), tf.constant([[375, 500]])).numpy()
     np.testing.assert_allclose(pixels, [[[0, 0, 375, 500], [187.5, 125, 281.25, 250]]])
+
+
+# --- sigmoid scores (loss.classification "sigmoid", the API's score_converter SIGMOID) -----------
+
+def np_sigmoid(logits):
+    return 1 / (1 + np.exp(-np.asarray(logits, np.float64)))
+
+
+def test_sigmoid_scores_are_each_logits_sigmoid_background_dropped():
+    logits = np.array([[[10.0, np.log(3.0), -np.log(3.0), 0.0]]], np.float32)
+    scores = object_class_scores(tf.constant(logits), "sigmoid").numpy()
+    np.testing.assert_allclose(scores, [[[0.75, 0.25, 0.5]]], rtol=1e-6)  # not the 0.9999 of column 0
+    softmax = object_class_scores(tf.constant(logits), "softmax").numpy()
+    np.testing.assert_allclose(softmax, tf.nn.softmax(logits).numpy()[..., 1:], rtol=1e-6)
+    with pytest.raises(ValueError, match="loss.classification"):
+        object_class_scores(tf.constant(logits), "tanh")
+
+
+def test_sigmoid_detections_ignore_the_background_logit(nms):
+    """A high background logit would leave softmax nothing above the threshold; sigmoid scores
+    each class on its own logit."""
+    logits = np.array([[[10.0, np.log(3.0), -np.log(3.0), -8.0], [10.0, -8.0, -8.0, np.log(9.0)]]],
+                      np.float32)
+    enc = np.zeros((1, 2, 4), np.float32)
+    anchors = np.array([B1, FAR], np.float32)
+    out = run(logits, enc, anchors, make_config(classification="sigmoid"), nms)
+    assert out["num_detections"][0] == 3
+    np.testing.assert_allclose(out["scores"][0, :4], [0.9, 0.75, 0.25, 0.0], rtol=1e-6)
+    assert list(out["classes"][0, :4]) == [3, 1, 2, 0]
+    np.testing.assert_allclose(out["boxes"][0, :3], [FAR, B1, B1], atol=1e-6)
+    assert run(logits, enc, anchors, make_config(), nms)["num_detections"][0] == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sigmoid_matches_numpy_reference(seed, nms):
+    rng = np.random.default_rng(seed)
+    config = make_config(num_classes=5, classification="sigmoid", score_threshold=0.3)
+    logits, enc, anchors = random_case(rng, 3, 60, 5, logit_scale=2.0)
+    out = run(logits, enc, anchors, config, nms)
+    check_against_reference(out, logits, enc, anchors, config.eval, probs=np_sigmoid(logits))
+    assert out["num_detections"].min() > 0
