@@ -201,7 +201,7 @@ def _summary_values(directory, tag):
 
 
 def test_learning_rate_schedule_matches_the_seed_recipe():
-    from ssd.engine.model_fn import learning_rate_at
+    from ssd.engine.optimizers import learning_rate_at
     train_config = load_config("ssd300_voc0712").train  # 1e-3 x [0.1, 1, 0.1, 0.01] at 500, 80k, 100k
     expected = {0: 1e-4, 499: 1e-4, 500: 1e-3, 79_999: 1e-3, 80_000: 1e-4, 99_999: 1e-4,
                 100_000: 1e-5, 119_999: 1e-5}

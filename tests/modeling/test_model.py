@@ -151,7 +151,7 @@ def test_initialization(ssd300):
         kh, kw, cin, cout = layer.kernel.shape
         limit = np.sqrt(6.0 / (kh * kw * cin + kh * kw * cout))  # Glorot uniform
         kernel = layer.kernel.numpy()
-        assert np.abs(kernel).max() <= limit
+        assert np.abs(kernel).max() <= np.float32(limit) * (1 + 1e-6)  # the float32 limit may round up
         assert np.abs(kernel).max() > 0.9 * limit
 
 
