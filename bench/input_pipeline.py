@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=40, help="timed batches per run")
     parser.add_argument("--warmup", type=int, default=8, help="batches before timing")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--augmentation", default="paper", choices=["paper", "tf1", "none"])
+    parser.add_argument("--augmentation", default="paper", choices=["paper", "tf1", "tfod", "none"])
     parser.add_argument("--seed", type=int, default=None, help="data.seed (deterministic order)")
     args = parser.parse_args()
 
@@ -114,12 +114,12 @@ def main() -> None:
             start, cpu_start = time.perf_counter(), _cpu_seconds()
             for _ in range(args.batches):
                 features, labels = next(iterator)
-            elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
+            elapsed, cpu_used = time.perf_counter() - start, _cpu_seconds() - cpu_start
             images = args.batches * args.batch_size
             rate = images / elapsed
             rates.append(rate)
             print(f"run {run + 1}: {rate:.1f} images/s ({rate / cores:.1f} per core, "
-                  f"{cores} cores); {1000 * cpu / images:.2f} ms CPU per image")
+                  f"{cores} cores); {1000 * cpu_used / images:.2f} ms CPU per image")
             del iterator
         shapes = {k: v.shape.as_list() for k, v in {**features, **labels}.items()}
         peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
