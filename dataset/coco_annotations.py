@@ -20,6 +20,7 @@ from absl import logging
 from dataset import coco_categories
 from dataset.tfrecord_writer import ConversionError, listing
 from ssd.coco.categories import Category
+from ssd.coco.coords import image_size
 
 CROWD_POLICIES = ("ignore", "objects")
 MOSTLY_CROWD = 0.5  # a larger share of crowd annotations is most likely a labeling tool's masks
@@ -88,12 +89,6 @@ def _bbox(value) -> Box | None:
         return None
     numbers = tuple(_number(v) for v in value)
     return None if None in numbers else numbers
-
-
-def _size(entry: dict) -> tuple[int, int] | None:
-    width, height = entry.get("width"), entry.get("height")
-    valid = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height))
-    return (width, height) if valid else None
 
 
 def _objects_by_image(annotations: Sequence[dict], labels: dict[int, Category], known_images: set[int],
@@ -202,7 +197,7 @@ def find_images(annotations_files: Sequence[str | Path], image_dirs: Sequence[st
         for entry in data["images"]:
             image_id = entry["id"]
             images[image_id] = CocoImage(image_id=image_id, file_name=entry["file_name"],
-                                         path=_image_path(image_dir, entry["file_name"]), size=_size(entry),
+                                         path=_image_path(image_dir, entry["file_name"]), size=image_size(entry),
                                          objects=tuple(grouped.get(image_id, ())))
         sources.append({"annotations_file": annotations_file, "image_dir": image_dir,
                         "num_images": len(listed), "num_annotations": len(data.get("annotations", []))})

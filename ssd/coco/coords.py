@@ -24,3 +24,11 @@ def normalized_to_coco(boxes: np.ndarray, height: float, width: float) -> np.nda
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     return np.stack([b[:, 1] * width, b[:, 0] * height,
                      (b[:, 3] - b[:, 1]) * width, (b[:, 2] - b[:, 0]) * height], axis=-1)
+
+
+def image_size(image_entry: dict) -> tuple[int, int] | None:
+    """(width, height) of an entry of a COCO file's "images", None when either is missing or not
+    a positive integer."""
+    width, height = image_entry.get("width"), image_entry.get("height")
+    valid = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height))
+    return (width, height) if valid else None

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ssd.coco.coords import coco_to_normalized
+from ssd.coco.coords import coco_to_normalized, image_size
 from ssd.errors import UserError
 
 
@@ -52,12 +52,6 @@ class ImageTruth:
         boxes = self.normalized_boxes(height, width)[known].reshape(-1, 4)
         labels = np.array([label_of[self.names[i]] for i in known], dtype=np.int64)
         return boxes, labels, [name for name in self.names if name not in label_of]
-
-
-def _size(entry: dict) -> tuple[int, int] | None:
-    width, height = entry.get("width"), entry.get("height")
-    valid = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height))
-    return (width, height) if valid else None
 
 
 class CocoImageTruths:
@@ -105,7 +99,7 @@ def read_image_truths(path: str | os.PathLike) -> CocoImageTruths:
             raise CocoAnnotationsError(f"{path}: image {index} (id {entry['id']}) has no file_name")
         found = objects.get(entry["id"], [])
         images.append(ImageTruth(
-            file_name=file_name, size=_size(entry),
+            file_name=file_name, size=image_size(entry),
             boxes=np.array([a["bbox"] for a in found], dtype=np.float64).reshape(-1, 4),
             names=tuple(names[a["category_id"]] for a in found)))
     return CocoImageTruths(images, os.fspath(path))
