@@ -57,23 +57,27 @@ def _read_summary(path: str) -> dict | None:
     return summary if isinstance(summary, dict) else None
 
 
-def class_list_of_summary(path: str) -> list[str] | None:
-    """The whole class list (labels 1..N) a converter summary names, used or not; None when the
-    file does not hold one."""
-    summary = _read_summary(path)
+def _class_list(summary: dict | None) -> list[str] | None:
     names = summary.get("classes") if summary is not None else None
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         return None
     return names
 
 
+def class_list_of_summary(path: str) -> list[str] | None:
+    """The whole class list (labels 1..N) a converter summary names, used or not; None when the
+    file does not hold one."""
+    return _class_list(_read_summary(path))
+
+
 def classes_of_summary(path: str) -> dict[int, str] | None:
     """{label: name} of the classes a converter summary lists with objects; None when the file
     does not hold a class list."""
-    names = class_list_of_summary(path)
+    summary = _read_summary(path)
+    names = _class_list(summary)
     if names is None:
         return None
-    counts = _read_summary(path).get("objects_per_class")
+    counts = summary.get("objects_per_class")
     counts = counts if isinstance(counts, dict) else {}
     return {label: name for label, name in enumerate(names, start=1) if counts.get(name, 1) > 0}
 
@@ -137,9 +141,10 @@ def record_class_list(data: str | Sequence[str], limit: int = SAMPLE_RECORDS_PER
         files = resolve_files(data)
     except (FileNotFoundError, ValueError) as e:
         return None, str(e)
-    summaries = sorted({path for path in map(summary_path, files) if path is not None})
+    per_file = [summary_path(f) for f in files]
+    summaries = sorted({path for path in per_file if path is not None})
     lists = {tuple(names) for names in map(class_list_of_summary, summaries) if names is not None}
-    if summaries and len(lists) == 1 and len(summaries) == len({summary_path(f) for f in files}):
+    if len(lists) == 1 and None not in per_file:
         return list(next(iter(lists))), _shown(summaries)
     if len(lists) > 1:
         return None, f"the summaries {_shown(summaries)} list different classes"
@@ -170,7 +175,8 @@ def disagreements(record_names: Mapping[int, Iterable[str]], class_names: Sequen
     return lines
 
 
-def _record_list(record_names: Mapping[int, Iterable[str]]) -> str:
+def label_list(record_names: Mapping[int, Iterable[str]]) -> str:
+    """The names the records give each label, e.g. "1:apple, 2:banana/plantain"."""
     return ", ".join(f"{label}:{'/'.join(sorted(record_names[label]))}" for label in sorted(record_names))
 
 
@@ -219,7 +225,7 @@ def check_record_classes(data: str | Sequence[str], class_names: Sequence[str],
         shown = lines[:_MAX_SHOWN] + ([f"... {len(lines) - _MAX_SHOWN} more"] if len(lines) > _MAX_SHOWN else [])
         whole_list, _ = record_class_list(files, limit)
         listed = (", ".join(f"{label}:{name}" for label, name in enumerate(whole_list, start=1))
-                  if whole_list is not None else _record_list(record_names))
+                  if whole_list is not None else label_list(record_names))
         raise RecordClassesError(
             f"the records in {_shown(files)} were made for other classes than the config's:\n"
             + "\n".join(f"  {line}" for line in shown)
