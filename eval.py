@@ -116,12 +116,8 @@ def main(argv) -> None:
     from ssd.engine.checkpoint_evaluation import run_evaluation
 
     # a bad config, checkpoint or data set raises a UserError: one line (cli.run)
-    config = config_lib.load_saved_config(FLAGS.model_dir)
-    if FLAGS.batch_size:
-        config = config_lib.config_from(
-            config_lib.to_dict(config),
-            config_lib.Overrides({"eval.batch_size": FLAGS.batch_size}, {"eval.batch_size": "--batch_size"}),
-            FLAGS.model_dir)
+    config = config_lib.with_eval_batch_size(config_lib.load_saved_config(FLAGS.model_dir),
+                                             FLAGS.batch_size, FLAGS.model_dir)
     record_classes.check_record_classes(FLAGS.data_dir, config.data.class_names,
                                        remedy=record_classes.evaluation_remedy)
     timeout = FLAGS.watch_timeout_secs if FLAGS.watch_timeout_secs > 0 else None

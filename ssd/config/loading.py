@@ -40,7 +40,7 @@ __all__ = [
     "ConfigError", "DataConfig", "EvalConfig", "LossConfig", "MatchingConfig", "ModelConfig",
     "TrainConfig", "shape_fields", "validate", "CONFIG_FILENAME", "recipe_dir", "recipe_names",
     "recipe_path", "load_config", "from_dict", "to_dict", "to_json", "from_json",
-    "apply_overrides", "Overrides", "override_origin", "config_from", "parse_override", "save_config", "load_saved_config",
+    "apply_overrides", "Overrides", "override_origin", "config_from", "with_eval_batch_size", "parse_override", "save_config", "load_saved_config",
 ]
 
 CONFIG_FILENAME = "config.json"
@@ -259,6 +259,16 @@ def config_from(values: Mapping[str, Any], overrides: Mapping[str, Any], origin:
             origins = ", ".join(override_origin(overrides, f) for f in overrides)
             raise ConfigError(f"{origin} with {origins}: {error}") from None
     raise ConfigError(f"{origin}: {error}") from None
+
+
+def with_eval_batch_size(config: Config, batch_size: int | None, origin: str,
+                         given_by: str = "--batch_size") -> Config:
+    """`config` (read from `origin`) with eval.batch_size set to `batch_size` when one is given,
+    validated; an error names `given_by`."""
+    if not batch_size:
+        return config
+    return config_from(to_dict(config), Overrides({"eval.batch_size": batch_size},
+                                                  {"eval.batch_size": given_by}), origin)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -17,9 +17,9 @@ from typing import Any, Callable, Sequence, TextIO
 
 from absl import logging
 
-from ssd.config.loading import Config, config_from, Overrides, to_dict
+from ssd.config.loading import with_eval_batch_size
 from ssd.data.input_fn import make_input_fn
-from ssd.data.record_classes import disagreements, record_class_names
+from ssd.data.record_classes import disagreements, label_list, record_class_names
 from ssd.data.record_files import DataError, count_records, resolve_record_files
 from ssd.engine.evaluation import evaluate_and_report
 from ssd.engine.evaluators import check_metric, make_evaluator
@@ -46,18 +46,10 @@ def check_model_classes(model_path: str, class_names: Sequence[str], files: Sequ
                         len(files), unnamed[0])
     lines = disagreements(record_names, class_names)
     if lines:
-        records = ", ".join(f"{label}:{'/'.join(sorted(record_names[label]))}" for label in sorted(record_names))
         shown = files[0] + (f" and {len(files) - 1} more" if len(files) > 1 else "")
         raise ExportedModelError(
             f"{model_path}: the model's classes ({', '.join(class_names)}) are not the records' "
-            f"({records}) in {shown}: {lines[0]}{f' (and {len(lines) - 1} more)' if len(lines) > 1 else ''}")
-
-
-def with_batch_size(config: Config, batch_size: int | None, origin: str) -> Config:
-    if not batch_size:
-        return config
-    return config_from(to_dict(config), Overrides({"eval.batch_size": batch_size},
-                                                  {"eval.batch_size": "--batch_size"}), origin)
+            f"({label_list(record_names)}) in {shown}: {lines[0]}{f' (and {len(lines) - 1} more)' if len(lines) > 1 else ''}")
 
 
 def evaluate_exported(model_path: str | os.PathLike, data: str, *, metric: str | None = None,
@@ -74,7 +66,7 @@ def evaluate_exported(model_path: str | os.PathLike, data: str, *, metric: str |
     disagree with the records, DataError for the data, ConfigError for a bad batch size.
     """
     exported = load_exported(model_path, num_threads)
-    config = with_batch_size(exported.config, batch_size, exported.files.config)
+    config = with_eval_batch_size(exported.config, batch_size, exported.files.config)
     metric = check_metric(metric or config.eval.metric)
     files = resolve_record_files(data)
     check_model_classes(exported.files.model, config.data.class_names, files)
