@@ -15,7 +15,8 @@ instead (same output sizes; an odd total pad goes bottom/right only): the TF1 or
 whose conv9_2 (3x3 s2 on 10x10) pads (0, 1) where Caffe pads (1, 1) (ssd.weights.tf1_original).
 
 Stride-1 3x3 convolutions, pool5 (3x3 s1) and the dilated fc6 (effective kernel 13) have an odd
-kernel and stride 1, where 'same' already pads symmetrically, so they use it.
+kernel and stride 1, where 'same' already pads symmetrically, so they use it. fc6 is computed as
+a dilated convolution where the kernels have one (ssd.modeling.dilated_conv).
 
 Outputs are `(cls_logits [B, A, num_classes], box_encodings [B, A, 4])` with the default boxes
 ordered source map by source map, then row-major over (y, x), then box index at the location,
@@ -33,6 +34,7 @@ from keras import layers, ops
 from ssd.config.architectures import POOLINGS_BEFORE_CONV4_3, feature_map_sizes, get_architecture
 from ssd.config.loading import Config
 from ssd.modeling.anchors import check_feature_map_sizes
+from ssd.modeling.dilated_conv import DilatedConv2D
 
 MIN_CHANNELS = 8
 
@@ -93,7 +95,8 @@ class L2Normalization(keras.layers.Layer):
 
 def _conv(filters, kernel, name, *, stride=1, padding="same", dilation=1, activation="relu",
           use_bias=True):
-    return layers.Conv2D(
+    conv = DilatedConv2D if dilation > 1 else layers.Conv2D
+    return conv(
         filters, kernel, strides=stride, padding=padding, dilation_rate=dilation,
         activation=activation, use_bias=use_bias, name=name,
         kernel_initializer="glorot_uniform", bias_initializer="zeros")
