@@ -37,8 +37,9 @@ import numpy as np
 import keras, tensorflow as tf
 from ssd.modeling.dilated_conv import DilatedConv2D, native_dilation_available
 rng = np.random.default_rng(0)
-results = {"native": native_dilation_available("float32")}
-for dtype, shape in (("float32", (2, 19, 19, 4)), ("float32", (1, 10, 13, 4)), ("mixed_float16", (1, 19, 19, 4))):
+results = {"native": native_dilation_available("float32"), "native_bfloat16": native_dilation_available("bfloat16")}
+for dtype, shape in (("float32", (2, 19, 19, 4)), ("float32", (1, 10, 13, 4)), ("mixed_float16", (1, 19, 19, 4)),
+                     ("mixed_bfloat16", (1, 19, 19, 4))):
     x = tf.constant(rng.normal(size=shape).astype(np.float32))
     ours = DilatedConv2D(5, 3, padding="same", dilation_rate=6, dtype=dtype)
     keras_own = keras.layers.Conv2D(5, 3, padding="same", dilation_rate=6, dtype=dtype)
@@ -87,22 +88,24 @@ def _close(a, b, scale_tolerance):
 @pytest.mark.slow  # starts processes
 @pytest.mark.parametrize("onednn", ["1", "0"])
 def test_dilated_conv_equals_its_definition_and_keras_with_either_kernels(onednn):
+    from ssd import cpu
+
     results = _probe(onednn)
-    is_x86 = __import__("platform").machine().lower() in ("x86_64", "amd64")
-    if is_x86:  # oneDNN exists only in TensorFlow's x86 builds
-        assert results["native"] == (onednn == "1")
+    native, native_bfloat16 = results.pop("native"), results.pop("native_bfloat16")
+    if cpu._is_x86():  # oneDNN exists only in TensorFlow's x86 builds
+        assert native == (onednn == "1")
+        assert native_bfloat16 == (onednn == "1" and cpu.onednn_has_bfloat16())
     for key, case in results.items():
-        if key == "native":
-            continue
         half = key.startswith("mixed_float16")
-        tolerance = 5e-3 if half else 1e-4
+        tolerance = {"mixed_float16": 5e-3, "mixed_bfloat16": 4e-2}.get(key.split("(")[0], 1e-4)
         x, kernel = np.asarray(case["x"]), np.asarray(case["kernel"])
         expected = dilated_conv_same_reference(x, kernel, 6) + np.asarray(case["bias"])
         _close(case["y"], expected, tolerance)
         for ours, keras_own in zip((case["y"], case["dx"], case["dk"], case["db"]), case["keras"]):
             _close(ours, keras_own, tolerance)
         # float16 on a CPU has no direct dilated gradient anywhere: Keras' way, and it still trains
-        assert case["space_to_batch"] == (half or not results["native"]), key
+        direct = native_bfloat16 if key.startswith("mixed_bfloat16") else native and not half
+        assert case["space_to_batch"] == (not direct), key
 
 
 def test_ssd300_fc6_is_the_dilated_layer():
