@@ -63,12 +63,22 @@ def op_events(xplane_path: str):
                     yield op, op_type, event.duration_ps / 1e9
 
 
-def _role(op: str, op_type: str) -> str:
-    if "BackpropInput" in op_type:
-        return "gradient of input"
-    if "BackpropFilter" in op_type:
-        return "gradient of weights"
-    return "forward"
+# a layer's weight gradient computed as matrix products (ssd.modeling.convolution) runs in a
+# "<layer>_weight_gradient" scope
+_TAPS = re.compile(r"([^/]+)_weight_gradient/")
+
+
+def _convolution_layer(op: str, op_type: str) -> tuple[str, str] | None:
+    """(layer, role) of a convolution op or of a weight gradient's matrix product, else None."""
+    taps = _TAPS.search(op)
+    if taps:
+        return taps.group(1), "gradient of weights"
+    if not _CONVOLUTION.search(op_type):
+        return None
+    match = re.search(r"/([^/]+?)(?:_\d+)?/(?:convolution|Conv2D|depthwise|Relu|BiasAdd)", op)
+    role = ("gradient of input" if "BackpropInput" in op_type else
+            "gradient of weights" if "BackpropFilter" in op_type else "forward")
+    return (match.group(1) if match else op), role
 
 
 def summarize(events, steps: int, top: int) -> str:
@@ -76,15 +86,16 @@ def summarize(events, steps: int, top: int) -> str:
     for op, op_type, ms in events:
         gradient = op.startswith("gradient_tape/")
         by_type[("gradient " if gradient else "") + op_type] += ms / steps
-        if _CONVOLUTION.search(op_type):
-            match = re.search(r"/([^/]+?)(?:_\d+)?/(?:convolution|Conv2D|depthwise|Relu|BiasAdd)", op)
-            by_layer[match.group(1) if match else op][_role(op, op_type)] += ms / steps
+        layer = _convolution_layer(op, op_type)
+        if layer:
+            by_layer[layer[0]][layer[1]] += ms / steps
         else:
             by_name[f"{op} ({op_type})"] += ms / steps
     total = sum(by_type.values())
-    convolution = sum(ms for name, ms in by_type.items() if _CONVOLUTION.search(name))
-    lines = [f"ops on compute threads {total:.1f} ms/step, of which convolutions {convolution:.1f} ms "
-             f"({100 * convolution / max(total, 1e-9):.1f}%)", "", "op types (ms/step):"]
+    convolution = sum(sum(times.values()) for times in by_layer.values())
+    lines = [f"ops on compute threads {total:.1f} ms/step, of which convolutions (and weight gradients "
+             f"as matrix products) {convolution:.1f} ms ({100 * convolution / max(total, 1e-9):.1f}%)",
+             "", "op types (ms/step):"]
     lines += [f"  {ms:9.2f}  {name}" for name, ms in by_type.most_common(top)]
     lines += ["", "costliest ops other than convolutions (ms/step):"]
     lines += [f"  {ms:9.2f}  {name}" for name, ms in by_name.most_common(top)]

@@ -30,8 +30,8 @@ ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
 # TensorFlow turns oneDNN on by itself where any of these is present (its x86 default rule)
 _ONEDNN_BY_DEFAULT = ("avx512_vnni", "avx512_bf16", "amx_tile")
-# oneDNN's bfloat16 convolutions need AVX-512 ("avx512_core": F, BW, VL, DQ)
-_ONEDNN_BFLOAT16 = ("avx512f", "avx512bw", "avx512vl", "avx512dq")
+# oneDNN's AVX-512 kernels ("avx512_core": F, BW, VL, DQ); its bfloat16 convolutions need them
+_ONEDNN_AVX512 = ("avx512f", "avx512bw", "avx512vl", "avx512dq")
 ISA_LIMIT_VARIABLE = "ONEDNN_MAX_CPU_ISA"  # oneDNN's own cap on the instructions it uses
 _ISA_LIMITS_WITHOUT_AVX512 = ("sse41", "avx", "avx2", "avx2_vnni", "avx2_vnni_2")
 # set beside the variable by prefer_onednn, so that it and the apps it starts know the value was
@@ -76,12 +76,18 @@ def prefer_onednn(environ=None) -> bool:
     return True
 
 
-def onednn_has_bfloat16(flags: set[str] | None = None, environ=None) -> bool:
-    """Whether oneDNN can compute bfloat16 convolutions on this CPU (AVX-512, not capped below)."""
+def onednn_uses_avx512(flags: set[str] | None = None, environ=None) -> bool:
+    """Whether oneDNN computes with AVX-512 here (the CPU has it and `ONEDNN_MAX_CPU_ISA` does not
+    hold oneDNN below it)."""
     environ = os.environ if environ is None else environ
     flags = cpu_flags() if flags is None else flags
     limit = environ.get(ISA_LIMIT_VARIABLE, "").strip().lower()
-    return all(flag in flags for flag in _ONEDNN_BFLOAT16) and limit not in _ISA_LIMITS_WITHOUT_AVX512
+    return all(flag in flags for flag in _ONEDNN_AVX512) and limit not in _ISA_LIMITS_WITHOUT_AVX512
+
+
+def onednn_has_bfloat16(flags: set[str] | None = None, environ=None) -> bool:
+    """Whether oneDNN can compute bfloat16 convolutions on this CPU: it has them with AVX-512 only."""
+    return onednn_uses_avx512(flags, environ)
 
 
 def kernels_for_bfloat16(flags: set[str] | None = None, environ=None) -> str | None:

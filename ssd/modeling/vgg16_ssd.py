@@ -16,7 +16,8 @@ whose conv9_2 (3x3 s2 on 10x10) pads (0, 1) where Caffe pads (1, 1) (ssd.weights
 
 Stride-1 3x3 convolutions, pool5 (3x3 s1) and the dilated fc6 (effective kernel 13) have an odd
 kernel and stride 1, where 'same' already pads symmetrically, so they use it. fc6 is computed as
-a dilated convolution where the kernels have one (ssd.modeling.dilated_conv).
+a dilated convolution where the kernels have one, and every convolution's weight gradient is
+computed as the CPU at hand does it fastest (ssd.modeling.convolution).
 
 Outputs are `(cls_logits [B, A, num_classes], box_encodings [B, A, 4])` with the default boxes
 ordered source map by source map, then row-major over (y, x), then box index at the location,
@@ -34,7 +35,7 @@ from keras import layers, ops
 from ssd.config.architectures import POOLINGS_BEFORE_CONV4_3, feature_map_sizes, get_architecture
 from ssd.config.loading import Config
 from ssd.modeling.anchors import check_feature_map_sizes
-from ssd.modeling.dilated_conv import DilatedConv2D
+from ssd.modeling.convolution import Conv2D, same_padding
 
 MIN_CHANNELS = 8
 
@@ -95,8 +96,7 @@ class L2Normalization(keras.layers.Layer):
 
 def _conv(filters, kernel, name, *, stride=1, padding="same", dilation=1, activation="relu",
           use_bias=True):
-    conv = DilatedConv2D if dilation > 1 else layers.Conv2D
-    return conv(
+    return Conv2D(
         filters, kernel, strides=stride, padding=padding, dilation_rate=dilation,
         activation=activation, use_bias=use_bias, name=name,
         kernel_initializer="glorot_uniform", bias_initializer="zeros")
@@ -136,12 +136,6 @@ def _backbone(images, width_multiplier, scale_init):
     return normalized, fc7
 
 
-def _same_padding(size, kernel, stride):
-    """TensorFlow's 'same' padding (before, after) of one axis: the odd pixel goes after."""
-    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
-    return (total // 2, total - total // 2)
-
-
 def _extras(x, architecture, width_multiplier, batch_norm, padding_mode="caffe"):
     sources = []
     for extra in get_architecture(architecture).extra_layers:
@@ -149,8 +143,8 @@ def _extras(x, architecture, width_multiplier, batch_norm, padding_mode="caffe")
         if padding and padding_mode == "same" and extra.stride > 1:
             # the TF1 original's stride-2 convs: same output size, but an odd total pad goes
             # bottom/right only (its conv9_2 on 10x10 pads (0, 1), Caffe pads (1, 1))
-            padding = (_same_padding(int(x.shape[1]), extra.kernel, extra.stride),
-                       _same_padding(int(x.shape[2]), extra.kernel, extra.stride))
+            padding = (same_padding(int(x.shape[1]), extra.kernel, extra.stride),
+                       same_padding(int(x.shape[2]), extra.kernel, extra.stride))
         if padding:
             x = layers.ZeroPadding2D(padding, name=f"{extra.name}_pad")(x)
         channels = scaled_channels(extra.channels, width_multiplier)
