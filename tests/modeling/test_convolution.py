@@ -224,3 +224,58 @@ def test_ssd300_convolutions_are_ssds_layer():
     convolutions = [layer for layer in model.layers if isinstance(layer, __import__("keras").layers.Conv2D)]
     assert convolutions and all(isinstance(layer, Conv2D) for layer in convolutions)
     assert tuple(model.get_layer("fc6").dilation_rate) == (6, 6)
+
+
+_MODEL_PROBE = r"""
+import json
+import numpy as np
+import tensorflow as tf
+from ssd.config.loading import load_config
+from ssd.modeling import convolution
+from ssd.modeling.build import build_model
+config = load_config("ssd300_voc0712", {"model.width_multiplier": 0.5})
+model = build_model(config)
+rng = np.random.default_rng(0)
+images = tf.constant(rng.normal(size=(2, 300, 300, 3)).astype(np.float32))
+logits, boxes = model(images)
+weights = [tf.constant(rng.normal(size=t.shape).astype(np.float32)) for t in (logits, boxes)]
+
+def gradients():
+    @tf.function
+    def run(images):
+        with tf.GradientTape() as tape:
+            logits, boxes = model(images, training=True)
+            loss = tf.reduce_sum(logits * weights[0]) + tf.reduce_sum(boxes * weights[1])
+        return tape.gradient(loss, model.trainable_variables)
+    graph = run.get_concrete_function(images).graph.as_graph_def()
+    ops = [node.op for f in graph.library.function for node in f.node_def] + [n.op for n in graph.node]
+    return [g.numpy() for g in run(images)], ops
+
+taps, taps_ops = gradients()
+wanted = convolution.tap_weight_gradients_wanted("float32")
+convolution.tap_weight_gradients_wanted = lambda dtype="float32": False
+plain, plain_ops = gradients()
+worst = max(float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-6)) for a, b in zip(taps, plain))
+print("RESULT" + json.dumps({"wanted": wanted, "worst": worst, "count": len(taps),
+                             "filter_kernels": [ops.count("Conv2DBackpropFilter") for ops in (taps_ops, plain_ops)],
+                             "products": [ops.count("MatMul") for ops in (taps_ops, plain_ops)]}))
+"""
+
+
+@pytest.mark.slow  # starts a process
+def test_ssd300_gradients_with_tap_weight_gradients_equal_onednns():
+    """SSD300 at half width (layers on both sides of the 64-channel line) under oneDNN held to AVX2:
+    every variable's gradient equals the one computed with oneDNN's weight gradients."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    env.update({"TF_ENABLE_ONEDNN_OPTS": "1", cpu.ISA_LIMIT_VARIABLE: "AVX2", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    result = subprocess.run([sys.executable, "-c", _MODEL_PROBE], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("RESULT"))[6:])
+    if cpu._is_x86():
+        assert found["wanted"]
+        # layers of >= 64 channels on maps >= 10x10 take products (one per kernel tap); conv1_1
+        # (3 input channels), conv1_2 (32 at half width), the small maps and thin heads keep oneDNN's
+        with_taps, plain = found["filter_kernels"]
+        assert 0 < with_taps < plain and found["products"][0] - found["products"][1] >= plain - with_taps
+    assert found["count"] > 40 and found["worst"] < 1e-3
