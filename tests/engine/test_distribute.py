@@ -74,14 +74,17 @@ def test_two_replicas_match_one_replica_on_the_same_global_batch(tmp_path):
     assert report["num_positives"][0][0] == sum(positives)
 
     # Updated weights agree to float rounding, measured against the size of the update itself
-    # (a wrong normalization would be off by a sizeable fraction of the update).
+    # (a wrong normalization would be off by a sizeable fraction of the update). The bound is
+    # 1e-3 of the update: where weight gradients are matrix products over batch x positions
+    # (ssd.modeling.convolution, oneDNN without AVX-512), a replica's half batch sums in other
+    # blocks, and two steps at this learning rate magnify that to ~3e-4.
     weights = np.load(tmp_path / "weights.npz")
     count = len([k for k in weights if k.startswith("one_")])
     moved = 0
     for i in range(count):
         one, two, init = weights[f"one_{i}"], weights[f"two_{i}"], weights[f"init_{i}"]
         update = np.abs(one - init).max()
-        assert np.abs(two - one).max() <= 1e-4 * update + 1e-8, f"variable {i}"
+        assert np.abs(two - one).max() <= 1e-3 * update + 1e-8, f"variable {i}"
         moved += update > 1e-4
     assert moved > count // 2
 
