@@ -73,6 +73,21 @@ class Cadence:
     save_image_summary_steps: int = 0
 
 
+# unchecked calls kept at most (their scalars, for the error of a non-finite loss), so that a run
+# without logs or saves by steps does not hold them all: one read every that many calls
+MAX_PENDING_CALLS = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pending:
+    """What a call not checked yet leaves for the check: its count and tensors."""
+
+    count: int
+    applied: tf.Tensor
+    finite: tf.Tensor
+    scalars: dict
+
+
 def _due(step: int, every: int | None) -> bool:
     return bool(every) and step % every == 0
 
@@ -111,7 +126,7 @@ class TrainingSession:
         self._examples: tf.Tensor | None = None  # examples since the last log, a device tensor
         self._summarized = (start_step, now)
         self._traced = False
-        self._pending: list[tuple[int, StepResult]] = []  # calls not checked yet, with their counts
+        self._pending: list[_Pending] = []  # calls not checked yet
         self._exhausted = False
         self._max_steps = start_step  # the current run's target (for the log)
 
@@ -161,7 +176,7 @@ class TrainingSession:
         return max(1, min(ends) - step)
 
     def _after_call(self, count: int, result: StepResult, final_step: int) -> None:
-        self._pending.append((count, result))
+        self._pending.append(_Pending(count, result.applied_steps(), result.finite, result.scalars))
         self.step += count
         self._add_examples(result.examples)
         step = self.step
@@ -172,7 +187,8 @@ class TrainingSession:
         scalars = _due(step, cadence.save_summary_steps) or (always and cadence.save_summary_steps)
         images = _due(step, cadence.save_image_summary_steps)
         save = _due(step, cadence.save_checkpoints_steps) or self._save_time_due()
-        if (log or scalars or images or save or self._hooks) and not self._settle():
+        check = log or scalars or images or save or self._hooks or len(self._pending) >= MAX_PENDING_CALLS
+        if check and not self._settle():
             return  # the input ran out within the call: nothing is due at a step not reached
         if log:
             self._log_progress(result.scalars, final_step)
@@ -193,17 +209,17 @@ class TrainingSession:
         if not self._pending:
             return not self._exhausted
         pending, self._pending = self._pending, []
-        applied = tf.stack([result.applied_steps() for _, result in pending]).numpy()
-        step = self.step - sum(count for count, _ in pending)
-        for (count, result), done in zip(pending, applied):
-            if done < count:  # this call stopped early; the ones after it did nothing
+        applied = tf.stack([call.applied for call in pending]).numpy()
+        step = self.step - sum(call.count for call in pending)
+        for call, done in zip(pending, applied):
+            if done < call.count:  # this call stopped early; the ones after it did nothing
                 self.step = step + int(done)
-                if not bool(result.finite):
-                    raise NonFiniteLossError(self.step + 1, {k: float(v) for k, v in result.scalars.items()},
+                if not bool(call.finite):
+                    raise NonFiniteLossError(self.step + 1, {k: float(v) for k, v in call.scalars.items()},
                                              self.latest_checkpoint)
                 self._input_exhausted()
                 return False
-            step += count
+            step += call.count
         return True
 
     def _input_exhausted(self) -> None:
