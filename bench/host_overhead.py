@@ -10,8 +10,8 @@ left besides the model is the host's per-step work. For each --steps_per_loop va
 each repeat it prints, over the steps after --warmup_steps (tracing, pipeline start):
 
   * the wall time per step (ms) and steps/s, from the start of the first timed call of the step
-    function to the end of the last (calls are timed by a wrapper around the Estimator's step
-    function; on a CPU a call returns when its steps are done);
+    function to the start of the last (calls are timed by a wrapper around the Estimator's step
+    function), so each step's share of the host's work between calls is in it;
   * the device->host reads per step, counted by patching
     `tensorflow.python.framework.ops._EagerTensorBase._numpy`, through which every `.numpy()`,
     `bool()`, `int()` and `float()` of an eager tensor goes; on a GPU each such read makes the
@@ -119,9 +119,13 @@ def measure(config, input_fn, steps_per_loop: int, scratch: str) -> tuple[float,
     calls, done = timed[0].calls, 0
     while done < FLAGS.warmup_steps or done == 0:
         done += calls.pop(0)[4]
-    steps = sum(call[4] for call in calls)
-    seconds = calls[-1][1] - calls[0][0]
-    return 1000.0 * seconds / steps, (calls[-1][3] - calls[0][2]) / steps
+    if len(calls) < 2:
+        raise SystemExit("--steps is too small for two timed calls")
+    # from the start of the first timed call to the start of the last one: each call's steps
+    # and the host's work after it, up to the next call
+    steps = sum(call[4] for call in calls[:-1])
+    seconds = calls[-1][0] - calls[0][0]
+    return 1000.0 * seconds / steps, (calls[-1][2] - calls[0][2]) / steps
 
 
 def one_batch_input_fn(config, batch_size: int):

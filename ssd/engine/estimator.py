@@ -40,7 +40,9 @@ written every `save_checkpoints_steps` steps and/or `save_checkpoints_secs` seco
 training resumes from the latest. The input position is not saved (distributed iterators are not
 checkpointable, and a single-device iterator would put its shuffle buffer into every checkpoint):
 a resumed run continues from the restored step with a freshly started, reshuffled pipeline.
-Every worker runs the same steps; only the chief writes checkpoints and summaries into model_dir,
+`RunConfig.steps_per_loop` steps run per call of the step function (ssd.engine.training: the
+host reads the step's results only where a log, summary or checkpoint is due). Every worker runs
+the same steps; only the chief writes checkpoints and summaries into model_dir,
 the others save into a scratch directory `model_dir/.tmp_<task>_*` (saving may involve
 collectives, so they take part) removed when training ends. With `stop_signals`
 (ssd.engine.interrupts), a SIGINT/SIGTERM ends training after a checkpoint of the step reached (on every

@@ -41,7 +41,7 @@ Hook = Callable[[int, Mapping[str, tf.Tensor]], None]
 
 
 class StopPolicy(Protocol):
-    """Decides after each step whether to save and stop (ssd.engine.interrupts)."""
+    """Decides after each call of the step function whether to save and stop (ssd.engine.interrupts)."""
 
     def after_step(self, step: int, save: Callable[[], str | None]) -> None: ...
 
