@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from ssd.engine.train_step import StepResult, TrainStep, make_train_step  # noqa: F401 (re-exported)
+from ssd.engine.train_step import StepResult
 from ssd.modeling.checkpoints import Checkpointer
 from ssd.engine.summaries import format_metrics, write_images, write_scalar
 
