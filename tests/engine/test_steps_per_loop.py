@@ -292,3 +292,40 @@ def test_steps_per_loop_is_checked():
         load_config("ssd300_shapes_cpu", {"train.steps_per_loop": 0})
     with pytest.raises(ValueError, match="RunConfig.steps_per_loop must be >= 1, got 0"):
         RunConfig(model_dir="unused", steps_per_loop=0)
+
+
+@pytest.mark.slow
+def test_hooks_see_every_step_with_several_steps_per_call(tmp_path):
+    seen = {}
+    for steps_per_loop in (1, 4):
+        estimator = _estimator(tmp_path / str(steps_per_loop), steps_per_loop=steps_per_loop)
+        hooked = seen[steps_per_loop] = []
+        estimator.train(_input_fn, max_steps=6,
+                        hooks=[lambda step, scalars, hooked=hooked: hooked.append((step, float(scalars["loss"])))])
+    assert [step for step, _ in seen[4]] == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([loss for _, loss in seen[4]], [loss for _, loss in seen[1]], rtol=1e-6)
+
+
+def test_a_stop_signal_waits_for_the_steps_of_the_call_in_flight(tmp_path):
+    import signal
+    from ssd.engine.interrupts import LocalStop, StopSignals, TrainingInterrupted
+    from ssd.engine.train_step import StepResult
+    weight = tf.Variable(0.0)
+
+    def step_fn(iterator, count):
+        for _ in range(count):
+            weight.assign_add(1.0)
+            if float(weight.numpy()) == 6.0:
+                signal.raise_signal(signal.SIGTERM)  # arrives in the middle of the call of steps 5-8
+        return StepResult({"loss": tf.constant(0.5)}, tf.constant(True), tf.constant(2 * count, tf.int64), {},
+                          tf.constant(count, tf.int64))
+
+    with StopSignals() as signals:
+        session = TrainingSession(step_fn, Checkpointer({"w": weight}, str(tmp_path), max_to_keep=5),
+                                  tf.summary.create_noop_writer(),
+                                  Cadence(save_checkpoints_steps=None, save_summary_steps=0, log_step_count_steps=0),
+                                  start_step=0, stop=LocalStop(signals), steps_per_loop=4)
+        with pytest.raises(TrainingInterrupted) as stopped:
+            session.run(iterator=None, max_steps=100)
+    assert (stopped.value.step, stopped.value.checkpoint) == (8, str(tmp_path / "ckpt-8"))
+    assert float(tf.train.load_checkpoint(str(tmp_path / "ckpt-8")).get_tensor("w/.ATTRIBUTES/VARIABLE_VALUE")) == 8.0
