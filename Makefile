@@ -32,6 +32,7 @@ demo: install
 bench: install
 	$(PY) bench/input_pipeline.py
 	$(PY) bench/train_step.py
+	$(PY) bench/host_overhead.py
 	$(PY) bench/predict.py
 	$(PY) bench/voc_eval.py
 	$(PY) bench/model_size.py

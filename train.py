@@ -142,7 +142,8 @@ def run_config_for(config: config_lib.Config, model_dir: str, strategy):
         tf_random_seed=train.seed,
         train_distribute=strategy,
         mixed_precision=train.mixed_precision,
-        jit_compile=train.jit_compile)
+        jit_compile=train.jit_compile,
+        steps_per_loop=train.steps_per_loop)
 
 
 def make_checked_strategy(config: config_lib.Config):

@@ -208,6 +208,9 @@ class TrainConfig:
     seed: int | None = None
     mixed_precision: str = "none"  # "none", "float16" or "bfloat16"
     jit_compile: bool = False
+    # training steps per call of the step function: >1 saves the host's per-step cost (small
+    # models, fast GPUs); logs, summaries and checkpoints still happen at their exact steps
+    steps_per_loop: int = 1
 
 
 @dataclasses.dataclass

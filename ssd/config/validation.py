@@ -204,6 +204,7 @@ def validate_train(t: TrainConfig) -> None:
                  "image_summary_steps", "save_checkpoints_secs"):
         _require(getattr(t, name) >= 0, f"train.{name}", "must be >= 0")
     _require(t.keep_checkpoint_max >= 1, "train.keep_checkpoint_max", "must be >= 1")
+    _require(t.steps_per_loop >= 1, "train.steps_per_loop", f"must be >= 1, got {t.steps_per_loop}")
     _require(t.mixed_precision in ("none", "float16", "bfloat16"), "train.mixed_precision",
              f"must be none, float16 or bfloat16, got {t.mixed_precision!r}")
 

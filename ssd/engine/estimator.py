@@ -40,7 +40,9 @@ written every `save_checkpoints_steps` steps and/or `save_checkpoints_secs` seco
 training resumes from the latest. The input position is not saved (distributed iterators are not
 checkpointable, and a single-device iterator would put its shuffle buffer into every checkpoint):
 a resumed run continues from the restored step with a freshly started, reshuffled pipeline.
-Every worker runs the same steps; only the chief writes checkpoints and summaries into model_dir,
+`RunConfig.steps_per_loop` steps run per call of the step function (ssd.engine.training: the
+host reads the step's results only where a log, summary or checkpoint is due). Every worker runs
+the same steps; only the chief writes checkpoints and summaries into model_dir,
 the others save into a scratch directory `model_dir/.tmp_<task>_*` (saving may involve
 collectives, so they take part) removed when training ends. With `stop_signals`
 (ssd.engine.interrupts), a SIGINT/SIGTERM ends training after a checkpoint of the step reached (on every
@@ -68,7 +70,8 @@ from ssd.modeling import checkpoints
 from ssd.engine.distribute import is_chief, task_name
 from ssd.engine.interrupts import StopSignals, stop_policy
 from ssd.precision import TRAINING_POLICIES, dtype_policy
-from ssd.engine.training import Cadence, Hook, NonFiniteLossError, TrainingSession, make_train_step
+from ssd.engine.train_step import TrainStep, make_train_step
+from ssd.engine.training import Cadence, Hook, NonFiniteLossError, TrainingSession
 
 __all__ = ["RunConfig", "EstimatorSpec", "ModelContext", "ModelFunction", "NonFiniteLossError",
            "Estimator"]
@@ -89,6 +92,7 @@ class RunConfig:
     train_distribute: tf.distribute.Strategy | None = None  # None: the default strategy
     mixed_precision: str = "none"  # "none", "float16" or "bfloat16"
     jit_compile: bool = False
+    steps_per_loop: int = 1  # training steps per call of the step function (ssd.engine.training)
 
     def __post_init__(self):
         if self.mixed_precision not in TRAINING_POLICIES:
@@ -96,6 +100,8 @@ class RunConfig:
                              f"got {self.mixed_precision!r}")
         if self.keep_checkpoint_max < 1:
             raise ValueError(f"RunConfig.keep_checkpoint_max must be >= 1, got {self.keep_checkpoint_max}")
+        if self.steps_per_loop < 1:
+            raise ValueError(f"RunConfig.steps_per_loop must be >= 1, got {self.steps_per_loop}")
 
     def cadence(self) -> Cadence:
         return Cadence(self.save_checkpoints_steps, self.save_checkpoints_secs, self.save_summary_steps,
@@ -145,7 +151,7 @@ class _TrainingState:
     optimizer: keras.optimizers.Optimizer  # the loss-scale wrapper under float16
     global_step: tf.Variable
     items: dict  # the checkpoint's objects under their keys (ssd.modeling.checkpoints)
-    step_fn: Callable | None = None
+    step_fn: TrainStep | None = None
     restored: str | None = None  # the checkpoint the in-memory state equals, if any
 
 
@@ -157,7 +163,10 @@ class _InputPipeline:
     def __init__(self, strategy: tf.distribute.Strategy, input_fn: Callable):
         logging.info("opening the training data: building the input pipeline")
         started = time.time()
-        self.iterator = iter(strategy.distribute_datasets_from_function(input_fn))
+        # fetched to the devices ahead of the step (the default, said here because the step
+        # relies on it: the host enqueues steps without waiting for their input)
+        options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
+        self.iterator = iter(strategy.distribute_datasets_from_function(input_fn, options))
         logging.info("input pipeline ready (%.1f s)", time.time() - started)
 
     def close(self) -> None:
@@ -283,7 +292,9 @@ class Estimator:
                  stop_signals: StopSignals | None = None) -> Iterator[TrainingSession]:
         state = self._state()
         if state.step_fn is None:
-            state.step_fn = make_train_step(self.strategy, state.holder, state.optimizer, state.global_step)
+            state.step_fn = make_train_step(self.strategy, state.holder, state.optimizer,
+                                            state.global_step, self.config.steps_per_loop)
+        state.step_fn.resume()  # the in-memory state is that of the last good step
         scratch = None
         if self.is_chief:
             directory, writer = self.model_dir, tf.summary.create_file_writer(self.model_dir)
@@ -295,7 +306,8 @@ class Estimator:
         stop = None if stop_signals is None else stop_policy(stop_signals, self.strategy)
         session = TrainingSession(state.step_fn, checkpointer, writer, self.config.cadence(),
                                   self.global_step, on_save=self._saved, hooks=hooks,
-                                  summary_images=summary_images, stop=stop)
+                                  summary_images=summary_images, stop=stop,
+                                  steps_per_loop=self.config.steps_per_loop)
         try:
             yield session
         finally:

@@ -4,12 +4,13 @@
 stop request instead of an exception in the middle of a step; a second SIGINT raises
 KeyboardInterrupt at once (no checkpoint), for a user who does not want to wait.
 
-The training loop asks a stop policy after each applied step, handing it its save function:
+The training loop asks a stop policy after each call of the step function (one step, or up to
+train.steps_per_loop steps), handing it its save function:
 
     policy.after_step(save)   # raises TrainingInterrupted after saving, when a stop is due
 
   * `LocalStop(signals)`, one process: when a stop was requested, saves the step just finished
-    and raises. The step in flight always completes, so the checkpoint is a whole step.
+    and raises. The steps in flight always complete, so the checkpoint is of a whole step.
   * `ClusterStop(signals, strategy, save)`, several workers (MultiWorkerMirroredStrategy):
     TensorFlow's `PreemptionCheckpointHandler`. A signal to ANY worker is published through the
     coordination service with the step at which every worker saves (the next one, so that workers

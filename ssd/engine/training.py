@@ -1,12 +1,4 @@
-"""The training step and the host-side loop around it.
-
-`make_train_step(strategy, model_fn, optimizer, global_step)` builds the distributed step: each
-replica runs `model_fn(features, labels)` under a gradient tape, the loss and the
-scalars are SUM-reduced across replicas, and the update is applied only when the loss is finite,
-decided in cross-replica context so that every replica (and worker) applies it or none does.
-Under float16 loss scaling (a `keras.optimizers.LossScaleOptimizer`), a step whose gradients
-overflow on ANY replica is skipped by every replica (the optimizer then lowers the scale); only a
-non-finite loss is fatal. The step returns a `StepResult`.
+"""The host-side loop around the training step (ssd.engine.train_step).
 
 `TrainingSession(step_fn, checkpointer, writer, cadence, start_step, ...)` calls the step until
 a target step, and at the cadences of `Cadence` logs progress (rate, ETA), writes scalar and image
@@ -15,10 +7,19 @@ and when a run ends). The first step of a session and the run's last step are al
 their scalars written (when the cadence logs and writes at all), so that a run shorter than the
 cadence shows its losses too; before the first step, which traces the step's graph and fills the
 input pipeline (seconds to minutes), the log says so, and the first step's line says how long it
-took. A non-finite loss raises `NonFiniteLossError` before its update is applied;
-the checkpointer refuses non-finite weights, so no checkpoint ever holds them. A stop policy
-(ssd.engine.interrupts) may end the run after any step with a checkpoint of it. Collaborators come
-in explicitly: the session knows nothing of the Estimator, the model or the distribution.
+took. Collaborators come in explicitly: the session knows nothing of the Estimator, the model or
+the distribution.
+
+The host stays out of the device's way: the step's results stay tensors, read only where
+something is due (a log, a summary, a checkpoint, a user hook, the end of a run), so that between
+those points the host enqueues the next step while the device runs the current one (each read
+would wait for the device). Each call of the step function runs up to `steps_per_loop` steps,
+ending at the next step at which something is due, so logs, summaries and checkpoints happen at
+the same steps whatever `steps_per_loop` is; time-based saves and the stop policy are looked at
+between calls. A non-finite loss stops the step function on the device (its update and every
+later one not applied) and raises `NonFiniteLossError` naming that step at the next check; the
+checkpointer refuses non-finite weights, so no checkpoint ever holds them. A stop policy
+(ssd.engine.interrupts) may end the run after any call with a checkpoint of the step reached.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ import datetime
 import time
 from typing import Callable, Mapping, Protocol, Sequence
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from ssd.engine.train_step import StepResult
 from ssd.modeling.checkpoints import Checkpointer
 from ssd.engine.summaries import format_metrics, write_images, write_scalar
 
@@ -40,7 +41,7 @@ Hook = Callable[[int, Mapping[str, tf.Tensor]], None]
 
 
 class StopPolicy(Protocol):
-    """Decides after each step whether to save and stop (ssd.engine.interrupts)."""
+    """Decides after each call of the step function whether to save and stop (ssd.engine.interrupts)."""
 
     def after_step(self, step: int, save: Callable[[], str | None]) -> None: ...
 
@@ -59,88 +60,6 @@ class NonFiniteLossError(FloatingPointError):
                          f"and no checkpoint holds it (latest good checkpoint: {where})")
 
 
-@dataclasses.dataclass(frozen=True)
-class StepResult:
-    """What one training step returns (tensors)."""
-
-    scalars: dict  # "loss", the model function's scalars (both summed over replicas), "learning_rate"
-    finite: tf.Tensor  # bool: the loss was finite and the update applied
-    examples: tf.Tensor  # int64: examples in the global batch
-    summary_tensors: dict  # the first replica's EstimatorSpec.summary_tensors
-
-
-# --- the step --------------------------------------------------------------------------------
-
-def _gradients(model_fn, optimizer, variables, features, labels):
-    """One replica: (gradients, loss, the spec's scalars, summary tensors)."""
-    scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-    with tf.GradientTape() as tape:
-        spec = model_fn(features, labels)
-        if spec.loss is None:
-            raise ValueError("the model function returned no loss")
-        loss = tf.cast(spec.loss, tf.float32)
-        scaled = optimizer.scale_loss(loss) if scales_loss else loss
-    grads = tape.gradient(scaled, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    scalars = {name: tf.cast(value, tf.float32) for name, value in spec.scalars.items()}
-    return grads, loss, scalars, dict(spec.summary_tensors or {})
-
-
-def _overflowed(grads) -> tf.Tensor:
-    """1.0 when a gradient holds a NaN or Inf (a float16 loss-scale overflow), else 0.0."""
-    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-    return 1.0 - tf.cast(finite, tf.float32)
-
-
-def make_train_step(strategy: tf.distribute.Strategy, model_fn: Callable,
-                    optimizer: keras.optimizers.Optimizer, global_step: tf.Variable
-                    ) -> Callable[[object], StepResult]:
-    """step(distributed iterator) -> StepResult (module docstring). Build it in strategy.scope()
-    after `optimizer.build(...)`; `model_fn.model.trainable_variables` are trained, each
-    gradient multiplied by `model_fn.gradient_multiplier(variable)` when the model function has
-    that method."""
-    variables = model_fn.model.trainable_variables
-    scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-    # an optional hook of the model function: a per-variable gradient factor (e.g. Caffe's 2x
-    # learning rate for biases), applied here and nowhere else
-    multiplier_of = getattr(model_fn, "gradient_multiplier", None)
-    multipliers = [1.0 if multiplier_of is None else float(multiplier_of(v)) for v in variables]
-
-    def replica_gradients(features, labels):
-        grads, loss, scalars, summary = _gradients(model_fn, optimizer, variables, features, labels)
-        grads = [g if m == 1.0 else g * tf.cast(m, g.dtype) for g, m in zip(grads, multipliers)]
-        examples = tf.cast(tf.shape(tf.nest.flatten(features)[0])[0], tf.float32)
-        overflow = _overflowed(grads) if scales_loss else tf.constant(0.0)
-        return grads, (loss, examples, overflow), scalars, summary
-
-    def replica_apply(grads, any_overflow):
-        if scales_loss:
-            # The loss-scale optimizer decides to skip from the gradients it is handed, before
-            # they are all-reduced; an overflow on any replica must make every replica skip.
-            poison = tf.where(any_overflow > 0, float("nan"), 0.0)
-            grads = [g + tf.cast(poison, g.dtype) for g in grads]
-        optimizer.apply_gradients(zip(grads, variables))
-
-    def total(value):
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
-
-    @tf.function
-    def step(iterator):
-        learning_rate = tf.cast(optimizer.learning_rate, tf.float32)  # before this step's update
-        features, labels = next(iterator)
-        grads, counts, scalars, summary = strategy.run(replica_gradients, args=(features, labels))
-        loss, examples, overflows = (total(v) for v in counts)
-        scalars = {"loss": loss, **{name: total(v) for name, v in scalars.items()}}
-        finite = tf.math.is_finite(loss)
-        if finite:  # cross-replica: every worker decides the same
-            strategy.run(replica_apply, args=(grads, overflows))
-            global_step.assign_add(1)
-        scalars["learning_rate"] = learning_rate
-        first = tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], summary)
-        return scalars, finite, tf.cast(examples, tf.int64), first
-
-    return lambda iterator: StepResult(*step(iterator))
-
-
 # --- the loop --------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +73,21 @@ class Cadence:
     save_image_summary_steps: int = 0
 
 
+# unchecked calls kept at most (their scalars, for the error of a non-finite loss), so that a run
+# without logs or saves by steps does not hold them all: one read every that many calls
+MAX_PENDING_CALLS = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pending:
+    """What a call not checked yet leaves for the check: its count and tensors."""
+
+    count: int
+    applied: tf.Tensor
+    finite: tf.Tensor
+    scalars: dict
+
+
 def _due(step: int, every: int | None) -> bool:
     return bool(every) and step % every == 0
 
@@ -161,15 +95,19 @@ def _due(step: int, every: int | None) -> bool:
 class TrainingSession:
     """Calls the step function up to a target step; logs, summaries and checkpoints on the way."""
 
-    def __init__(self, step_fn: Callable[[object], StepResult], checkpointer: Checkpointer,
+    def __init__(self, step_fn: Callable[..., StepResult], checkpointer: Checkpointer,
                  writer: tf.summary.SummaryWriter, cadence: Cadence, start_step: int,
                  on_save: Callable[[str], None] | None = None, hooks: Sequence[Hook] = (),
                  summary_images: Callable[[Mapping], Mapping] | None = None,
-                 stop: StopPolicy | None = None):
-        """`on_save(path)` is called after each checkpoint; each hook(step, scalars) after each
-        applied step; `summary_images(summary_tensors)` -> {tag: images} (None: no images);
-        `stop.after_step(step, save)` after each applied step (ssd.engine.interrupts: it saves and raises
-        TrainingInterrupted when a stop was requested; None: never stops early)."""
+                 stop: StopPolicy | None = None, steps_per_loop: int = 1):
+        """`step_fn(iterator, count)` runs up to `count` steps (<= steps_per_loop); `on_save(path)`
+        is called after each checkpoint; each hook(step, scalars) after each applied step (with
+        hooks, every call is one step); `summary_images(summary_tensors)` -> {tag: images} (None:
+        no images); `stop.after_step(step, save)` after each call (ssd.engine.interrupts: it saves
+        and raises TrainingInterrupted when a stop was requested, so a stop waits at most
+        `steps_per_loop` steps; None: never stops early)."""
+        if steps_per_loop < 1:
+            raise ValueError(f"steps_per_loop must be >= 1, got {steps_per_loop}")
         self._step_fn = step_fn
         self._checkpointer = checkpointer
         self._writer = writer
@@ -178,14 +116,19 @@ class TrainingSession:
         self._hooks = list(hooks)
         self._summary_images = summary_images
         self._stop = stop
-        self.step = start_step
+        self._steps_per_loop = steps_per_loop
+        self.step = start_step  # counts the calls' steps; settled (exact) at every check
         self._start_step = start_step
         self._first_step_started: float | None = None  # when this session's first step began
         now = time.time()
         self._saved = (start_step, now)  # step and time of the last save
-        self._logged = (start_step, now, 0)  # step, time, examples since
+        self._logged = (start_step, now)  # step and time of the last log
+        self._examples: tf.Tensor | None = None  # examples since the last log, a device tensor
         self._summarized = (start_step, now)
         self._traced = False
+        self._pending: list[_Pending] = []  # calls not checked yet
+        self._exhausted = False
+        self._max_steps = start_step  # the current run's target (for the log)
 
     @property
     def latest_checkpoint(self) -> str | None:
@@ -195,57 +138,106 @@ class TrainingSession:
         """Trains up to `max_steps` and saves; False when the input ran out first. `final_step`
         (default max_steps) is where the whole run ends: the log's progress and ETA count to it."""
         final_step = max_steps if final_step is None else final_step
-        exhausted = False
+        self._exhausted = False
+        self._max_steps = max_steps
         with self._writer.as_default():
-            while self.step < max_steps:
+            while self.step < max_steps and not self._exhausted:
                 if self.step == self._start_step:
                     logging.info("step %d: tracing the training step's graph and filling the input "
                                  "pipeline; the first step takes longer than the others",
                                  self.step + 1)
                     self._first_step_started = time.time()
+                count = self._count(max_steps)
                 try:
-                    result = self._step_fn(iterator)
+                    result = self._step_fn(iterator, count)
                 except (tf.errors.OutOfRangeError, StopIteration):
-                    logging.info("input exhausted at step %d (before max_steps %d)", self.step, max_steps)
-                    exhausted = True
+                    if self._settle():
+                        self._input_exhausted()
                     break
-                self._after_step(result, final_step)
+                self._after_call(count, result, final_step)
+            self._settle()  # a non-finite loss is raised here at the latest, before the save
             self.save()
             self._writer.flush()
-        return not exhausted
+        return not self._exhausted
 
-    def _after_step(self, result: StepResult, final_step: int) -> None:
-        if not bool(result.finite):
-            raise NonFiniteLossError(self.step + 1, {k: float(v) for k, v in result.scalars.items()},
-                                     self.latest_checkpoint)
-        self.step += 1
-        self._count_examples(int(result.examples))
+    def _count(self, max_steps: int) -> int:
+        """Steps for the next call: up to steps_per_loop, ending at the next step at which
+        something is due, so that it happens at the same step whatever steps_per_loop is."""
+        if self._hooks:
+            return 1  # hooks see every step's scalars: simplest with one step per call
+        cadence, step = self._cadence, self.step
+        ends = [max_steps, step + self._steps_per_loop]
+        for every in (cadence.log_step_count_steps, cadence.save_summary_steps,
+                      cadence.save_image_summary_steps, cadence.save_checkpoints_steps):
+            if every:
+                ends.append((step // every + 1) * every)
+        if step == self._start_step and (cadence.log_step_count_steps or cadence.save_summary_steps):
+            ends.append(step + 1)  # the session's first step is always shown
+        return max(1, min(ends) - step)
+
+    def _after_call(self, count: int, result: StepResult, final_step: int) -> None:
+        self._pending.append(_Pending(count, result.applied_steps(), result.finite, result.scalars))
+        self.step += count
+        self._add_examples(result.examples)
         step = self.step
         first = step == self._start_step + 1
         always = first or step == final_step  # shown whatever the cadence, when it shows anything
-        if _due(step, self._cadence.log_step_count_steps) or (always and self._cadence.log_step_count_steps):
+        cadence = self._cadence
+        log = _due(step, cadence.log_step_count_steps) or (always and cadence.log_step_count_steps)
+        scalars = _due(step, cadence.save_summary_steps) or (always and cadence.save_summary_steps)
+        images = _due(step, cadence.save_image_summary_steps)
+        save = _due(step, cadence.save_checkpoints_steps) or self._save_time_due()
+        check = log or scalars or images or save or self._hooks or len(self._pending) >= MAX_PENDING_CALLS
+        if check and not self._settle():
+            return  # the input ran out within the call: nothing is due at a step not reached
+        if log:
             self._log_progress(result.scalars, final_step)
-        if _due(step, self._cadence.save_summary_steps) or (always and self._cadence.save_summary_steps):
+        if scalars:
             self._write_scalars(result.scalars, first)
-        if _due(step, self._cadence.save_image_summary_steps):
+        if images:
             self._write_images(result.summary_tensors)
-        if _due(step, self._cadence.save_checkpoints_steps) or self._save_time_due():
+        if save:
             self.save()
         for hook in self._hooks:
             hook(step, result.scalars)
         if self._stop is not None:
             self._stop.after_step(step, self.save)
 
-    def _count_examples(self, examples: int) -> None:
-        step, since, count = self._logged
+    def _settle(self) -> bool:
+        """Checks the calls since the last check (one read): raises NonFiniteLossError for a
+        non-finite loss; when the input ran out, sets the step reached and returns False."""
+        if not self._pending:
+            return not self._exhausted
+        pending, self._pending = self._pending, []
+        applied = tf.stack([call.applied for call in pending]).numpy()
+        step = self.step - sum(call.count for call in pending)
+        for call, done in zip(pending, applied):
+            if done < call.count:  # this call stopped early; the ones after it did nothing
+                self.step = step + int(done)
+                if not bool(call.finite):
+                    raise NonFiniteLossError(self.step + 1, {k: float(v) for k, v in call.scalars.items()},
+                                             self.latest_checkpoint)
+                self._input_exhausted()
+                return False
+            step += call.count
+        return True
+
+    def _input_exhausted(self) -> None:
+        self._exhausted = True
+        logging.info("input exhausted at step %d (before max_steps %d)", self.step, self._max_steps)
+
+    def _add_examples(self, examples: tf.Tensor) -> None:
         if not self._traced and self._cadence.log_step_count_steps > 1:
             # the first step also builds the graph: rates and ETA start after it
-            step, since, count = self.step, time.time(), -examples
+            self._logged = (self.step, time.time())
+            examples = None
         self._traced = True
-        self._logged = (step, since, count + examples)
+        if examples is not None:  # added on the device: no read
+            self._examples = examples if self._examples is None else self._examples + examples
 
     def _log_progress(self, scalars: Mapping, final_step: int) -> None:
-        last_step, since, examples = self._logged
+        last_step, since = self._logged
+        examples = 0 if self._examples is None else int(self._examples)
         now = time.time()
         metrics = format_metrics({k: float(v) for k, v in scalars.items()})
         if self.step == last_step:  # the first step, whose time is the graph's building
@@ -258,7 +250,8 @@ class TrainingSession:
             eta = datetime.timedelta(seconds=round((final_step - self.step) / max(steps_per_sec, 1e-9)))
             logging.info("step %d/%d: %s | %.3f steps/s, %.2f examples/s, ETA %s", self.step,
                          final_step, metrics, steps_per_sec, examples / elapsed, eta)
-        self._logged = (self.step, now, 0)
+        self._logged = (self.step, now)
+        self._examples = None
 
     def _write_scalars(self, scalars: Mapping, first: bool = False) -> None:
         last_step, since = self._summarized
@@ -280,7 +273,9 @@ class TrainingSession:
         return bool(every) and time.time() - self._saved[1] >= every
 
     def save(self) -> str | None:
-        """Saves the current step unless it is saved already; returns the latest checkpoint."""
+        """Saves the current step unless it is saved already; returns the latest checkpoint.
+        Checks the calls since the last check first (a non-finite loss raises)."""
+        self._settle()
         if self.step == self._saved[0] and self.latest_checkpoint is not None:
             return self.latest_checkpoint
         path = self._checkpointer.save(self.step)

@@ -467,7 +467,7 @@ def test_training_session_runs_any_step_function_with_the_collaborators_it_is_gi
     weight = tf.Variable(0.0)
     losses = iter([0.5, 0.4, 0.3, float("nan")])
 
-    def step_fn(iterator):
+    def step_fn(iterator, count=1):
         loss = next(losses)  # StopIteration once the losses run out: the input is exhausted
         if np.isfinite(loss):
             weight.assign_add(1.0)
@@ -503,7 +503,7 @@ def test_a_stop_signal_during_a_step_saves_that_step_and_ends_the_session(tmp_pa
     from ssd.engine.training import Cadence, StepResult, TrainingSession
     weight = tf.Variable(0.0)
 
-    def step_fn(iterator):
+    def step_fn(iterator, count=1):
         weight.assign_add(1.0)
         if float(weight.numpy()) == 2.0:
             signal.raise_signal(signal.SIGTERM)  # arrives while the step is in flight
@@ -529,7 +529,7 @@ def _counting_session(tmp_path, cadence_steps: int, start_step: int = 0):
     from ssd.engine.training import Cadence, StepResult, TrainingSession
     weight = tf.Variable(float(start_step))
 
-    def step_fn(iterator):
+    def step_fn(iterator, count=1):
         weight.assign_add(1.0)
         return StepResult({"loss": tf.constant(1.0 / float(weight.numpy()))}, tf.constant(True),
                           tf.constant(2, tf.int64), {})

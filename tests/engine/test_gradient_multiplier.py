@@ -11,7 +11,7 @@ from ssd.config.loading import ConfigError, TrainConfig, load_config
 from ssd.engine.estimator import EstimatorSpec, ModelContext
 from ssd.engine.model_fn import SSDModelFn
 from ssd.engine.optimizers import gradient_multiplier, make_optimizer
-from ssd.engine.training import make_train_step
+from ssd.engine.train_step import make_train_step
 
 INPUTS = 3
 OUTPUTS = 2
