@@ -95,6 +95,15 @@ def _checkpoint_weights(path):
     return model.get_weights()
 
 
+def assert_no_non_finite_checkpoint(model_dir):
+    for index in glob.glob(str(model_dir / "ckpt-*.index")):
+        reader = tf.train.load_checkpoint(index[: -len(".index")])
+        for name in reader.get_variable_to_shape_map():
+            value = reader.get_tensor(name)
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                assert np.all(np.isfinite(value)), name
+
+
 def test_train_checkpoints_resume(tmp_path):
     estimator = _estimator(tmp_path)
     seen = []
@@ -153,12 +162,7 @@ def test_non_finite_loss_stops_before_the_update_and_is_never_saved(tmp_path):
     assert error.value.step == 4
     assert estimator.global_step == 3
     assert np.all(np.isfinite(estimator.model.get_weights()[0]))
-    for index in glob.glob(str(tmp_path / "ckpt-*.index")):
-        reader = tf.train.load_checkpoint(index[: -len(".index")])
-        for name in reader.get_variable_to_shape_map():
-            value = reader.get_tensor(name)
-            if isinstance(value, np.ndarray) and value.dtype.kind == "f":
-                assert np.all(np.isfinite(value)), name
+    assert_no_non_finite_checkpoint(tmp_path)
 
 
 def test_exploding_learning_rate_is_reported_with_its_step(tmp_path):

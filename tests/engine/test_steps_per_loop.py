@@ -21,6 +21,7 @@ from ssd.engine.train_step import make_train_step
 from ssd.engine.training import Cadence, TrainingSession
 from ssd.modeling.checkpoints import Checkpointer
 from tests.engine.test_estimator import (BATCH, LR, NUM_BATCHES, _LinearModelFn, _checkpoint_weights, _data,
+                                         assert_no_non_finite_checkpoint,
                                          _estimator, _input_fn, _reference, _summary_tags)
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -169,15 +170,6 @@ def _input_with_nan_at_step(step, repeat=False):
     return input_fn
 
 
-def _assert_no_non_finite_checkpoint(model_dir):
-    for index in glob.glob(str(model_dir / "ckpt-*.index")):
-        reader = tf.train.load_checkpoint(index[: -len(".index")])
-        for name in reader.get_variable_to_shape_map():
-            value = reader.get_tensor(name)
-            if isinstance(value, np.ndarray) and value.dtype.kind == "f":
-                assert np.all(np.isfinite(value)), name
-
-
 @pytest.mark.slow
 def test_a_non_finite_loss_inside_a_call_stops_at_its_step(tmp_path):
     # calls of steps 1-3 (a save at 3), then 4-6: step 5 is not finite, 6 does not run
@@ -194,7 +186,7 @@ def test_a_non_finite_loss_inside_a_call_stops_at_its_step(tmp_path):
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-3")
     np.testing.assert_allclose(_checkpoint_weights(str(tmp_path / "ckpt-3"))[0], _reference(range(3))[0],
                                rtol=1e-4, atol=1e-5)
-    _assert_no_non_finite_checkpoint(tmp_path)
+    assert_no_non_finite_checkpoint(tmp_path)
 
 
 @pytest.mark.slow
