@@ -4,9 +4,10 @@ TensorFlow's x86 builds carry two sets of CPU kernels: its own (Eigen) and oneDN
 oneDNN on by default only on CPUs with AVX-512 VNNI/BF16 or AMX; on an AVX2-only CPU (AMD Zen 2/3,
 older Intel) it stays off, although there it also computes the convolutions of SSD faster (the
 demo's training step on an AMD EPYC: 11.0 images/s with Eigen, 26 with oneDNN held to AVX2).
-`prefer_onednn()` turns it on unless the user chose with `TF_ENABLE_ONEDNN_OPTS`; the variable is read when TensorFlow loads,
-so it must run before the first `import tensorflow` (the apps do it first thing). oneDNN sums in
-another order than Eigen: results agree to float rounding, not bit for bit.
+`prefer_onednn()` turns it on unless the user chose with `TF_ENABLE_ONEDNN_OPTS`; the variable
+is read when TensorFlow loads, so it must run before the first `import tensorflow` (the apps do
+it first thing). oneDNN sums in another order than Eigen: results agree to float rounding, not
+bit for bit.
 
 oneDNN has bfloat16 convolutions only on CPUs with AVX-512 (or when `ONEDNN_MAX_CPU_ISA` does not
 hold it below that); elsewhere a bfloat16 network fails in oneDNN ("could not create a primitive
