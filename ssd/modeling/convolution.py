@@ -119,9 +119,9 @@ class Conv2D(keras.layers.Conv2D):
         return self.padding.upper()
 
     def convolution_op(self, inputs, kernel):
-        if max(self.dilation_rate) == 1 or not native_dilation_available(self.compute_dtype):
-            return super().convolution_op(inputs, kernel)
-        if max(self.strides) > 1:  # TensorFlow's kernels dilate stride-1 convolutions only
+        # TensorFlow's kernels dilate stride-1 convolutions only
+        if (max(self.dilation_rate) == 1 or max(self.strides) > 1
+                or not native_dilation_available(self.compute_dtype)):
             return super().convolution_op(inputs, kernel)
         return tf.nn.conv2d(inputs, kernel, strides=1, padding=self._tf_padding(),
                             dilations=list(self.dilation_rate))
@@ -130,7 +130,7 @@ class Conv2D(keras.layers.Conv2D):
         activation = getattr(self.activation, "__name__", None)
         static = inputs.shape[1] is not None and inputs.shape[2] is not None
         if (activation not in ("relu", "linear") or not static or self.groups != 1
-                or not self._taps_pay(inputs) or not tap_weight_gradients_wanted(self.compute_dtype)):
+                or not tap_weight_gradients_wanted(self.compute_dtype) or not self._taps_pay(inputs)):
             return super().call(inputs)
         return self._call_with_tap_gradients(inputs, relu=activation == "relu")
 
@@ -151,15 +151,13 @@ class Conv2D(keras.layers.Conv2D):
         padding, pads = self._tf_padding(), self._pads(inputs)
         kernel_size, use_bias, name = tuple(self.kernel_size), self.use_bias, self.name
 
-        def forward(x, kernel, *bias):
+        @tf.custom_gradient
+        def convolve(x, kernel, *bias):
             y = tf.nn.conv2d(x, kernel, strides=strides, padding=padding, dilations=dilations)
             if use_bias:
                 y = tf.nn.bias_add(y, bias[0])
-            return tf.nn.relu(y) if relu else y
-
-        @tf.custom_gradient
-        def convolve(x, kernel, *bias):
-            y = forward(x, kernel, *bias)
+            if relu:
+                y = tf.nn.relu(y)
 
             def gradient(dy):
                 if relu:
