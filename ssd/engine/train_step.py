@@ -168,21 +168,23 @@ def make_train_step(strategy: tf.distribute.Strategy, model_fn: Callable,
 
         return tf.cond(runs, run, skip)
 
-    @tf.function
-    def steps(iterator, count):
+    def counted_step(iterator):
+        """guarded_step, its examples counted only when its update was applied, and whether it was."""
         scalars, finite, examples, summary, ran = guarded_step(iterator)
         applied = tf.logical_and(ran, finite)
+        return scalars, finite, tf.where(applied, examples, tf.zeros_like(examples)), summary, applied
+
+    @tf.function
+    def steps(iterator, count):
+        scalars, finite, examples, summary, applied = counted_step(iterator)
         done = tf.cast(applied, tf.int64)
-        examples = tf.where(applied, examples, tf.zeros_like(examples))
         if steps_per_loop > 1:
             def more(i, going, *_):
                 return tf.logical_and(i < count, going)
 
             def body(i, going, done, examples, scalars, finite, summary):
-                scalars, finite, new_examples, summary, ran = guarded_step(iterator)
-                applied = tf.logical_and(ran, finite)
-                return (i + 1, applied, done + tf.cast(applied, tf.int64),
-                        examples + tf.where(applied, new_examples, tf.zeros_like(new_examples)),
+                scalars, finite, new_examples, summary, applied = counted_step(iterator)
+                return (i + 1, applied, done + tf.cast(applied, tf.int64), examples + new_examples,
                         scalars, finite, summary)
 
             _, _, done, examples, scalars, finite, summary = tf.while_loop(

@@ -155,8 +155,7 @@ class TrainingSession:
                         self._input_exhausted()
                     break
                 self._after_call(count, result, final_step)
-            self._settle()  # a non-finite loss is raised here at the latest, before the save
-            self.save()
+            self.save()  # checks the unchecked calls first: a non-finite loss raises there
             self._writer.flush()
         return not self._exhausted
 
