@@ -113,7 +113,7 @@ def main(argv):
     if FLAGS.inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
     print(cpu.describe())
-    from bench.synthetic_records import NUM_IMAGES, write_synthetic_records
+    from bench.synthetic_records import NUM_IMAGES, one_cached_batch, write_synthetic_records
     from ssd.config.loading import load_config
     from ssd.data.input_fn import make_input_fn
     from ssd.engine.estimator import Estimator, RunConfig
@@ -124,11 +124,8 @@ def main(argv):
                                         "data.shuffle_buffer": NUM_IMAGES})
     logdir = FLAGS.logdir or tempfile.mkdtemp(prefix="ssd_profile_")
     with tempfile.TemporaryDirectory(prefix="ssd_bench_") as scratch:
-        real_input_fn = make_input_fn(write_synthetic_records(scratch, config.model.num_classes - 1),
-                                      config, ModeKeys.TRAIN)
-
-        def input_fn(input_context=None):
-            return real_input_fn(input_context).take(1).cache().repeat()
+        input_fn = one_cached_batch(make_input_fn(
+            write_synthetic_records(scratch, config.model.num_classes - 1), config, ModeKeys.TRAIN))
 
         run_config = RunConfig(model_dir=os.path.join(scratch, "model"), save_checkpoints_steps=None,
                                save_summary_steps=0, log_step_count_steps=0)

@@ -28,7 +28,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ssd import cpu  # noqa: E402
-from bench.synthetic_records import NUM_IMAGES, write_synthetic_records  # noqa: E402
+from bench.synthetic_records import NUM_IMAGES, one_cached_batch, write_synthetic_records  # noqa: E402
 
 cpu.prefer_onednn()  # before TensorFlow loads: the kernels the apps use
 
@@ -101,10 +101,7 @@ def main(argv):
         data_dir = FLAGS.data_dir or write_synthetic_records(scratch, config.model.num_classes - 1)
         input_fn = make_input_fn(data_dir, config, ModeKeys.TRAIN)
         if FLAGS.input == "cached":
-            real_input_fn = input_fn
-
-            def input_fn(input_context=None):
-                return real_input_fn(input_context).take(1).cache().repeat()
+            input_fn = one_cached_batch(input_fn)
 
         run_config = RunConfig(model_dir=os.path.join(scratch, "model"), save_checkpoints_steps=None,
                                save_summary_steps=0, log_step_count_steps=0,
